@@ -1,0 +1,119 @@
+//! Argument definitions and one thin file per command. Each command builds options and calls
+//! one core function; only here do errors become `anyhow` with context.
+
+mod init;
+mod pull;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::store::Store;
+use crate::ui::{Ui, Verbosity};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "devenv",
+    version,
+    about = "Rootless, daemonless developer environments from env.toml"
+)]
+#[command(propagate_version = true, arg_required_else_help = true)]
+pub struct Cli {
+    /// Run as if started in DIR
+    #[arg(short = 'C', global = true, value_name = "DIR")]
+    pub directory: Option<PathBuf>,
+    /// Print nothing but errors (and the command's own output)
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Print debug logs (also DEVENV_LOG=debug)
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Plain status lines instead of progress bars
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    /// Use only what is cached; never contact a registry
+    #[arg(long, global = true)]
+    pub offline: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write a commented env.toml for a new project
+    Init(init::InitArgs),
+    /// Fetch the env's image (or IMAGE) into the store
+    Pull(pull::PullArgs),
+}
+
+/// What every command gets: where it runs, the store, and the UI.
+pub struct Context {
+    pub cwd: PathBuf,
+    pub ui: Ui,
+    pub offline: bool,
+}
+
+impl Context {
+    pub fn store(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(Store::default_root()?)?)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let verbosity = if cli.quiet {
+        Verbosity::Quiet
+    } else if cli.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    let ui = Ui::new(verbosity, !cli.no_progress);
+    let cwd = match resolve_cwd(cli.directory.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            ui.error(&crate::error::render(&e));
+            return ExitCode::from(1);
+        }
+    };
+    let ctx = Context {
+        cwd,
+        ui,
+        offline: cli.offline,
+    };
+    let result = match cli.command {
+        Command::Init(args) => init::run(args, &ctx),
+        Command::Pull(args) => pull::run(args, &ctx),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            ctx.ui.error(&crate::error::render(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn resolve_cwd(dir: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    use anyhow::Context as _;
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    Ok(match dir {
+        Some(d) => fs_err::canonicalize(cwd.join(d))?,
+        None => cwd,
+    })
+}
+
+fn init_logging(verbose: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("DEVENV_LOG") {
+        Ok(f) => EnvFilter::new(f),
+        Err(_) => EnvFilter::new(if verbose { "devenv=debug" } else { "off" }),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}

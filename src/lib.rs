@@ -1,0 +1,49 @@
+//! devenv: rootless, daemonless developer environments from an `env.toml`.
+//!
+//! Data flows one way: `cli` → `config` / `pull` → `registry` / `store` / `unpack` / `runtime`.
+//! Core modules never print; they report through [`progress::Reporter`], which `ui` implements.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod platform;
+pub mod progress;
+pub mod pull;
+pub mod reference;
+pub mod registry;
+pub mod runtime;
+pub mod store;
+pub mod ui;
+pub mod unpack;
+
+use std::process::ExitCode;
+
+/// The whole program: `main.rs` only calls this.
+pub fn main() -> ExitCode {
+    // The namespace helper must stay single-threaded: dispatch it before anything else starts.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == runtime::INIT_ARG)
+    {
+        return runtime::init_main();
+    }
+    cli::main()
+}
+
+/// Hints that core error types know for themselves, found anywhere along an error chain.
+pub(crate) fn known_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use error::Hint;
+    if let Some(e) = cause.downcast_ref::<registry::RegistryError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<config::ConfigError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<unpack::UnpackError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<runtime::RuntimeError>() {
+        return e.hint();
+    }
+    None
+}

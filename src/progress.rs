@@ -1,0 +1,41 @@
+//! The narrow reporting interface core modules use; `ui` implements it.
+//!
+//! Core code never prints. It reports status lines and byte progress through [`Reporter`], so
+//! the same pull runs under a progress bar, plain lines, `-q`, or a test with [`Silent`].
+
+/// One long step's progress (a layer download, a build).
+pub trait Bar: Send + Sync {
+    /// `n` more units (bytes) done.
+    fn inc(&self, n: u64);
+    /// The total is known late (a blob size from a response header).
+    fn set_total(&self, _total: u64) {}
+    /// The step ended; `message` says how (`done`, `cached`).
+    fn finish(&self, message: &str);
+}
+
+pub trait Reporter: Sync {
+    /// A cargo-style line: `Pulling docker.io/library/python:3.11-slim`.
+    fn status(&self, verb: &str, message: &str);
+    /// A warning the user should read (not an error).
+    fn warn(&self, message: &str);
+    /// A bar for one step of `total` bytes, when known.
+    fn bar(&self, label: &str, total: Option<u64>) -> Box<dyn Bar>;
+}
+
+/// Reports nothing; for tests and `-q`.
+pub struct Silent;
+
+struct NoBar;
+
+impl Bar for NoBar {
+    fn inc(&self, _: u64) {}
+    fn finish(&self, _: &str) {}
+}
+
+impl Reporter for Silent {
+    fn status(&self, _: &str, _: &str) {}
+    fn warn(&self, _: &str) {}
+    fn bar(&self, _: &str, _: Option<u64>) -> Box<dyn Bar> {
+        Box::new(NoBar)
+    }
+}
