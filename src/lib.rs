@@ -45,5 +45,20 @@ pub(crate) fn known_hint(cause: &(dyn std::error::Error + 'static)) -> Option<St
     if let Some(e) = cause.downcast_ref::<runtime::RuntimeError>() {
         return e.hint();
     }
+    if let Some(e) = cause.downcast_ref::<pull::PullError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<std::io::Error>() {
+        // io::Error hides a wrapped error from source(): look inside for ours.
+        if let Some(inner) = e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<registry::RegistryError>())
+        {
+            return inner.hint();
+        }
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            return Some("the disk is full: free space, or move the store with DEVENV_HOME".into());
+        }
+    }
     None
 }

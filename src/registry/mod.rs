@@ -1,6 +1,8 @@
 //! The distribution client: ping, auth (anonymous, bearer, basic), manifests, blobs, retries.
 //! STUB — replaced by the registry work (see the helper brief).
 
+pub mod manifest;
+
 use std::io::Read;
 
 use crate::reference::{Digest, ImageRef};
@@ -22,6 +24,12 @@ impl crate::error::Hint for RegistryError {
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
     pub insecure: Vec<String>,
+}
+
+impl Settings {
+    pub fn load() -> Result<Settings, RegistryError> {
+        Ok(Settings::default())
+    }
 }
 
 pub struct Client {

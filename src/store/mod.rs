@@ -1,20 +1,25 @@
 //! The content-addressed store shared by every project.
 //!
 //! ```text
-//! blobs/sha256/<hex>     compressed blobs, verified before they become visible
+//! blobs/sha256/<hex>     compressed blobs and configs, verified before they become visible
 //! layers/<hex>/          one unpacked layer (named by its diff_id), overlay-ready
-//! images/                manifests by digest; tag → digest resolutions with their age
+//! images/manifests/<hex> manifest and index bytes by digest
+//! images/tags/<registry>/<repository>/<tag>   the digest a tag last resolved to
 //! envs/<env-id>/         per project: home/, state
 //! tmp/                   staging; everything enters the store by rename
-//! locks/                 flock files, one per blob or layer being fetched
+//! locks/                 flock files: one per layer being fetched, so it is fetched once
 //! ```
 //!
-//! Invariants: nothing half-written is ever visible under a final name; paths come only from
-//! [`Digest`]s, never from strings a registry sent.
+//! Invariants: nothing half-written is ever visible under a final name (files and directories
+//! are built in `tmp/` and renamed into place); a final name, once there, is trusted; paths come
+//! only from [`Digest`]s and parsed [`ImageRef`]s, never from raw strings a registry sent.
 
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::reference::Digest;
+use crate::reference::{Digest, ImageRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -76,7 +81,219 @@ impl Store {
         self.root.join("layers").join(diff_id.hex())
     }
 
-    pub fn layers_dir(&self) -> PathBuf {
-        self.root.join("layers")
+    pub fn manifest_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("images/manifests").join(digest.hex())
+    }
+
+    fn tag_path(&self, image: &ImageRef) -> Option<PathBuf> {
+        let tag = image.tag.as_deref()?;
+        Some(
+            self.root
+                .join("images/tags")
+                .join(&image.registry)
+                .join(&image.repository)
+                .join(tag),
+        )
+    }
+
+    /// A private staging directory under `tmp/`, removed on drop unless committed.
+    pub fn staging_dir(&self, what: &str) -> Result<Staging, StoreError> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{what}-"))
+            .tempdir_in(self.root.join("tmp"))?;
+        Ok(Staging {
+            dir: Some(dir.keep()),
+        })
+    }
+
+    /// Write `bytes` to `path` atomically: a temp file in `tmp/`, fsync'd, then renamed.
+    pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        if let Some(parent) = path.parent() {
+            fs_err::create_dir_all(parent)?;
+        }
+        let mut tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_data()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// Store a verified manifest under its digest.
+    pub fn put_manifest(&self, digest: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.manifest_path(digest);
+        if path.exists() {
+            Ok(())
+        } else {
+            self.write_atomic(&path, bytes)
+        }
+    }
+
+    pub fn manifest(&self, digest: &Digest) -> Option<Vec<u8>> {
+        fs_err::read(self.manifest_path(digest)).ok()
+    }
+
+    /// Store a verified blob (a config) under its digest.
+    pub fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.blob_path(digest);
+        if path.exists() {
+            Ok(())
+        } else {
+            self.write_atomic(&path, bytes)
+        }
+    }
+
+    pub fn blob(&self, digest: &Digest) -> Option<Vec<u8>> {
+        fs_err::read(self.blob_path(digest)).ok()
+    }
+
+    /// Remember what `image`'s tag resolved to.
+    pub fn set_tag(&self, image: &ImageRef, digest: &Digest) -> Result<(), StoreError> {
+        match self.tag_path(image) {
+            Some(path) => self.write_atomic(&path, digest.as_str().as_bytes()),
+            None => Ok(()),
+        }
+    }
+
+    /// What `image`'s tag last resolved to, if it was ever resolved here.
+    pub fn tag(&self, image: &ImageRef) -> Option<Digest> {
+        let text = fs_err::read_to_string(self.tag_path(image)?).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// Take the exclusive lock named `name`, waiting for another process that holds it.
+    pub fn lock(&self, name: &str) -> Result<Lock, StoreError> {
+        let path = self.root.join("locks").join(format!("{name}.lock"));
+        let file = fs_err::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        // flock, not fcntl locks: it is per open file, so threads of one process exclude each
+        // other too, and it is released when the holder dies (a killed pull never wedges).
+        loop {
+            // SAFETY: flock on a file descriptor we own for the duration of the call.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(Lock { _file: file });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(StoreError::Io(std::io::Error::new(
+                    err.kind(),
+                    format!("locking {}: {err}", path.display()),
+                )));
+            }
+        }
+    }
+}
+
+/// Held while a lock is taken; released on drop or process death.
+pub struct Lock {
+    _file: fs_err::File,
+}
+
+/// A directory being filled under `tmp/`. Dropped without [`Staging::commit`], it is removed.
+pub struct Staging {
+    dir: Option<PathBuf>,
+}
+
+impl Staging {
+    pub fn path(&self) -> &Path {
+        self.dir.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// Rename the staged directory to `dest`. When `dest` already exists (another process
+    /// committed the same content first), ours is discarded: both hold the same verified bytes.
+    pub fn commit(mut self, dest: &Path) -> Result<(), StoreError> {
+        let Some(dir) = self.dir.take() else {
+            return Ok(());
+        };
+        match fs_err::rename(&dir, dest) {
+            Ok(()) => Ok(()),
+            Err(_) if dest.exists() => {
+                remove_tree(&dir)?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = remove_tree(&dir);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = remove_tree(&dir);
+        }
+    }
+}
+
+/// Remove a tree that may hold read-only directories (layers keep 0555 dirs as the image has them).
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
+    make_writable(path)?;
+    fs_err::remove_dir_all(path)
+}
+
+fn make_writable(path: &Path) -> std::io::Result<()> {
+    let meta = fs_err::symlink_metadata(path)?;
+    if meta.is_dir() {
+        let mode = meta.permissions().mode();
+        if mode & 0o700 != 0o700 {
+            fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o700))?;
+        }
+        for entry in fs_err::read_dir(path)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                make_writable(&entry.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_is_removed_unless_committed() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path().to_path_buf()).unwrap();
+        let s = store.staging_dir("layer").unwrap();
+        let p = s.path().to_path_buf();
+        fs_err::create_dir(p.join("ro")).unwrap();
+        fs_err::set_permissions(p.join("ro"), std::fs::Permissions::from_mode(0o555)).unwrap();
+        drop(s);
+        assert!(!p.exists());
+
+        let s = store.staging_dir("layer").unwrap();
+        fs_err::write(s.path().join("f"), b"x").unwrap();
+        let dest = store.layer_path(&Digest::of(b"x"));
+        s.commit(&dest).unwrap();
+        assert_eq!(fs_err::read(dest.join("f")).unwrap(), b"x");
+
+        // A second commit of the same content is discarded, not an error.
+        let s = store.staging_dir("layer").unwrap();
+        let p = s.path().to_path_buf();
+        s.commit(&dest).unwrap();
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn tags_round_trip() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path().to_path_buf()).unwrap();
+        let image: ImageRef = "127.0.0.1:5000/team/app:v1".parse().unwrap();
+        assert_eq!(store.tag(&image), None);
+        let d = Digest::of(b"m");
+        store.set_tag(&image, &d).unwrap();
+        assert_eq!(store.tag(&image), Some(d));
     }
 }
