@@ -134,10 +134,10 @@ pub fn pull(
         None if opts.refresh_tag && !opts.offline => None,
         None => store.tag(image),
     };
-    if let Some(digest) = &known {
-        if let Some(pulled) = from_store(image, digest, &opts.platform, store)? {
-            return Ok(pulled);
-        }
+    if let Some(digest) = &known
+        && let Some(pulled) = from_store(image, digest, &opts.platform, store)?
+    {
+        return Ok(pulled);
     }
     if opts.offline {
         return Err(PullError::Offline { image: name });
@@ -254,10 +254,10 @@ fn fetch_manifest(
     image: &ImageRef,
     reference: &str,
 ) -> Result<(Digest, ManifestKind), PullError> {
-    if let Ok(d) = reference.parse::<Digest>() {
-        if let Some(bytes) = store.manifest(&d) {
-            return Ok((d, manifest::parse_manifest("", &bytes)?));
-        }
+    if let Ok(d) = reference.parse::<Digest>()
+        && let Some(bytes) = store.manifest(&d)
+    {
+        return Ok((d, manifest::parse_manifest("", &bytes)?));
     }
     let fetched = client.fetch_manifest(image, reference)?;
     let kind = manifest::parse_manifest(&fetched.media_type, &fetched.bytes)?;
