@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod platform;
 pub mod progress;
+pub mod project;
 pub mod pull;
 pub mod reference;
 pub mod registry;

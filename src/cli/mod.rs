@@ -3,6 +3,7 @@
 
 mod init;
 mod pull;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,10 @@ pub enum Command {
     Init(init::InitArgs),
     /// Fetch the env's image (or IMAGE) into the store
     Pull(pull::PullArgs),
+    /// Enter an interactive shell in the env
+    Shell(run::ShellArgs),
+    /// Run a command in the env; its exit status is devenv's
+    Run(run::RunArgs),
 }
 
 /// What every command gets: where it runs, the store, and the UI.
@@ -86,6 +91,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init(args) => init::run(args, &ctx),
         Command::Pull(args) => pull::run(args, &ctx),
+        Command::Shell(args) => run::shell(args, &ctx),
+        Command::Run(args) => run::run(args, &ctx),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,165 @@
+//! `devenv shell` and `devenv run`: materialize the env and enter it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::platform::Platform;
+use crate::progress::Reporter;
+use crate::project::{self, Project};
+use crate::pull::{self, PullOptions};
+use crate::runtime::{self, Spec};
+
+#[derive(clap::Args, Debug)]
+#[command(
+    long_about = "Enter an interactive shell in the project's env: the image pinned by env.toml, \
+the project mounted at its own path, a persistent home of the env's own, as yourself. Pulls the \
+image first when the store lacks it."
+)]
+pub struct ShellArgs {
+    /// Be uid 0 inside (still unprivileged on the host)
+    #[arg(long)]
+    pub root: bool,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(
+    long_about = "Run one command in the project's env and return its exit status \
+(128+signal when it was killed; 127 when not found, 126 when not executable)."
+)]
+pub struct RunArgs {
+    /// Be uid 0 inside (still unprivileged on the host)
+    #[arg(long)]
+    pub root: bool,
+    /// The command and its arguments
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
+}
+
+pub fn shell(args: ShellArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
+    enter(ctx, Vec::new(), args.root)
+}
+
+pub fn run(args: RunArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
+    enter(ctx, args.command, args.root)
+}
+
+fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<ExitCode> {
+    let loaded = crate::config::find_and_load(&ctx.cwd)?;
+    let image = super::base_image(&loaded)?;
+    let store = ctx.store()?;
+    let opts = PullOptions {
+        platform: loaded
+            .env
+            .image
+            .platform
+            .clone()
+            .unwrap_or_else(Platform::host),
+        offline: ctx.offline,
+        refresh_tag: false,
+    };
+    let pulled = pull::pull(&image, &opts, &store, &super::pull::client, &ctx.ui)
+        .with_context(|| format!("pulling {image}"))?;
+    let project = Project::new(&loaded.project_dir)?;
+    let state_dir = project.touch(&store)?;
+    let lowers = pulled.layer_dirs(&store);
+
+    let user = current_user();
+    let home_target = if root {
+        PathBuf::from("/root")
+    } else {
+        image_home(&lowers, &user).unwrap_or_else(|| PathBuf::from("/home").join(&user))
+    };
+    let image_env = pulled.config.config.env.clone().unwrap_or_default();
+    let host_names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
+    let home_str = home_target.display().to_string();
+    let ours = [
+        ("HOME", home_str),
+        (
+            "USER",
+            if root {
+                "root".to_string()
+            } else {
+                user.clone()
+            },
+        ),
+        (
+            "LOGNAME",
+            if root {
+                "root".to_string()
+            } else {
+                user.clone()
+            },
+        ),
+        ("DEVENV", "1".to_string()),
+        ("DEVENV_ENV", project.name.clone()),
+        // Debian's bash.bashrc replaces PS1 but shows $debian_chroot: both say where one is.
+        ("debian_chroot", format!("devenv:{}", project.name)),
+        ("PS1", format!("(devenv:{}) \\u@\\h:\\w\\$ ", project.name)),
+    ];
+    let env = project::container_env(
+        &image_env,
+        &loaded.env.env,
+        &|k| std::env::var(k).ok(),
+        &host_names,
+        &ours,
+    );
+
+    let spec = Spec {
+        lowers,
+        state_dir: state_dir.join("run"),
+        project_dir: project.dir.clone(),
+        cwd: fs_err::canonicalize(&ctx.cwd)?,
+        home: state_dir.join("home"),
+        home_target,
+        env,
+        argv,
+        shell: loaded.env.container.shell.clone(),
+        hostname: project.name.clone(),
+        network: loaded.env.container.network,
+        root,
+        mounts: loaded.env.container.mounts.clone(),
+    };
+    if spec.argv.is_empty() {
+        ctx.ui
+            .status("Entering", &format!("{} ({})", project.name, pulled.image));
+    }
+    let code = runtime::run(&spec)?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// The user's name on the host: inside, the same uid gets the same name.
+fn current_user() -> String {
+    let uid = nix::unistd::getuid();
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| format!("user{uid}"))
+}
+
+/// The home directory the image's /etc/passwd gives `user`, read from the topmost layer that
+/// has the file.
+fn image_home(lowers: &[PathBuf], user: &str) -> Option<PathBuf> {
+    let passwd = lowers
+        .iter()
+        .rev()
+        .map(|l| l.join("etc/passwd"))
+        .find(|p| p.is_file())?;
+    let text = fs_err::read_to_string(&passwd).ok()?;
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 7 && f[0] == user).then(|| PathBuf::from(f[5]))
+        })
+        .find(|h| h.is_absolute() && h != Path::new("/") && h != Path::new("/nonexistent"))
+}

@@ -1,0 +1,172 @@
+//! A project's env: its id in the store, its persistent home, and the environment the container
+//! starts with.
+//!
+//! The env id is derived from the project's canonical path, so every checkout gets its own home
+//! and state while sharing blobs and layers with every other project.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::store::{Store, StoreError};
+
+/// Host variables passed through to the container; everything else of the host stays out.
+const HOST_ALLOW: &[&str] = &[
+    "TERM",
+    "LANG",
+    "TZ",
+    "COLORTERM",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+];
+
+/// The PATH a container gets when its image says none (Docker's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Clone, Debug)]
+pub struct Project {
+    /// The directory holding env.toml, canonical.
+    pub dir: PathBuf,
+    /// The directory's name, made fit for a host name: the container's hostname and prompt.
+    pub name: String,
+    /// 16 hex digits of sha256 over the canonical path.
+    pub id: String,
+}
+
+impl Project {
+    pub fn new(dir: &Path) -> Result<Project, StoreError> {
+        let dir = fs_err::canonicalize(dir)?;
+        let id = crate::reference::Digest::of(dir.as_os_str().as_encoded_bytes()).hex()[..16]
+            .to_string();
+        let raw = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "root".into());
+        Ok(Project {
+            name: hostname_of(&raw),
+            dir,
+            id,
+        })
+    }
+
+    /// `envs/<id>/`: home, per-entry runtime state, and the project record.
+    pub fn state_dir(&self, store: &Store) -> PathBuf {
+        store.root().join("envs").join(&self.id)
+    }
+
+    /// Create the env's directories and record the project path and the time of this use (gc
+    /// reads these to find envs whose project is gone).
+    pub fn touch(&self, store: &Store) -> Result<PathBuf, StoreError> {
+        let state = self.state_dir(store);
+        fs_err::create_dir_all(state.join("home"))?;
+        let record = serde_json::json!({
+            "project": self.dir,
+            "last_used": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        });
+        store.write_atomic(&state.join("project.json"), record.to_string().as_bytes())?;
+        Ok(state)
+    }
+}
+
+/// Lowercase letters, digits and `-`, at most 63 characters: what a host name may be.
+fn hostname_of(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    out = out.trim_matches('-').to_string();
+    if out.is_empty() { "devenv".into() } else { out }
+}
+
+/// The container's environment: the image's `Env`, then env.toml's `[env]`, then the host's
+/// allow-listed variables, then what devenv itself sets. Later sources win.
+pub fn container_env(
+    image_env: &[String],
+    env_toml: &BTreeMap<String, String>,
+    host: &dyn Fn(&str) -> Option<String>,
+    host_names: &[String],
+    ours: &[(&str, String)],
+) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("PATH".into(), DEFAULT_PATH.into());
+    for kv in image_env {
+        if let Some((k, v)) = kv.split_once('=') {
+            env.insert(k.to_string(), v.to_string());
+        }
+    }
+    for (k, v) in env_toml {
+        env.insert(k.clone(), v.clone());
+    }
+    let allowed = |k: &str| HOST_ALLOW.contains(&k) || k.starts_with("LC_");
+    for k in HOST_ALLOW
+        .iter()
+        .map(|s| s.to_string())
+        .chain(host_names.iter().filter(|k| k.starts_with("LC_")).cloned())
+    {
+        if allowed(&k)
+            && let Some(v) = host(&k)
+        {
+            env.insert(k, v);
+        }
+    }
+    for (k, v) in ours {
+        env.insert(k.to_string(), v.clone());
+    }
+    env.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_precedence_image_then_toml_then_host_then_ours() {
+        let image = vec![
+            "PATH=/img/bin".to_string(),
+            "A=image".into(),
+            "B=image".into(),
+            "LANG=C".into(),
+        ];
+        let toml: BTreeMap<String, String> =
+            [("B".into(), "toml".into()), ("C".into(), "toml".into())].into();
+        let host = |k: &str| match k {
+            "LANG" => Some("en_US.UTF-8".to_string()),
+            "LC_ALL" => Some("C.UTF-8".to_string()),
+            "SECRET" => Some("no".to_string()),
+            _ => None,
+        };
+        let names = vec!["LC_ALL".to_string(), "SECRET".to_string()];
+        let env = container_env(&image, &toml, &host, &names, &[("DEVENV", "1".into())]);
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("PATH"), Some("/img/bin"));
+        assert_eq!(get("A"), Some("image"));
+        assert_eq!(get("B"), Some("toml"));
+        assert_eq!(get("C"), Some("toml"));
+        assert_eq!(get("LANG"), Some("en_US.UTF-8"));
+        assert_eq!(get("LC_ALL"), Some("C.UTF-8"));
+        assert_eq!(get("SECRET"), None);
+        assert_eq!(get("DEVENV"), Some("1"));
+    }
+
+    #[test]
+    fn default_path_when_image_has_none() {
+        let env = container_env(&[], &BTreeMap::new(), &|_| None, &[], &[]);
+        assert_eq!(env, vec![("PATH".to_string(), DEFAULT_PATH.to_string())]);
+    }
+
+    #[test]
+    fn hostnames() {
+        assert_eq!(hostname_of("My Project_2"), "my-project-2");
+        assert_eq!(hostname_of("..."), "devenv");
+    }
+}
