@@ -50,6 +50,14 @@ pub enum Command {
     Shell(run::ShellArgs),
     /// Run a command in the env; its exit status is devenv's
     Run(run::RunArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(
+        long_about = "Print a completion script for SHELL to stdout. For example:\n  \
+bash: devenv completions bash > ~/.local/share/bash-completion/completions/devenv\n  \
+zsh:  devenv completions zsh > ~/.zfunc/_devenv   (with fpath+=~/.zfunc before compinit)\n  \
+fish: devenv completions fish > ~/.config/fish/completions/devenv.fish"
+    )]
+    Completions { shell: clap_complete::Shell },
 }
 
 /// What every command gets: where it runs, the store, and the UI.
@@ -93,6 +101,17 @@ pub fn main() -> ExitCode {
         Command::Pull(args) => pull::run(args, &ctx),
         Command::Shell(args) => run::shell(args, &ctx),
         Command::Run(args) => run::run(args, &ctx),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "devenv", &mut script);
+            match std::io::stdout().write_all(&script) {
+                // A closed pipe (`| head`) is the reader's choice, not an error.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
     };
     match result {
         Ok(code) => code,
