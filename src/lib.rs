@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod platform;
 pub mod progress;
@@ -27,6 +28,16 @@ pub fn main() -> ExitCode {
         .is_some_and(|a| a == runtime::INIT_ARG)
     {
         return runtime::init_main();
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == doctor::PROBE_ARG)
+    {
+        let dir = std::env::args_os()
+            .nth(2)
+            .map(std::path::PathBuf::from)
+            .unwrap_or_default();
+        return doctor::probe_main(&dir);
     }
     cli::main()
 }

@@ -1,6 +1,7 @@
 //! Argument definitions and one thin file per command. Each command builds options and calls
 //! one core function; only here do errors become `anyhow` with context.
 
+mod doctor;
 mod init;
 mod pull;
 mod run;
@@ -50,6 +51,8 @@ pub enum Command {
     Shell(run::ShellArgs),
     /// Run a command in the env; its exit status is devenv's
     Run(run::RunArgs),
+    /// Check user namespaces, overlay, disk, registry and GPU; say how to fix what fails
+    Doctor(doctor::DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(
         long_about = "Print a completion script for SHELL to stdout. For example:\n  \
@@ -101,6 +104,7 @@ pub fn main() -> ExitCode {
         Command::Pull(args) => pull::run(args, &ctx),
         Command::Shell(args) => run::shell(args, &ctx),
         Command::Run(args) => run::run(args, &ctx),
+        Command::Doctor(args) => doctor::run(args, &ctx),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             use std::io::Write;

@@ -68,3 +68,26 @@ pub fn run(args: PullArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
 pub(super) fn client() -> Result<Client, crate::registry::RegistryError> {
     Client::new(Settings::load()?)
 }
+
+/// Whether `image`'s registry answers with the configured credentials (for `devenv doctor`).
+pub(super) fn check_registry(image: &ImageRef) -> crate::doctor::Check {
+    use crate::doctor::{Check, Status};
+    let result = client().and_then(|c| c.fetch_manifest(image, &image.reference()).map(|_| ()));
+    match result {
+        Ok(()) => Check {
+            name: "registry",
+            status: Status::Ok,
+            detail: format!("{image} is reachable"),
+            fix: None,
+        },
+        Err(e) => Check {
+            name: "registry",
+            status: Status::Fail,
+            detail: format!("{image}: {e}"),
+            fix: Some(
+                crate::error::Hint::hint(&e)
+                    .unwrap_or_else(|| "check the reference and the registry".into()),
+            ),
+        },
+    }
+}
