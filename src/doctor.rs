@@ -258,7 +258,7 @@ pub fn check_disk(root: &Path) -> Check {
             "check the store path",
         );
     };
-    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let free = st.blocks_available() * st.fragment_size();
     let gib = free as f64 / (1u64 << 30) as f64;
     let detail = format!("{gib:.1} GiB free for the store");
     if free < 1 << 30 {
