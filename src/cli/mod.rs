@@ -2,6 +2,7 @@
 //! one core function; only here do errors become `anyhow` with context.
 
 mod doctor;
+mod gc;
 mod init;
 mod pull;
 mod run;
@@ -51,6 +52,11 @@ pub enum Command {
     Shell(run::ShellArgs),
     /// Run a command in the env; its exit status is devenv's
     Run(run::RunArgs),
+    /// Remove envs whose project is gone and what no env uses
+    Gc(gc::GcArgs),
+    /// Look at the store, remove one image
+    #[command(subcommand)]
+    Cache(gc::CacheCommand),
     /// Check user namespaces, overlay, disk, registry and GPU; say how to fix what fails
     Doctor(doctor::DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
@@ -105,6 +111,8 @@ pub fn main() -> ExitCode {
         Command::Shell(args) => run::shell(args, &ctx),
         Command::Run(args) => run::run(args, &ctx),
         Command::Doctor(args) => doctor::run(args, &ctx),
+        Command::Gc(args) => gc::gc(args, &ctx),
+        Command::Cache(cmd) => gc::cache(cmd, &ctx),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             use std::io::Write;

@@ -64,10 +64,18 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
         offline: ctx.offline,
         refresh_tag: false,
     };
+    // Shared gc lock until the env record names the image, so gc cannot take it in between.
+    let gc_lock = store.lock_shared("gc")?;
     let pulled = pull::pull(&image, &opts, &store, &super::pull::client, &ctx.ui)
         .with_context(|| format!("pulling {image}"))?;
     let project = Project::new(&loaded.project_dir)?;
-    let state_dir = project.touch(&store)?;
+    let state_dir = project.touch(
+        &store,
+        &image.to_string(),
+        &pulled.resolved,
+        &pulled.manifest,
+    )?;
+    drop(gc_lock);
     let lowers = pulled.layer_dirs(&store);
 
     let user = current_user();

@@ -35,6 +35,10 @@ impl Ui {
         }
     }
 
+    pub fn verbose(&self) -> bool {
+        self.verbosity == Verbosity::Verbose
+    }
+
     pub fn quiet(&self) -> bool {
         self.verbosity == Verbosity::Quiet
     }
