@@ -180,10 +180,7 @@ pub fn find(start: &Path) -> Option<PathBuf> {
 /// Load the env.toml at `path`; its directory is the project.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let text = fs_err::read_to_string(path)?;
-    let project_dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let project_dir = project_dir_of(path)?;
     let env = parse_in(
         &display_path(path),
         &text,
@@ -198,8 +195,17 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 
 /// Parse env.toml text; `file` names it in diagnostics and its directory is the project.
 pub fn parse(file: &Path, text: &str) -> Result<EnvFile, ConfigError> {
-    let project_dir = file.parent().unwrap_or(Path::new("."));
-    parse_in(file, text, &Expansion::from_env(project_dir))
+    parse_in(file, text, &Expansion::from_env(&project_dir_of(file)?))
+}
+
+/// The absolute directory holding `file` (lexically: nothing is resolved on disk), so mount
+/// sources relative to the project come out absolute.
+fn project_dir_of(file: &Path) -> Result<PathBuf, ConfigError> {
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(std::path::absolute(dir)?)
 }
 
 /// Parse env.toml text with explicit mount expansion (project directory and `$HOME`).

@@ -420,3 +420,15 @@ fn rendered_error_carries_position_and_hint() {
          hint: did you mean `base`?"
     );
 }
+
+#[test]
+fn parse_resolves_relative_mounts_against_an_absolute_project_dir() {
+    let env = parse(
+        Path::new("env.toml"),
+        &format!("{BASE}[container]\nmounts = [\"data:/data\"]\n"),
+    )
+    .expect("valid");
+    let source = &env.container.mounts[0].source;
+    assert!(source.is_absolute(), "{}", source.display());
+    assert!(source.ends_with("data"));
+}
