@@ -42,14 +42,18 @@ impl Source<'_> {
     pub fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let span = err.span().unwrap_or(0..0);
         let raw = err.message().trim_end_matches('\n');
-        let path = DeTable::parse(self.text)
-            .ok()
-            .and_then(|doc| locate(doc.get_ref(), &span));
+        let doc = DeTable::parse(self.text).ok();
+        let doc = doc.as_ref().map(|d| d.get_ref());
+        let path = doc.and_then(|d| locate(d, &span));
         if let Some(rest) = raw.strip_prefix("unknown field ") {
             return self.unknown_key(span, rest, path.as_deref());
         }
         if let Some(rest) = raw.strip_prefix("invalid type: ") {
-            return self.wrong_type(span, rest, path.as_deref());
+            let datetime = doc
+                .zip(path.as_deref())
+                .and_then(|(d, p)| value_at(d, p))
+                .is_some_and(|v| matches!(v, DeValue::Datetime(_)));
+            return self.wrong_type(span, rest, path.as_deref(), datetime);
         }
         if let Some(rest) = raw.strip_prefix("invalid value: ") {
             let place = path.as_deref().map(describe).unwrap_or_default();
@@ -105,12 +109,26 @@ impl Source<'_> {
         self.error(span, DiagnosticKind::UnknownKey, message, hint)
     }
 
-    fn wrong_type(&self, span: Range<usize>, rest: &str, path: Option<&[Seg]>) -> ConfigError {
+    fn wrong_type(
+        &self,
+        span: Range<usize>,
+        rest: &str,
+        path: Option<&[Seg]>,
+        datetime: bool,
+    ) -> ConfigError {
         // rest: "integer `3`, expected a string"
         let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, "?"));
         let expected = readable_expected(expected);
         let place = path.map(describe).unwrap_or_else(|| "a value".into());
-        let found_text = readable(found);
+        // A TOML date-time reaches serde as a map; say what the user wrote instead.
+        let found_text = if datetime {
+            format!(
+                "date-time {}",
+                self.text.get(span.clone()).unwrap_or("").trim()
+            )
+        } else {
+            readable(found)
+        };
         let message = format!("wrong type for {place}: expected {expected}, found {found_text}");
         let literal = self.text.get(span.clone()).unwrap_or("").trim();
         let hint = if expected == "a string"
@@ -184,6 +202,21 @@ fn locate_in_value(value: &DeValue<'_>, span: &Range<usize>, path: &mut Vec<Seg>
     }
 }
 
+/// The value at `path`, when the path leads to one.
+fn value_at<'a, 'i>(table: &'a DeTable<'i>, path: &[Seg]) -> Option<&'a DeValue<'i>> {
+    let (first, rest) = path.split_first()?;
+    let Seg::Key(k) = first else { return None };
+    let mut value = table.get(k.as_str())?.get_ref();
+    for seg in rest {
+        value = match (seg, value) {
+            (Seg::Key(k), DeValue::Table(t)) => t.get(k.as_str())?.get_ref(),
+            (Seg::Index(i), DeValue::Array(a)) => a.get(*i)?.get_ref(),
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
 fn holds(outer: &Range<usize>, inner: &Range<usize>) -> bool {
     outer.start < outer.end && outer.start <= inner.start && inner.end <= outer.end
 }
@@ -239,7 +272,10 @@ fn backticked(s: &str) -> Vec<String> {
 
 /// serde's type words in TOML's: "sequence" → "an array", "map" → "a table".
 fn readable(found: &str) -> String {
-    let found = found.replace('`', "");
+    let found = found
+        .replace('`', "")
+        .replace(" as i128", "")
+        .replace(" as u128", "");
     match found.as_str() {
         "sequence" => "an array".into(),
         "map" => "a table".into(),

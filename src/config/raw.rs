@@ -87,6 +87,9 @@ impl RawFile {
                 )),
             ));
         }
+        // Sections in the order the schema lists them, so the first mistake reported is usually
+        // the first in the file.
+        let image = self.image.validate(src)?;
         let mut tools = BTreeMap::new();
         for (name, version) in self.tools {
             if name.get_ref().trim().is_empty() {
@@ -104,7 +107,6 @@ impl RawFile {
             )?;
             tools.insert(name.into_inner(), version);
         }
-        let image = self.image.validate(src)?;
         if image.base.is_none() {
             match tools.get("python") {
                 Some(version) => {

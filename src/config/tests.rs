@@ -432,3 +432,18 @@ fn parse_resolves_relative_mounts_against_an_absolute_project_dir() {
     assert!(source.is_absolute(), "{}", source.display());
     assert!(source.ends_with("data"));
 }
+
+#[test]
+fn wrong_type_names_dates_and_big_numbers_as_written() {
+    let (kind, line, col, msg, _) = fail("[image]\nbase = 1979-05-27\n");
+    assert_eq!((kind, line, col), (DiagnosticKind::WrongType, 2, 8));
+    assert!(
+        msg.ends_with("expected a string, found date-time 1979-05-27"),
+        "{msg}"
+    );
+    let (_, _, _, msg, _) = fail("version = 99999999999999999999999\n");
+    assert!(
+        msg.ends_with("found integer 99999999999999999999999"),
+        "{msg}"
+    );
+}
