@@ -56,7 +56,7 @@ impl Source<'_> {
             return self.wrong_type(span, rest, path.as_deref(), datetime);
         }
         if let Some(rest) = raw.strip_prefix("invalid value: ") {
-            let place = path.as_deref().map(describe).unwrap_or_default();
+            let place = path.as_deref().map_or_else(|| "a value".into(), describe);
             return self.error(
                 span,
                 DiagnosticKind::WrongType,
