@@ -44,20 +44,20 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Write a commented env.toml for a new project
+    #[command(about = "Write a commented env.toml for a new project")]
     Init(init::InitArgs),
-    /// Fetch the env's image (or IMAGE) into the store
+    #[command(about = "Fetch the env's image (or IMAGE) into the store")]
     Pull(pull::PullArgs),
-    /// Enter an interactive shell in the env
+    #[command(about = "Enter an interactive shell in the env")]
     Shell(run::ShellArgs),
-    /// Run a command in the env; its exit status is devenv's
+    #[command(about = "Run a command in the env; its exit status is devenv's")]
     Run(run::RunArgs),
-    /// Remove envs whose project is gone and what no env uses
+    #[command(about = "Remove envs whose project is gone and what no env uses")]
     Gc(gc::GcArgs),
     /// Look at the store, remove one image
     #[command(subcommand)]
     Cache(gc::CacheCommand),
-    /// Check user namespaces, overlay, disk, registry and GPU; say how to fix what fails
+    #[command(about = "Check user namespaces, overlay, disk, registry and GPU; say how to fix what fails")]
     Doctor(doctor::DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(

@@ -236,107 +236,6 @@ pub fn disk_usage(path: &Path) -> u64 {
     entries.flatten().map(|e| disk_usage(&e.path())).sum()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn digest(s: &str) -> Digest {
-        Digest::of(s.as_bytes())
-    }
-
-    /// A store holding one image (manifest, config, one layer) and an env using it.
-    fn image(store: &Store, name: &str, project: &Path) -> (EnvRecord, Digest) {
-        let diff_id = digest(&format!("{name}-layer"));
-        let layer_blob = digest(&format!("{name}-blob"));
-        let config = serde_json::json!({"rootfs": {"type": "layers", "diff_ids": [diff_id]}});
-        let config_bytes = serde_json::to_vec(&config).unwrap();
-        let config_digest = Digest::of(&config_bytes);
-        store.put_blob(&config_digest, &config_bytes).unwrap();
-        store.put_blob(&layer_blob, b"x").unwrap();
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_bytes.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_blob, "size": 1}],
-        });
-        let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
-        let manifest_digest = Digest::of(&manifest_bytes);
-        store
-            .put_manifest(&manifest_digest, &manifest_bytes)
-            .unwrap();
-        fs_err::create_dir_all(store.layer_path(&diff_id).join("etc")).unwrap();
-        let record = EnvRecord {
-            project: project.to_path_buf(),
-            last_used: 0,
-            image: name.into(),
-            resolved: manifest_digest.clone(),
-            manifest: manifest_digest,
-        };
-        let env_dir = store.root().join("envs").join(name);
-        fs_err::create_dir_all(env_dir.join("home")).unwrap();
-        fs_err::write(
-            env_dir.join(ENV_RECORD),
-            serde_json::to_vec(&record).unwrap(),
-        )
-        .unwrap();
-        (record, diff_id)
-    }
-
-    #[test]
-    fn gc_removes_envs_of_gone_projects_and_what_only_they_used() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::open(root.path().join("store")).unwrap();
-        let live = root.path().join("live");
-        fs_err::create_dir_all(&live).unwrap();
-        fs_err::write(live.join("env.toml"), "").unwrap();
-        let (_, kept_layer) = image(&store, "a", &live);
-        let (_, gone_layer) = image(&store, "b", &root.path().join("deleted"));
-        fs_err::create_dir_all(store.root().join("tmp/layer-leftover")).unwrap();
-
-        let dry = collect(&store, true).unwrap();
-        assert_eq!(dry.envs, vec![store.root().join("envs/b")]);
-        assert_eq!(dry.layers, vec![store.layer_path(&gone_layer)]);
-        assert_eq!(
-            dry.blobs.len(),
-            2,
-            "config and layer blob of b: {:?}",
-            dry.blobs
-        );
-        assert_eq!(dry.manifests.len(), 1);
-        assert_eq!(dry.other.len(), 1);
-        assert!(
-            store.layer_path(&gone_layer).exists(),
-            "dry run removes nothing"
-        );
-
-        let plan = collect(&store, false).unwrap();
-        assert!(plan.bytes > 0);
-        assert!(!store.layer_path(&gone_layer).exists());
-        assert!(!store.root().join("envs/b").exists());
-        assert!(store.layer_path(&kept_layer).exists());
-        assert!(store.root().join("envs/a/home").exists());
-        assert!(
-            collect(&store, false).unwrap().is_empty(),
-            "a second gc finds nothing"
-        );
-    }
-
-    #[test]
-    fn a_running_env_is_live_without_its_project() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::open(root.path().join("store")).unwrap();
-        let (_, layer) = image(&store, "a", &root.path().join("deleted"));
-        let entry = store.root().join("envs/a/run/1");
-        fs_err::create_dir_all(&entry).unwrap();
-        let held = lock_file(&entry.join("lock"), LockMode::Exclusive).unwrap();
-        assert!(collect(&store, false).unwrap().envs.is_empty());
-        assert!(store.layer_path(&layer).exists());
-        drop(held);
-        assert_eq!(collect(&store, false).unwrap().envs.len(), 1);
-        assert!(!store.layer_path(&layer).exists());
-    }
-}
-
 /// The store's images: every tag it resolved, with what it points to.
 pub fn tags(store: &Store) -> Vec<(String, Digest)> {
     fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, Digest)>) {
@@ -438,4 +337,105 @@ pub fn remove_image(store: &Store, image: &crate::reference::ImageRef) -> Result
     }
     remove_dangling_tags(store)?;
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(s: &str) -> Digest {
+        Digest::of(s.as_bytes())
+    }
+
+    /// A store holding one image (manifest, config, one layer) and an env using it.
+    fn image(store: &Store, name: &str, project: &Path) -> (EnvRecord, Digest) {
+        let diff_id = digest(&format!("{name}-layer"));
+        let layer_blob = digest(&format!("{name}-blob"));
+        let config = serde_json::json!({"rootfs": {"type": "layers", "diff_ids": [diff_id]}});
+        let config_bytes = serde_json::to_vec(&config).unwrap();
+        let config_digest = Digest::of(&config_bytes);
+        store.put_blob(&config_digest, &config_bytes).unwrap();
+        store.put_blob(&layer_blob, b"x").unwrap();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_bytes.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_blob, "size": 1}],
+        });
+        let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+        let manifest_digest = Digest::of(&manifest_bytes);
+        store
+            .put_manifest(&manifest_digest, &manifest_bytes)
+            .unwrap();
+        fs_err::create_dir_all(store.layer_path(&diff_id).join("etc")).unwrap();
+        let record = EnvRecord {
+            project: project.to_path_buf(),
+            last_used: 0,
+            image: name.into(),
+            resolved: manifest_digest.clone(),
+            manifest: manifest_digest,
+        };
+        let env_dir = store.root().join("envs").join(name);
+        fs_err::create_dir_all(env_dir.join("home")).unwrap();
+        fs_err::write(
+            env_dir.join(ENV_RECORD),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+        (record, diff_id)
+    }
+
+    #[test]
+    fn gc_removes_envs_of_gone_projects_and_what_only_they_used() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path().join("store")).unwrap();
+        let live = root.path().join("live");
+        fs_err::create_dir_all(&live).unwrap();
+        fs_err::write(live.join("env.toml"), "").unwrap();
+        let (_, kept_layer) = image(&store, "a", &live);
+        let (_, gone_layer) = image(&store, "b", &root.path().join("deleted"));
+        fs_err::create_dir_all(store.root().join("tmp/layer-leftover")).unwrap();
+
+        let dry = collect(&store, true).unwrap();
+        assert_eq!(dry.envs, vec![store.root().join("envs/b")]);
+        assert_eq!(dry.layers, vec![store.layer_path(&gone_layer)]);
+        assert_eq!(
+            dry.blobs.len(),
+            2,
+            "config and layer blob of b: {:?}",
+            dry.blobs
+        );
+        assert_eq!(dry.manifests.len(), 1);
+        assert_eq!(dry.other.len(), 1);
+        assert!(
+            store.layer_path(&gone_layer).exists(),
+            "dry run removes nothing"
+        );
+
+        let plan = collect(&store, false).unwrap();
+        assert!(plan.bytes > 0);
+        assert!(!store.layer_path(&gone_layer).exists());
+        assert!(!store.root().join("envs/b").exists());
+        assert!(store.layer_path(&kept_layer).exists());
+        assert!(store.root().join("envs/a/home").exists());
+        assert!(
+            collect(&store, false).unwrap().is_empty(),
+            "a second gc finds nothing"
+        );
+    }
+
+    #[test]
+    fn a_running_env_is_live_without_its_project() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path().join("store")).unwrap();
+        let (_, layer) = image(&store, "a", &root.path().join("deleted"));
+        let entry = store.root().join("envs/a/run/1");
+        fs_err::create_dir_all(&entry).unwrap();
+        let held = lock_file(&entry.join("lock"), LockMode::Exclusive).unwrap();
+        assert!(collect(&store, false).unwrap().envs.is_empty());
+        assert!(store.layer_path(&layer).exists());
+        drop(held);
+        assert_eq!(collect(&store, false).unwrap().envs.len(), 1);
+        assert!(!store.layer_path(&layer).exists());
+    }
 }
