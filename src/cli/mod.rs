@@ -6,6 +6,7 @@ mod gc;
 mod init;
 mod pull;
 mod run;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,12 +53,16 @@ pub enum Command {
     Shell(run::ShellArgs),
     #[command(about = "Run a command in the env; its exit status is devenv's")]
     Run(run::RunArgs),
+    #[command(about = "Show the env, what is cached and what would be fetched")]
+    Status(status::StatusArgs),
     #[command(about = "Remove envs whose project is gone and what no env uses")]
     Gc(gc::GcArgs),
     /// Look at the store, remove one image
     #[command(subcommand)]
     Cache(gc::CacheCommand),
-    #[command(about = "Check user namespaces, overlay, disk, registry and GPU; say how to fix what fails")]
+    #[command(
+        about = "Check user namespaces, overlay, disk, registry and GPU; say how to fix what fails"
+    )]
     Doctor(doctor::DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(
@@ -111,6 +116,7 @@ pub fn main() -> ExitCode {
         Command::Shell(args) => run::shell(args, &ctx),
         Command::Run(args) => run::run(args, &ctx),
         Command::Doctor(args) => doctor::run(args, &ctx),
+        Command::Status(args) => status::run(args, &ctx),
         Command::Gc(args) => gc::gc(args, &ctx),
         Command::Cache(cmd) => gc::cache(cmd, &ctx),
         Command::Completions { shell } => {
@@ -127,6 +133,15 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // A reader that closed our stdout (`devenv status --json | head`) is not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             ctx.ui.error(&crate::error::render(&e));
             ExitCode::from(1)
