@@ -217,18 +217,24 @@ impl CredentialStore {
                 Err(e) => notes.push(format!("{}: {e}", path.display())),
             }
         }
-        let mut searched = if read.is_empty() {
+        let mut searched = if !read.is_empty() {
+            format!("no credentials for {registry} in {}", read.join(" or "))
+        } else {
             let candidates: Vec<String> = [&self.docker_config, &self.podman_auth]
                 .into_iter()
                 .flatten()
                 .map(|p| p.display().to_string())
                 .collect();
-            format!(
-                "no credentials for {registry}: none of {} exists",
-                or_none(&candidates)
-            )
-        } else {
-            format!("no credentials for {registry} in {}", read.join(" or "))
+            match candidates.as_slice() {
+                [] => format!(
+                    "no credentials for {registry}: no credential file is configured (DOCKER_CONFIG, HOME, REGISTRY_AUTH_FILE and XDG_RUNTIME_DIR are unset)"
+                ),
+                [one] => format!("no credentials for {registry}: {one} does not exist"),
+                many => format!(
+                    "no credentials for {registry}: none of {} exists",
+                    many.join(", ")
+                ),
+            }
         };
         for n in notes {
             searched.push_str(&format!(" ({n})"));
@@ -237,14 +243,6 @@ impl CredentialStore {
             credentials: None,
             searched,
         }
-    }
-}
-
-fn or_none(v: &[String]) -> String {
-    if v.is_empty() {
-        "the credential files (DOCKER_CONFIG and HOME are unset)".into()
-    } else {
-        v.join(", ")
     }
 }
 

@@ -232,6 +232,7 @@ impl RegistryError {
     }
 }
 
+#[derive(Clone, Debug)]
 pub struct Fetched {
     pub bytes: Vec<u8>,
     /// One of [`manifest::ACCEPTED`]: the `Content-Type`, or what the body says when that was
@@ -604,7 +605,17 @@ impl Inner {
         }
         let scope = format!("repository:{}:pull", ep.repository);
         url.push_str(&format!("scope={}", query_escape(&scope)));
-        let basic = lookup.credentials.as_ref().map(|c| c.basic_header());
+        // Credentials travel in the clear only where the user chose plain HTTP for the registry.
+        let realm_plain = !parts.scheme.eq_ignore_ascii_case("https");
+        let registry_plain = ep.base.starts_with("http://");
+        let basic = match &lookup.credentials {
+            Some(_) if realm_plain && !registry_plain => {
+                tracing::warn!(realm, "not sending credentials to a plain-HTTP token realm");
+                None
+            }
+            Some(c) => Some(c.basic_header()),
+            None => None,
+        };
         let resp = self.with_retries(&realm_host, &url, || {
             self.exchange("GET", &url, &[], basic.as_deref())
         })?;

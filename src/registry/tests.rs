@@ -782,3 +782,49 @@ fn https_to_a_plain_server_is_a_tls_error() {
     // Plain HTTP to the same server works: the ping.
     c.ping(&server.addr.to_string()).unwrap();
 }
+
+#[test]
+fn proxies_are_used_unless_no_proxy_says_otherwise() {
+    // The server plays an HTTP proxy in front of a registry with a name that does not resolve.
+    let proxy = serve(|r| {
+        if r.path == "http://registry.test:5000/v2/team/app/manifests/v1" {
+            manifest_reply()
+        } else {
+            reply(502, &[], "")
+        }
+    });
+    let settings = Settings {
+        insecure: vec!["registry.test:5000".into()],
+        ..Settings::default()
+    };
+    let img: ImageRef = "registry.test:5000/team/app:v1".parse().unwrap();
+    let through = |no_proxy: Vec<String>| {
+        Client::with_parts(
+            settings.clone(),
+            CredentialStore::default(),
+            ProxyConfig {
+                https: None,
+                http: Some(format!("http://{}", proxy.addr)),
+                no_proxy,
+            },
+            fast(),
+        )
+        .unwrap()
+        .fetch_manifest(&img, "v1")
+    };
+    through(vec![]).unwrap();
+    assert_eq!(proxy.requests().len(), 1);
+    // Bypassed: straight to registry.test, which does not resolve.
+    assert!(matches!(
+        through(vec![".test".into()]),
+        Err(RegistryError::Unreachable { .. })
+    ));
+    assert_eq!(proxy.requests().len(), 1);
+}
+
+#[test]
+fn client_and_blob_readers_cross_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Client>();
+    assert_send_sync::<RegistryError>();
+}
