@@ -128,7 +128,15 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// The user name docker uses for an OAuth2 refresh token ("identity token"): the password is
+/// then exchanged for an access token by a POST to the token realm, never sent as basic auth.
+pub const IDENTITY_TOKEN_USER: &str = "<token>";
+
 impl Credentials {
+    pub fn is_identity_token(&self) -> bool {
+        self.username == IDENTITY_TOKEN_USER
+    }
+
     pub fn basic_header(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
         format!(
@@ -265,6 +273,8 @@ struct AuthEntry {
     username: Option<String>,
     #[serde(default)]
     password: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
 }
 
 /// `Ok(None)` when the file does not exist; `Err` with a message naming it when it is unreadable.
@@ -347,6 +357,12 @@ fn auths_lookup(
         return Ok(Some(Credentials {
             username: u.into(),
             password: p.into(),
+        }));
+    }
+    if let Some(token) = entry.identitytoken.as_deref().filter(|t| !t.is_empty()) {
+        return Ok(Some(Credentials {
+            username: IDENTITY_TOKEN_USER.into(),
+            password: token.into(),
         }));
     }
     match (&entry.username, &entry.password) {

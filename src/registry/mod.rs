@@ -608,24 +608,53 @@ impl Inner {
         // Credentials travel in the clear only where the user chose plain HTTP for the registry.
         let realm_plain = !parts.scheme.eq_ignore_ascii_case("https");
         let registry_plain = ep.base.starts_with("http://");
-        let basic = match &lookup.credentials {
+        let credentials = match &lookup.credentials {
             Some(_) if realm_plain && !registry_plain => {
                 tracing::warn!(realm, "not sending credentials to a plain-HTTP token realm");
                 None
             }
-            Some(c) => Some(c.basic_header()),
-            None => None,
+            c => c.as_ref(),
         };
-        let resp = self.with_retries(&realm_host, &url, || {
-            self.exchange("GET", &url, &[], basic.as_deref())
-        })?;
+        let resp = match credentials {
+            // An identity token is a refresh token: OAuth2's form POST to the realm.
+            Some(c) if c.is_identity_token() => {
+                let mut form = vec![
+                    ("grant_type", "refresh_token"),
+                    ("client_id", "devenv"),
+                    ("refresh_token", c.password.as_str()),
+                    ("scope", scope.as_str()),
+                ];
+                if let Some(s) = service {
+                    form.push(("service", s));
+                }
+                self.with_retries(&realm_host, realm, || {
+                    let resp = match self.agents.for_url(realm).post(realm).send_form(&form) {
+                        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+                        Err(ureq::Error::Transport(t)) => return Err(Box::new(t)),
+                    };
+                    tracing::debug!(
+                        method = "POST",
+                        url = realm,
+                        status = resp.status(),
+                        "request"
+                    );
+                    Ok(resp)
+                })?
+            }
+            c => {
+                let basic = c.map(|c| c.basic_header());
+                self.with_retries(&realm_host, &url, || {
+                    self.exchange("GET", &url, &[], basic.as_deref())
+                })?
+            }
+        };
         match resp.status() {
             200 => {}
             401 | 403 => {
                 return Err(RegistryError::Unauthorized {
                     registry: ep.registry.clone(),
                     repository: ep.repository.clone(),
-                    had_credentials: basic.is_some(),
+                    had_credentials: credentials.is_some(),
                     searched: lookup.searched.clone(),
                 });
             }

@@ -16,6 +16,7 @@ struct Req {
     method: String,
     path: String,
     headers: Vec<(String, String)>,
+    body: Vec<u8>,
     /// The server's own address, for URLs pointing back at it.
     server: SocketAddr,
 }
@@ -112,10 +113,18 @@ fn handle(
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
+    let len = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
     let req = Req {
         method,
         path,
         headers,
+        body,
         server: addr,
     };
     log.lock().unwrap().push(req.clone());
@@ -827,4 +836,41 @@ fn client_and_blob_readers_cross_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Client>();
     assert_send_sync::<RegistryError>();
+}
+
+#[test]
+fn identity_tokens_are_exchanged_by_oauth2_post() {
+    let server = serve(|r| {
+        if r.path == "/token" {
+            assert_eq!(r.method, "POST");
+            let form = String::from_utf8_lossy(&r.body).to_string();
+            assert!(form.contains("grant_type=refresh_token"), "{form}");
+            assert!(form.contains("refresh_token=REFRESH"), "{form}");
+            assert!(
+                form.contains("scope=repository%3Ateam%2Fapp%3Apull"),
+                "{form}"
+            );
+            assert_eq!(r.header("authorization"), None);
+            return reply(200, &[], r#"{"access_token":"ACCESS"}"#);
+        }
+        if r.header("authorization") == Some("Bearer ACCESS") {
+            return manifest_reply();
+        }
+        let challenge = format!(r#"Bearer realm="http://{}/token",service="s""#, r.server);
+        reply(401, &[("WWW-Authenticate", &challenge)], "")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.json");
+    fs_err::write(
+        &cfg,
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"","identitytoken":"REFRESH"}}}}}}"#,
+            server.addr
+        ),
+    )
+    .unwrap();
+    client_with(Settings::default(), Some(cfg))
+        .fetch_manifest(&image(&server), "v1")
+        .unwrap();
+    assert_eq!(server.count("/token"), 1);
 }
