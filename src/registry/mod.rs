@@ -409,7 +409,7 @@ impl Inner {
                 match f(&ep) {
                     Ok(v) => return Ok(v),
                     Err(e) => {
-                        tracing::debug!(mirror = %m.host, "mirror failed, trying the next: {e}")
+                        tracing::warn!(mirror = %m.host, "mirror failed, trying the next: {e}")
                     }
                 }
             }
