@@ -84,7 +84,7 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
     } else {
         image_home(&lowers, &user).unwrap_or_else(|| PathBuf::from("/home").join(&user))
     };
-    let image_env = pulled.config.config.env.clone().unwrap_or_default();
+    let image_env = pulled.config.config.env.clone();
     let host_names: Vec<String> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
         .collect();
