@@ -347,8 +347,8 @@ fn overlay_mounts_layer_dirs_in_a_user_namespace() {
     assert_eq!(
         listing,
         [
-            "f 644 a",
-            "f 644 only-lower",
+            "a f 644",
+            "only-lower f 644",
             "a: from upper",
             "only-lower: l",
         ]

@@ -92,12 +92,16 @@ fn shared_tmp() -> PathBuf {
     dir
 }
 
-/// The devenv binary the runner executes: cargo's, or (as root) a copy the test user can read,
-/// since cargo's target dir often sits in a home the test user cannot enter.
+/// The devenv binary the runner executes: cargo's (or `$DEVENV_TEST_BIN`, to test another
+/// build such as a release binary), as root copied where the test user can read it, since
+/// cargo's target dir often sits in a home the test user cannot enter.
 pub fn devenv_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let built = PathBuf::from(env!("CARGO_BIN_EXE_devenv"));
+        let built = std::env::var_os("DEVENV_TEST_BIN")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_devenv")));
         if !is_root() {
             return built;
         }
@@ -501,9 +505,9 @@ pub fn in_userns(script: &str) -> Outcome {
 }
 
 /// Mounts the layer chain (`lowers[0]` on top) with overlay as the test user, in a user
-/// namespace, and returns `find` of the merged tree: one `<type> <mode> <path>` line per entry
-/// (`f`/`d`/`l`, octal mode, path relative to the root, sorted), plus `<path>: <content>` for
-/// small regular files.
+/// namespace, and returns `find` of the merged tree: one `<path> <type> <mode>` line per entry
+/// (path relative to the root, `f`/`d`/`l`, octal mode; sorted), then `<path>: <content>` for
+/// each small regular file.
 pub fn overlay_listing(home: &TestHome, lowers: &[PathBuf]) -> Vec<String> {
     let mnt = home.mkdir("overlay/merged");
     let upper = home.mkdir("overlay/upper");
@@ -515,7 +519,7 @@ pub fn overlay_listing(home: &TestHome, lowers: &[PathBuf]) -> Vec<String> {
         .join(":");
     let script = format!(
         "mount -t overlay overlay -o lowerdir={lowerdir},upperdir={},workdir={},userxattr {} \
-         && cd {} && find . -mindepth 1 -printf '%y %m %P\\n' | sort \
+         && cd {} && find . -mindepth 1 -printf '%P %y %m\\n' | sort \
          && find . -mindepth 1 -type f -size -2k -printf '%P\\n' | sort | \
             while read -r f; do printf '%s: %s\\n' \"$f\" \"$(cat \"$f\")\"; done",
         upper.display(),
