@@ -709,6 +709,15 @@ fn hostile_in_home(
     let before = home.store_entries();
     let out = pull(&home, &reference);
     bait.assert_unchanged();
+    // Which of the two allowed outcomes happened, for whoever reads the log.
+    match out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:") || l.starts_with("caused by:"))
+    {
+        Some(_) if !out.status.success() => eprintln!("{name}: refused:\n{}", out.stderr),
+        _ => eprintln!("{name}: contained"),
+    }
     let layer_dir = home.layer(&img.layers[0].diff_id);
     let markers = find_named(home.root(), "pwned");
     if out.status.success() {
