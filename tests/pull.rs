@@ -436,19 +436,17 @@ fn pulls_image_built_by_umoci_and_skopeo() {
     fs_err::write(rootfs.join("etc/hello.txt"), "hello from umoci\n").unwrap();
     fs_err::write(rootfs.join("etc/gone.txt"), "whited out later\n").unwrap();
     fs_err::copy("/usr/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    // repack takes no --rootless: unpack recorded it in the bundle.
     sh(&[
-        &["umoci", "repack", "--refresh-bundle"],
-        rootless,
-        &["--image", &image, &bundle_s],
-    ]
-    .concat());
+        "umoci",
+        "repack",
+        "--refresh-bundle",
+        "--image",
+        &image,
+        &bundle_s,
+    ]);
     fs_err::remove_file(rootfs.join("etc/gone.txt")).unwrap();
-    sh(&[
-        &["umoci", "repack"],
-        rootless,
-        &["--image", &image, &bundle_s],
-    ]
-    .concat());
+    sh(&["umoci", "repack", "--image", &image, &bundle_s]);
     sh(&[
         "umoci",
         "config",
