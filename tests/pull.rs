@@ -250,6 +250,48 @@ fn docker_manifest_list_platform_flag_picks_the_other_image() {
 }
 
 #[test]
+fn platform_variant_picks_between_arm_versions() {
+    let home = TestHome::new();
+    let build = |variant: &str| {
+        ImageBuilder::new()
+            .platform("linux", "arm", Some(variant))
+            .layer(Layer::new().file("variant", format!("{variant}\n"), 0o644))
+            .build()
+    };
+    let (v6, v7) = (build("v6"), build("v7"));
+    let idx = index(Format::Oci, vec![v6.clone(), v7.clone()]);
+    let reference = Client::shared().push_index(&unique("pull/variant"), "multi", &idx);
+    run(devenv(&home).args(["pull", &reference, "--platform", "linux/arm/v7"])).success();
+    assert_layer(
+        &home,
+        &v7.layers[0],
+        &Tree::new().file("variant", "v7\n", 0o644),
+    );
+    assert!(!home.layer(&v6.layers[0].diff_id).exists());
+}
+
+#[test]
+fn env_toml_platform_selects_the_image() {
+    let home = TestHome::new();
+    let (idx, host, other) = two_platform_index(Format::Oci);
+    let reference = Client::shared().push_index(&unique("pull/envplat"), "multi", &idx);
+    home.write(
+        "project/env.toml",
+        format!(
+            "[image]\nbase = \"{reference}\"\nplatform = \"linux/{}\"\n",
+            other_arch()
+        ),
+    );
+    run(devenv(&home).arg("pull")).success();
+    assert_layer(
+        &home,
+        &other.layers[0],
+        &Tree::new().file("arch", format!("{}\n", other.architecture), 0o644),
+    );
+    assert!(!home.layer(&host.layers[0].diff_id).exists());
+}
+
+#[test]
 fn index_without_requested_platform_is_an_error() {
     let home = TestHome::new();
     let (idx, _, _) = two_platform_index(Format::Oci);
