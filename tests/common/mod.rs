@@ -111,26 +111,27 @@ pub fn devenv_bin() -> PathBuf {
         let dest = dir.join("devenv");
         fs_err::copy(&built, &dest).expect("copying the devenv binary");
         fs_err::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
-        remove_stale_bin_dirs();
+        remove_stale_dirs();
         dest
     })
     .clone()
 }
 
-/// Removes binary copies left by test processes that no longer run.
-fn remove_stale_bin_dirs() {
+/// Removes binary copies and homes left by test processes that no longer run (killed before
+/// their destructors ran).
+fn remove_stale_dirs() {
     let Ok(entries) = fs_err::read_dir(shared_tmp()) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
+        let pid = name
             .strip_prefix("bin-")
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
+            .or_else(|| name.strip_prefix("home-").and_then(|r| r.split('-').next()))
+            .and_then(|p| p.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
         if !Path::new(&format!("/proc/{pid}")).exists() {
+            make_writable(&e.path());
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -187,7 +188,7 @@ pub struct TestHome {
 impl TestHome {
     pub fn new() -> TestHome {
         let tmp = tempfile::Builder::new()
-            .prefix("home-")
+            .prefix(&format!("home-{}-", std::process::id()))
             .tempdir_in(shared_tmp())
             .expect("creating a test home");
         let root = tmp.keep();
