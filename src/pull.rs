@@ -12,6 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::error::Hint;
 use crate::platform::Platform;
 use crate::progress::{Bar, Reporter};
 use crate::reference::{Digest, ImageRef};
@@ -76,9 +77,12 @@ pub enum PullError {
     Offline { image: String },
 }
 
-impl crate::error::Hint for PullError {
+impl Hint for PullError {
     fn hint(&self) -> Option<String> {
         match self {
+            // Transparent and wrapping variants: the inner error knows its fix.
+            PullError::Registry(e) | PullError::Download { source: e, .. } => e.hint(),
+            PullError::Unpack { source, .. } => source.hint(),
             PullError::Offline { .. } => Some("run once without --offline to fetch it".into()),
             PullError::DiffIdMismatch { .. } | PullError::LayerCount { .. } => {
                 Some("the image is corrupt or was tampered with; nothing was kept".into())

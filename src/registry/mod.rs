@@ -48,7 +48,7 @@ pub enum RegistryError {
     NotFound { image: String },
     #[error("{image}: blob {digest} not found in the registry")]
     BlobNotFound { image: String, digest: Digest },
-    #[error("{registry} refused access to {repository} (401 unauthorized)")]
+    #[error("{registry}: authentication {} for {repository} (401 unauthorized)", if *had_credentials { "failed" } else { "required" })]
     Unauthorized {
         registry: String,
         repository: String,
