@@ -39,11 +39,11 @@ pub enum PullError {
         layer: Digest,
         source: UnpackError,
     },
-    #[error("{image}: layer {layer}: downloading: {source}")]
+    #[error("{image}: layer {layer}: {source}")]
     Download {
         image: String,
         layer: Digest,
-        source: io::Error,
+        source: RegistryError,
     },
     #[error("{image}: layer {layer}: content hashes to {actual}, the image config says {expected}")]
     DiffIdMismatch {
@@ -337,10 +337,10 @@ fn fetch_layer(
     let blob_dest = store.blob_path(&desc.digest);
     let bar = ui.bar(desc.digest.short(), Some(desc.size));
     let layer_error = |e: LayerError| match e {
-        LayerError::Input(source) => PullError::Download {
+        LayerError::Input(e) => PullError::Download {
             image: name.clone(),
             layer: desc.digest.clone(),
-            source,
+            source: RegistryError::from_io(e, &image.registry),
         },
         LayerError::Unpack(source) => PullError::Unpack {
             image: name.clone(),
