@@ -1,0 +1,625 @@
+//! Apply: carry out planned [`Op`]s inside one layer directory, never touching anything outside.
+//!
+//! Containment: every parent directory is opened with `openat2(RESOLVE_IN_ROOT)` from the layer
+//! root (Linux ≥ 5.6), so the kernel resolves symlinks left by earlier entries the way a
+//! container would, with the layer directory as `/`: absolute targets start at the layer root
+//! and `..` stops there. The last component is then created, replaced or linked with `*at`
+//! calls on that directory descriptor, none of which follows a symlink in the last component
+//! (`O_CREAT|O_EXCL|O_NOFOLLOW`, `mkdirat`, `symlinkat`, `linkat` without `AT_SYMLINK_FOLLOW`,
+//! `mknodat`, `unlinkat`). Nothing here takes a path string relative to the process.
+//!
+//! Replacement: a later entry wins over an earlier one of the same name (the old one is removed,
+//! recursively and without following symlinks); a directory over a directory merges.
+//!
+//! Permissions: directories are created `0700` and get their final mode and mtime in
+//! [`Applier::finish`], deepest first, so `0555` (or `0000`) directories can still be filled.
+//! Files are created with their final mode (an `open` that creates returns a writable
+//! descriptor whatever the mode), written, then stamped with their mtime.
+//!
+//! Speed: the descriptor of the last parent directory is cached (archives list a directory's
+//! entries together); any removal drops the cache, since it may change how paths resolve.
+//! Small files are written with one `write`.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::UnlinkatFlags;
+
+use super::UnpackError;
+use super::plan::{Meta, Op, RelPath, Xattr, entry_name};
+
+/// Files up to this size are read whole and written with one `write`.
+const SMALL_FILE: u64 = 1 << 20;
+/// Chunk size for larger files.
+const CHUNK: usize = 1 << 20;
+
+/// Opens directories of the layer, resolving inside it, with a one-entry cache.
+struct Resolver {
+    root: OwnedFd,
+    /// The last parent directory: its path and descriptor.
+    cache: Option<(Vec<u8>, OwnedFd)>,
+}
+
+/// `openat2` flags confining resolution to the layer: symlinks resolve as if the root were `/`,
+/// no magic links (`/proc/self/fd/…`), no crossing onto other mounts.
+fn in_root() -> ResolveFlag {
+    ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS | ResolveFlag::RESOLVE_NO_XDEV
+}
+
+/// Flags of the directory descriptors we keep: readable, so `fsetxattr` and `fchmod` work.
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC
+}
+
+impl Resolver {
+    /// `path` (non-empty) opened inside the layer with `flags`.
+    fn open(&self, path: &[u8], flags: OFlag) -> nix::Result<OwnedFd> {
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(in_root());
+        // openat2(2): EAGAIN means a concurrent rename made `..` unprovable; retry.
+        let mut tries = 0;
+        loop {
+            match nix::fcntl::openat2(self.root.as_fd(), path, how) {
+                Err(Errno::EAGAIN) if tries < 16 => tries += 1,
+                r => return r,
+            }
+        }
+    }
+
+    /// The directory `path` (parent of some entry), created with its missing ancestors.
+    fn dir(&mut self, path: &[u8]) -> io::Result<BorrowedFd<'_>> {
+        self.ensure(path)?;
+        Ok(self.get(path))
+    }
+
+    /// Make `path` the cached directory, creating what is missing.
+    fn ensure(&mut self, path: &[u8]) -> io::Result<()> {
+        if path.is_empty() || matches!(&self.cache, Some((p, _)) if p == path) {
+            return Ok(());
+        }
+        let fd = match self.open(path, dir_flags()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => self.make_dirs(path)?,
+            Err(e) => return Err(e.into()),
+        };
+        self.cache = Some((path.to_vec(), fd));
+        Ok(())
+    }
+
+    /// The directory `ensure` made ready for `path`.
+    fn get(&self, path: &[u8]) -> BorrowedFd<'_> {
+        match &self.cache {
+            Some((p, fd)) if !path.is_empty() && p == path => fd.as_fd(),
+            _ => self.root.as_fd(),
+        }
+    }
+
+    /// Walk `path` from the root, creating each missing directory (mode 0755) in the directory
+    /// its predecessor resolved to. A name that exists but does not resolve to a directory (a
+    /// dangling symlink, a file) is an error.
+    fn make_dirs(&self, path: &[u8]) -> io::Result<OwnedFd> {
+        let mut cur: Option<OwnedFd> = None;
+        let mut start = 0;
+        loop {
+            let end = path[start..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(path.len(), |i| start + i);
+            let comp = &path[start..end];
+            let fd = match self.open(&path[..end], dir_flags()) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => {
+                    let at = cur.as_ref().map_or(self.root.as_fd(), |f| f.as_fd());
+                    match nix::sys::stat::mkdirat(at, comp, Mode::from_bits_truncate(0o755)) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    nix::fcntl::openat(at, comp, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            cur = Some(fd);
+            if end == path.len() {
+                break;
+            }
+            start = end + 1;
+        }
+        cur.ok_or_else(|| io::Error::other("empty directory path"))
+    }
+
+    fn invalidate(&mut self) {
+        self.cache = None;
+    }
+}
+
+/// Final mode and mtime of a directory, applied at the end.
+#[derive(Clone, Copy, Debug)]
+struct DirMeta {
+    mode: u32,
+    mtime: i64,
+}
+
+/// Applies one layer's operations into its directory.
+pub struct Applier {
+    resolver: Resolver,
+    /// Directories seen as entries, by path: their final mode and mtime.
+    dirs: HashMap<RelPath, DirMeta>,
+    /// The process umask when it could be read; `None` means always `fchmod`.
+    umask: Option<u32>,
+    buf: Vec<u8>,
+    /// Entries created (skips not counted).
+    pub files: u64,
+    /// Bytes of regular-file content written.
+    pub bytes: u64,
+}
+
+/// An error from applying one entry, before it is given the entry's name.
+enum Fail {
+    /// A system call on the layer failed: what we were doing, and why.
+    Io(&'static str, io::Error),
+    /// Reading the entry's content from the stream failed.
+    Read(io::Error),
+    /// A hard link target is not there or not linkable.
+    Link(&'static str),
+}
+
+impl Fail {
+    fn io(what: &'static str) -> impl FnOnce(Errno) -> Fail {
+        move |e| Fail::Io(what, e.into())
+    }
+}
+
+type Res<T> = Result<T, Fail>;
+
+impl Applier {
+    /// Open the empty layer directory `dest`.
+    pub fn new(dest: &Path) -> Result<Applier, UnpackError> {
+        let root =
+            nix::fcntl::open(dest, dir_flags(), Mode::empty()).map_err(|e| UnpackError::Dest {
+                path: dest.to_path_buf(),
+                source: e.into(),
+            })?;
+        Ok(Applier {
+            resolver: Resolver { root, cache: None },
+            dirs: HashMap::new(),
+            umask: read_umask(),
+            buf: Vec::new(),
+            files: 0,
+            bytes: 0,
+        })
+    }
+
+    /// Carry out `op`; `content` is the entry's data (read only for files).
+    pub fn apply(&mut self, op: Op, content: &mut dyn Read, raw: &[u8]) -> Result<(), UnpackError> {
+        let counted = !matches!(op, Op::Skip { .. });
+        let target = match &op {
+            Op::Hardlink { target, .. } => Some(entry_name(target.as_bytes())),
+            _ => None,
+        };
+        let r = match op {
+            Op::Mkdir { path, meta } => self.mkdir(&path, &meta),
+            Op::File { path, meta, size } => self.file(&path, &meta, size, content),
+            Op::Symlink {
+                path,
+                target,
+                mtime,
+            } => self.symlink(&path, &target, mtime),
+            Op::Hardlink { path, target } => self.hardlink(&path, &target),
+            Op::Fifo { path, meta } => self.fifo(&path, &meta),
+            Op::Whiteout { path } => self.whiteout(&path),
+            Op::Opaque { dir } => self.opaque(&dir),
+            Op::Skip { reason } => {
+                tracing::debug!(entry = %entry_name(raw).display(), reason, "skipping entry");
+                Ok(())
+            }
+        };
+        match r {
+            Ok(()) => {
+                self.files += u64::from(counted);
+                Ok(())
+            }
+            Err(Fail::Io(op, source)) => Err(UnpackError::Io {
+                entry: entry_name(raw),
+                op,
+                source,
+            }),
+            Err(Fail::Read(e)) => Err(UnpackError::Tar(e)),
+            Err(Fail::Link(reason)) => Err(UnpackError::Hardlink {
+                entry: entry_name(raw),
+                target: target.unwrap_or_default(),
+                reason,
+            }),
+        }
+    }
+
+    fn mkdir(&mut self, path: &RelPath, meta: &Meta) -> Res<()> {
+        let Some((parent, name)) = path.split() else {
+            // `./`: the layer root. Set its mode at the end, keeping u+rwx so the store can
+            // still rename and remove the layer.
+            set_xattrs(self.resolver.root.as_fd(), &meta.xattrs, path)?;
+            self.dirs.insert(
+                path.clone(),
+                DirMeta {
+                    mode: meta.mode | 0o700,
+                    mtime: meta.mtime,
+                },
+            );
+            return Ok(());
+        };
+        let pfd = self
+            .resolver
+            .dir(parent)
+            .map_err(|e| Fail::Io("opening the parent of", e))?;
+        let mut removed = false;
+        match nix::sys::stat::mkdirat(pfd, name, Mode::S_IRWXU) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => {
+                let st = nix::sys::stat::fstatat(pfd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(Fail::io("inspecting"))?;
+                if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
+                    remove_all(pfd, name).map_err(|e| Fail::Io("replacing", e))?;
+                    removed = true;
+                    nix::sys::stat::mkdirat(pfd, name, Mode::S_IRWXU)
+                        .map_err(Fail::io("creating directory"))?;
+                }
+            }
+            Err(e) => return Err(Fail::Io("creating directory", e.into())),
+        }
+        if !meta.xattrs.is_empty() {
+            let fd = nix::fcntl::openat(pfd, name, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())
+                .map_err(Fail::io("opening directory"))?;
+            set_xattrs(fd.as_fd(), &meta.xattrs, path)?;
+        }
+        if removed {
+            self.removed(path);
+        }
+        self.dirs.insert(
+            path.clone(),
+            DirMeta {
+                mode: meta.mode,
+                mtime: meta.mtime,
+            },
+        );
+        Ok(())
+    }
+
+    fn file(&mut self, path: &RelPath, meta: &Meta, size: u64, content: &mut dyn Read) -> Res<()> {
+        let (parent, name) = leaf(path)?;
+        let pfd = self
+            .resolver
+            .dir(parent)
+            .map_err(|e| Fail::Io("opening the parent of", e))?;
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mode = Mode::from_bits_truncate(meta.mode);
+        let mut removed = false;
+        let fd = match nix::fcntl::openat(pfd, name, flags, mode) {
+            Err(Errno::EEXIST) => {
+                remove_all(pfd, name).map_err(|e| Fail::Io("replacing", e))?;
+                removed = true;
+                nix::fcntl::openat(pfd, name, flags, mode)
+            }
+            r => r,
+        }
+        .map_err(Fail::io("creating"))?;
+        let mut file = std::fs::File::from(fd);
+        write_content(&mut file, content, size, &mut self.buf)?;
+        self.bytes += size;
+        // The umask may have cleared bits of the creation mode.
+        if self.umask.is_none_or(|u| meta.mode & u != 0) {
+            nix::sys::stat::fchmod(file.as_fd(), mode).map_err(Fail::io("setting the mode of"))?;
+        }
+        let t = timespec(meta.mtime);
+        nix::sys::stat::futimens(file.as_fd(), &t, &t).map_err(Fail::io("setting the mtime of"))?;
+        set_xattrs(file.as_fd(), &meta.xattrs, path)?;
+        if removed {
+            self.removed(path);
+        }
+        Ok(())
+    }
+
+    fn symlink(&mut self, path: &RelPath, target: &[u8], mtime: i64) -> Res<()> {
+        let (parent, name) = leaf(path)?;
+        let pfd = self
+            .resolver
+            .dir(parent)
+            .map_err(|e| Fail::Io("opening the parent of", e))?;
+        let mut removed = false;
+        match nix::unistd::symlinkat(target, pfd, name) {
+            Err(Errno::EEXIST) => {
+                remove_all(pfd, name).map_err(|e| Fail::Io("replacing", e))?;
+                removed = true;
+                nix::unistd::symlinkat(target, pfd, name)
+            }
+            r => r,
+        }
+        .map_err(Fail::io("creating symlink"))?;
+        let t = timespec(mtime);
+        nix::sys::stat::utimensat(pfd, name, &t, &t, UtimensatFlags::NoFollowSymlink)
+            .map_err(Fail::io("setting the mtime of"))?;
+        if removed {
+            self.removed(path);
+        }
+        Ok(())
+    }
+
+    /// A hard link to an entry already in this layer. The target's directory resolves inside
+    /// the layer; its last component is linked as is: a symlink target gives a second name for
+    /// that symlink (as `link(2)` and tar do), never the file it points to.
+    fn hardlink(&mut self, path: &RelPath, target: &RelPath) -> Res<()> {
+        let (tparent, tname) = target
+            .split()
+            .ok_or(Fail::Link("the target is the layer root"))?;
+        let tfd = if tparent.is_empty() {
+            None
+        } else {
+            match self.resolver.open(tparent, dir_flags()) {
+                Ok(fd) => Some(fd),
+                Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => {
+                    return Err(Fail::Link("the target is not in this layer"));
+                }
+                Err(e) => return Err(Fail::Io("opening the target directory of", e.into())),
+            }
+        };
+        let (parent, name) = leaf(path)?;
+        self.resolver
+            .ensure(parent)
+            .map_err(|e| Fail::Io("opening the parent of", e))?;
+        let pfd = self.resolver.get(parent);
+        let tdir = tfd
+            .as_ref()
+            .map_or(self.resolver.root.as_fd(), |f| f.as_fd());
+        let link = || nix::unistd::linkat(tdir, tname, pfd, name, AtFlags::empty());
+        let mut removed = false;
+        let r = match link() {
+            Err(Errno::EEXIST) => {
+                remove_all(pfd, name).map_err(|e| Fail::Io("replacing", e))?;
+                removed = true;
+                link()
+            }
+            r => r,
+        };
+        if removed {
+            self.removed(path);
+        }
+        match r {
+            Ok(()) => Ok(()),
+            Err(Errno::ENOENT) => Err(Fail::Link("the target is not in this layer")),
+            Err(Errno::EPERM) => Err(Fail::Link("the target is a directory")),
+            Err(e) => Err(Fail::Io("creating hard link", e.into())),
+        }
+    }
+
+    fn fifo(&mut self, path: &RelPath, meta: &Meta) -> Res<()> {
+        let (parent, name) = leaf(path)?;
+        let pfd = self
+            .resolver
+            .dir(parent)
+            .map_err(|e| Fail::Io("opening the parent of", e))?;
+        let mode = Mode::from_bits_truncate(meta.mode);
+        let mknod = || nix::sys::stat::mknodat(pfd, name, SFlag::S_IFIFO, mode, 0);
+        let mut removed = false;
+        match mknod() {
+            Err(Errno::EEXIST) => {
+                remove_all(pfd, name).map_err(|e| Fail::Io("replacing", e))?;
+                removed = true;
+                mknod()
+            }
+            r => r,
+        }
+        .map_err(Fail::io("creating fifo"))?;
+        // fchmodat(2) follows symlinks, but `name` is the fifo just made in `pfd`.
+        nix::sys::stat::fchmodat(
+            pfd,
+            name,
+            mode,
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(Fail::io("setting the mode of"))?;
+        let t = timespec(meta.mtime);
+        nix::sys::stat::utimensat(pfd, name, &t, &t, UtimensatFlags::NoFollowSymlink)
+            .map_err(Fail::io("setting the mtime of"))?;
+        if removed {
+            self.removed(path);
+        }
+        Ok(())
+    }
+
+    /// An overlay whiteout: a 0/0 character device (unprivileged since Linux 5.8). If this
+    /// layer already has something at that name, it stays: OCI whiteouts hide only lower layers.
+    fn whiteout(&mut self, path: &RelPath) -> Res<()> {
+        let (parent, name) = leaf(path)?;
+        let pfd = self
+            .resolver
+            .dir(parent)
+            .map_err(|e| Fail::Io("opening the parent of", e))?;
+        match nix::sys::stat::mknodat(pfd, name, SFlag::S_IFCHR, Mode::empty(), 0) {
+            Ok(()) => Ok(()),
+            Err(Errno::EEXIST) => {
+                tracing::debug!(
+                    path = %entry_name(path.as_bytes()).display(),
+                    "whiteout names an entry of its own layer; keeping the entry"
+                );
+                Ok(())
+            }
+            Err(e) => Err(Fail::Io("creating whiteout", e.into())),
+        }
+    }
+
+    /// Mark `dir` opaque for overlay's `userxattr` mode.
+    fn opaque(&mut self, dir: &RelPath) -> Res<()> {
+        let fd = self
+            .resolver
+            .dir(dir.as_bytes())
+            .map_err(|e| Fail::Io("opening", e))?;
+        fsetxattr(fd, b"user.overlay.opaque", b"y").map_err(|e| Fail::Io("marking opaque", e))
+    }
+
+    /// Bookkeeping after an entry at `path` was removed to make room for a new one.
+    fn removed(&mut self, path: &RelPath) {
+        self.resolver.invalidate();
+        self.dirs.retain(|p, _| !p.starts_with(path));
+    }
+
+    /// Give directories their final modes and mtimes, deepest first (a directory's mode must
+    /// not stop us reaching those below it, and stamping a child does not touch its parent's
+    /// mtime).
+    pub fn finish(self) -> Result<(), UnpackError> {
+        let mut dirs: Vec<(RelPath, DirMeta)> = self.dirs.into_iter().collect();
+        dirs.sort_unstable_by(|a, b| {
+            b.0.depth()
+                .cmp(&a.0.depth())
+                .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+        });
+        for (path, meta) in dirs {
+            let fd = if path.is_root() {
+                None
+            } else {
+                // O_NOFOLLOW: if a later entry replaced the directory with a symlink, leave it.
+                match self
+                    .resolver
+                    .open(path.as_bytes(), dir_flags() | OFlag::O_NOFOLLOW)
+                {
+                    Ok(fd) => Some(fd),
+                    Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => {
+                        tracing::debug!(path = %entry_name(path.as_bytes()).display(), "directory gone before its mode was set");
+                        continue;
+                    }
+                    Err(e) => return Err(dir_err(&path, "opening directory", e)),
+                }
+            };
+            let fd = fd
+                .as_ref()
+                .map_or(self.resolver.root.as_fd(), |f| f.as_fd());
+            nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(meta.mode))
+                .map_err(|e| dir_err(&path, "setting the mode of", e))?;
+            let t = timespec(meta.mtime);
+            nix::sys::stat::futimens(fd, &t, &t)
+                .map_err(|e| dir_err(&path, "setting the mtime of", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Parent and name of a path the plan guarantees is not the root.
+fn leaf(path: &RelPath) -> Res<(&[u8], &[u8])> {
+    path.split().ok_or_else(|| {
+        Fail::Io(
+            "resolving",
+            io::Error::new(io::ErrorKind::InvalidInput, "names the layer root"),
+        )
+    })
+}
+
+fn dir_err(path: &RelPath, op: &'static str, e: Errno) -> UnpackError {
+    UnpackError::Io {
+        entry: entry_name(path.as_bytes()),
+        op,
+        source: e.into(),
+    }
+}
+
+fn timespec(secs: i64) -> TimeSpec {
+    TimeSpec::new(secs, 0)
+}
+
+/// Copy exactly `size` bytes of entry content into `file`: small files with one write.
+fn write_content(
+    file: &mut std::fs::File,
+    content: &mut dyn Read,
+    size: u64,
+    buf: &mut Vec<u8>,
+) -> Res<()> {
+    let mut left = size;
+    while left > 0 {
+        let n = if size <= SMALL_FILE {
+            left as usize
+        } else {
+            left.min(CHUNK as u64) as usize
+        };
+        buf.resize(n, 0);
+        content.read_exact(buf).map_err(Fail::Read)?;
+        file.write_all(buf).map_err(|e| Fail::Io("writing", e))?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Set the archive's `user.*` attributes. A filesystem without user xattrs drops them with a
+/// debug line (they are the image's metadata, not something overlay needs).
+fn set_xattrs(fd: BorrowedFd<'_>, xattrs: &[Xattr], path: &RelPath) -> Res<()> {
+    for x in xattrs {
+        match fsetxattr(fd, &x.name, &x.value) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => tracing::debug!(
+                path = %entry_name(path.as_bytes()).display(),
+                xattr = %String::from_utf8_lossy(&x.name),
+                "filesystem refuses user xattrs; dropping"
+            ),
+            Err(e) => return Err(Fail::Io("setting an extended attribute of", e)),
+        }
+    }
+    Ok(())
+}
+
+/// fsetxattr(2); nix has no wrapper.
+fn fsetxattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `fd` is open for the call, `name` is NUL-terminated, and `value` points to
+    // `value.len()` readable bytes; the kernel copies both and keeps no pointer.
+    let r = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Remove `name` in `dir`, recursively if it is a directory, never following symlinks.
+fn remove_all(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    match nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+        // unlink(2): EISDIR on Linux for a directory.
+        Err(Errno::EISDIR | Errno::EPERM) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let fd = nix::fcntl::openat(dir, name, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())?;
+    // Directories of this layer are u+rwx until `finish`, so we can empty it.
+    let mut children: Vec<Vec<u8>> = Vec::new();
+    let mut d = nix::dir::Dir::from_fd(fd.try_clone()?)?;
+    for ent in d.iter() {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            children.push(n.to_vec());
+        }
+    }
+    for child in children {
+        remove_all(fd.as_fd(), &child)?;
+    }
+    nix::unistd::unlinkat(dir, name, UnlinkatFlags::RemoveDir)?;
+    Ok(())
+}
+
+/// The process umask from /proc/self/status (reading it with umask(2) would change it).
+fn read_umask() -> Option<u32> {
+    let status = fs_err::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
