@@ -169,11 +169,21 @@ enum Fail {
     Read(io::Error),
     /// A hard link target is not there or not linkable.
     Link(&'static str),
+    /// A parent component is not a directory once resolved inside the layer.
+    NotDir,
 }
 
 impl Fail {
     fn io(what: &'static str) -> impl FnOnce(Errno) -> Fail {
         move |e| Fail::Io(what, e.into())
+    }
+
+    /// Opening an entry's parent failed.
+    fn parent(e: io::Error) -> Fail {
+        match e.raw_os_error() {
+            Some(libc::ENOTDIR | libc::ELOOP) => Fail::NotDir,
+            _ => Fail::Io("opening the parent of", e),
+        }
     }
 }
 
@@ -232,6 +242,12 @@ impl Applier {
                 source,
             }),
             Err(Fail::Read(e)) => Err(UnpackError::Tar(e)),
+            Err(Fail::NotDir) => Err(UnpackError::InvalidEntry {
+                entry: entry_name(raw),
+                reason: "a parent is not a directory inside the layer (a file, a symlink loop, \
+                         or a symlink leading nowhere in the layer)"
+                    .into(),
+            }),
             Err(Fail::Link(reason)) => Err(UnpackError::Hardlink {
                 entry: entry_name(raw),
                 target: target.unwrap_or_default(),
@@ -254,10 +270,7 @@ impl Applier {
             );
             return Ok(());
         };
-        let pfd = self
-            .resolver
-            .dir(parent)
-            .map_err(|e| Fail::Io("opening the parent of", e))?;
+        let pfd = self.resolver.dir(parent).map_err(Fail::parent)?;
         let mut removed = false;
         match nix::sys::stat::mkdirat(pfd, name, Mode::S_IRWXU) {
             Ok(()) => {}
@@ -291,12 +304,12 @@ impl Applier {
         Ok(())
     }
 
+    /// A regular file. Everything after reading the content (write, mode, mtime, xattrs,
+    /// close) needs only the descriptor and the buffer, so it can move to writer threads
+    /// without touching resolution, which must stay on this thread.
     fn file(&mut self, path: &RelPath, meta: &Meta, size: u64, content: &mut dyn Read) -> Res<()> {
         let (parent, name) = leaf(path)?;
-        let pfd = self
-            .resolver
-            .dir(parent)
-            .map_err(|e| Fail::Io("opening the parent of", e))?;
+        let pfd = self.resolver.dir(parent).map_err(Fail::parent)?;
         let flags =
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let mode = Mode::from_bits_truncate(meta.mode);
@@ -328,10 +341,7 @@ impl Applier {
 
     fn symlink(&mut self, path: &RelPath, target: &[u8], mtime: i64) -> Res<()> {
         let (parent, name) = leaf(path)?;
-        let pfd = self
-            .resolver
-            .dir(parent)
-            .map_err(|e| Fail::Io("opening the parent of", e))?;
+        let pfd = self.resolver.dir(parent).map_err(Fail::parent)?;
         let mut removed = false;
         match nix::unistd::symlinkat(target, pfd, name) {
             Err(Errno::EEXIST) => {
@@ -370,9 +380,7 @@ impl Applier {
             }
         };
         let (parent, name) = leaf(path)?;
-        self.resolver
-            .ensure(parent)
-            .map_err(|e| Fail::Io("opening the parent of", e))?;
+        self.resolver.ensure(parent).map_err(Fail::parent)?;
         let pfd = self.resolver.get(parent);
         let tdir = tfd
             .as_ref()
@@ -400,10 +408,7 @@ impl Applier {
 
     fn fifo(&mut self, path: &RelPath, meta: &Meta) -> Res<()> {
         let (parent, name) = leaf(path)?;
-        let pfd = self
-            .resolver
-            .dir(parent)
-            .map_err(|e| Fail::Io("opening the parent of", e))?;
+        let pfd = self.resolver.dir(parent).map_err(Fail::parent)?;
         let mode = Mode::from_bits_truncate(meta.mode);
         let mknod = || nix::sys::stat::mknodat(pfd, name, SFlag::S_IFIFO, mode, 0);
         let mut removed = false;
@@ -437,10 +442,7 @@ impl Applier {
     /// layer already has something at that name, it stays: OCI whiteouts hide only lower layers.
     fn whiteout(&mut self, path: &RelPath) -> Res<()> {
         let (parent, name) = leaf(path)?;
-        let pfd = self
-            .resolver
-            .dir(parent)
-            .map_err(|e| Fail::Io("opening the parent of", e))?;
+        let pfd = self.resolver.dir(parent).map_err(Fail::parent)?;
         match nix::sys::stat::mknodat(pfd, name, SFlag::S_IFCHR, Mode::empty(), 0) {
             Ok(()) => Ok(()),
             Err(Errno::EEXIST) => {

@@ -11,9 +11,9 @@
 //! nodes are skipped, only `user.*` xattrs are kept.
 //!
 //! This is the security boundary: unpack never creates, changes or removes anything outside the
-//! layer directory. Names are normalised and refused when they climb out ([`plan`]); symlinks
+//! layer directory. Names are normalised and refused when they climb out (`plan.rs`); symlinks
 //! left by earlier entries resolve inside the layer as a container sees them, enforced by the
-//! kernel (`openat2(RESOLVE_IN_ROOT)`, [`apply`]). It never calls `chown` and never uses
+//! kernel (`openat2(RESOLVE_IN_ROOT)`, `apply.rs`). It never calls `chown` and never uses
 //! `tar::Entry::unpack`.
 
 mod apply;

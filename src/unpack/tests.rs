@@ -314,7 +314,9 @@ fn unpack_rejects_symlink_escape() {
             assert_eq!(read(&s.p("file")), b"evil");
         } else {
             match r {
-                Err(UnpackError::Io { entry: e, .. }) => assert_eq!(e, PathBuf::from(&entry)),
+                Err(UnpackError::InvalidEntry { entry: e, .. }) => {
+                    assert_eq!(e, PathBuf::from(&entry))
+                }
                 other => panic!("{link} -> {target}: {other:?}"),
             }
         }
@@ -460,7 +462,10 @@ fn unpack_rejects_whiteout_escape() {
         .sym("b", s.bait_abs())
         .file("b/.wh.file", b"")
         .bytes();
-    assert!(matches!(s.apply(&tar), Err(UnpackError::Io { .. })));
+    assert!(matches!(
+        s.apply(&tar),
+        Err(UnpackError::InvalidEntry { .. })
+    ));
     let tar = Tar::new()
         .sym("o", s.bait_abs())
         .file("o/.wh..wh..opq", b"")
@@ -641,9 +646,14 @@ fn unpack_file_under_a_file_is_refused() {
     let s = Scene::new();
     let tar = Tar::new().file("f", b"").file("f/g", b"").bytes();
     match s.apply(&tar) {
-        Err(UnpackError::Io { entry, .. }) => assert_eq!(entry, PathBuf::from("f/g")),
+        Err(UnpackError::InvalidEntry { entry, .. }) => assert_eq!(entry, PathBuf::from("f/g")),
         other => panic!("{other:?}"),
     }
+    let tar = Tar::new().sym("loop", "loop").file("loop/x", b"").bytes();
+    assert!(matches!(
+        s.apply(&tar),
+        Err(UnpackError::InvalidEntry { .. })
+    ));
 }
 
 #[test]
