@@ -33,7 +33,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::UnlinkatFlags;
 
 use super::UnpackError;
-use super::plan::{Meta, Op, RelPath, Xattr, entry_name};
+use super::plan::{Meta, Mtime, Op, RelPath, Xattr, entry_name};
 
 /// Files up to this size are read whole and written with one `write`.
 const SMALL_FILE: u64 = 1 << 20;
@@ -144,7 +144,7 @@ impl Resolver {
 #[derive(Clone, Copy, Debug)]
 struct DirMeta {
     mode: u32,
-    mtime: i64,
+    mtime: Mtime,
 }
 
 /// Applies one layer's operations into its directory.
@@ -339,7 +339,7 @@ impl Applier {
         Ok(())
     }
 
-    fn symlink(&mut self, path: &RelPath, target: &[u8], mtime: i64) -> Res<()> {
+    fn symlink(&mut self, path: &RelPath, target: &[u8], mtime: Mtime) -> Res<()> {
         let (parent, name) = leaf(path)?;
         let pfd = self.resolver.dir(parent).map_err(Fail::parent)?;
         let mut removed = false;
@@ -529,8 +529,8 @@ fn dir_err(path: &RelPath, op: &'static str, e: Errno) -> UnpackError {
     }
 }
 
-fn timespec(secs: i64) -> TimeSpec {
-    TimeSpec::new(secs, 0)
+fn timespec(t: Mtime) -> TimeSpec {
+    TimeSpec::new(t.secs, i64::from(t.nanos))
 }
 
 /// Copy exactly `size` bytes of entry content into `file`: small files with one write.

@@ -203,7 +203,7 @@ fn unpack_stream<R: Read>(
         archive.set_ignore_zeros(false);
         for entry in archive.entries().map_err(UnpackError::Tar)? {
             let mut entry = entry.map_err(UnpackError::Tar)?;
-            let xattrs = xattrs(&mut entry)?;
+            let (xattrs, pax_mtime) = pax(&mut entry)?;
             let path = entry.path_bytes().into_owned();
             let link = entry.link_name_bytes().map(|l| l.into_owned());
             let header = entry.header();
@@ -212,8 +212,12 @@ fn unpack_stream<R: Read>(
                 kind: header.entry_type(),
                 link: link.as_deref(),
                 mode: header.mode().map_err(|e| invalid(&path, e))?,
-                mtime: i64::try_from(header.mtime().map_err(|e| invalid(&path, e))?)
-                    .unwrap_or(i64::MAX),
+                mtime: match pax_mtime {
+                    Some(t) => t,
+                    None => i64::try_from(header.mtime().map_err(|e| invalid(&path, e))?)
+                        .unwrap_or(i64::MAX)
+                        .into(),
+                },
                 size: entry.size(),
                 xattrs,
             };
@@ -241,11 +245,14 @@ fn invalid(path: &[u8], e: io::Error) -> UnpackError {
     }
 }
 
-/// `SCHILY.xattr.*` pax records of an entry.
-fn xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<plan::Xattr>, UnpackError> {
+/// What we use of an entry's pax records: `SCHILY.xattr.*` and a precise `mtime`.
+fn pax<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+) -> Result<(Vec<plan::Xattr>, Option<plan::Mtime>), UnpackError> {
     let mut out = Vec::new();
+    let mut mtime = None;
     let Some(exts) = entry.pax_extensions().map_err(UnpackError::Tar)? else {
-        return Ok(out);
+        return Ok((out, mtime));
     };
     for ext in exts {
         let ext = ext.map_err(UnpackError::Tar)?;
@@ -254,9 +261,11 @@ fn xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<plan::Xattr>, Un
                 name: name.to_vec(),
                 value: ext.value_bytes().to_vec(),
             });
+        } else if ext.key_bytes() == b"mtime" {
+            mtime = plan::Mtime::parse_pax(ext.value_bytes());
         }
     }
-    Ok(out)
+    Ok((out, mtime))
 }
 
 /// Read the compressed input to EOF: the caller's reader checks the blob digest there.

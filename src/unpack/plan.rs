@@ -141,13 +141,63 @@ pub struct Xattr {
     pub value: Vec<u8>,
 }
 
+/// A modification time since the epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mtime {
+    pub secs: i64,
+    /// Always below 1e9.
+    pub nanos: u32,
+}
+
+impl From<i64> for Mtime {
+    fn from(secs: i64) -> Mtime {
+        Mtime { secs, nanos: 0 }
+    }
+}
+
+impl Mtime {
+    /// A pax `mtime` record: decimal seconds, optionally signed, with an optional fraction
+    /// (`1700000000.123456789`); digits past nanoseconds are dropped.
+    pub fn parse_pax(raw: &[u8]) -> Option<Mtime> {
+        let s = std::str::from_utf8(raw).ok()?;
+        let (neg, s) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+        if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let int: i64 = int.parse().ok()?;
+        let digits = &frac[..frac.len().min(9)];
+        let nanos = if digits.is_empty() {
+            0
+        } else {
+            digits.parse::<u32>().ok()? * 10u32.pow(9 - digits.len() as u32)
+        };
+        Some(match (neg, nanos) {
+            (false, _) => Mtime { secs: int, nanos },
+            (true, 0) => Mtime {
+                secs: -int,
+                nanos: 0,
+            },
+            (true, n) => Mtime {
+                secs: -int - 1,
+                nanos: 1_000_000_000 - n,
+            },
+        })
+    }
+}
+
 /// Permissions, time and attributes of a created object.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
     /// Permission bits, setuid/setgid already dropped.
     pub mode: u32,
-    /// Seconds since the epoch.
-    pub mtime: i64,
+    pub mtime: Mtime,
     pub xattrs: Vec<Xattr>,
 }
 
@@ -169,7 +219,7 @@ pub enum Op {
     Symlink {
         path: RelPath,
         target: Vec<u8>,
-        mtime: i64,
+        mtime: Mtime,
     },
     /// A hard link to an entry earlier in this layer.
     Hardlink {
@@ -201,7 +251,7 @@ pub struct EntryInfo<'a> {
     pub kind: EntryType,
     pub link: Option<&'a [u8]>,
     pub mode: u32,
-    pub mtime: i64,
+    pub mtime: Mtime,
     pub size: u64,
     /// (name, value) pairs from `SCHILY.xattr.*` pax records.
     pub xattrs: Vec<Xattr>,
@@ -369,7 +419,7 @@ mod tests {
             kind,
             link: link.map(str::as_bytes),
             mode: 0o644,
-            mtime: 7,
+            mtime: 7.into(),
             size: 0,
             xattrs: Vec::new(),
         }
@@ -378,7 +428,7 @@ mod tests {
     fn m(mode: u32) -> Meta {
         Meta {
             mode,
-            mtime: 7,
+            mtime: 7.into(),
             xattrs: Vec::new(),
         }
     }
@@ -506,7 +556,7 @@ mod tests {
                 Op::Symlink {
                     path: p("bin/sh"),
                     target: b"/usr/bin/dash".to_vec(),
-                    mtime: 7,
+                    mtime: 7.into(),
                 },
             ),
             (
@@ -514,7 +564,7 @@ mod tests {
                 Op::Symlink {
                     path: p("up"),
                     target: b"../../..".to_vec(),
-                    mtime: 7,
+                    mtime: 7.into(),
                 },
             ),
             (
@@ -630,6 +680,30 @@ mod tests {
         match plan_entry(&info("h", Link, Some("./"))) {
             Err(UnpackError::Hardlink { entry, .. }) => assert_eq!(entry, PathBuf::from("h")),
             other => panic!("hard link to root: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pax_mtimes() {
+        let t = |secs, nanos| Some(Mtime { secs, nanos });
+        let table: &[(&str, Option<Mtime>)] = &[
+            ("1700000000", t(1_700_000_000, 0)),
+            ("1700000000.5", t(1_700_000_000, 500_000_000)),
+            ("1795875143.6996013540", t(1_795_875_143, 699_601_354)),
+            ("0.000000001", t(0, 1)),
+            ("-1", t(-1, 0)),
+            ("-1.5", t(-2, 500_000_000)),
+            ("-0.25", t(-1, 750_000_000)),
+            ("12.", t(12, 0)),
+            ("", None),
+            (".5", None),
+            ("1e9", None),
+            ("1.2.3", None),
+            ("--1", None),
+            ("99999999999999999999", None),
+        ];
+        for (raw, want) in table {
+            assert_eq!(Mtime::parse_pax(raw.as_bytes()), *want, "{raw:?}");
         }
     }
 

@@ -555,6 +555,22 @@ fn unpack_keeps_modes_and_mtimes_drops_setuid() {
         .entry(EntryType::Fifo, "run/fifo", "", 0o620, b"")
         .sym("bin/sh", "/usr/bin/dash")
         .file("bin/later", b"changes bin's mtime until the end")
+        .entry_pax(
+            EntryType::Directory,
+            "precise/",
+            "",
+            0o755,
+            b"",
+            &[("mtime", b"1600000000.25")],
+        )
+        .entry_pax(
+            EntryType::Regular,
+            "precise/f",
+            "",
+            0o644,
+            b"",
+            &[("mtime", b"1500000000.000000125")],
+        )
         .bytes();
     s.apply(&tar).expect("apply");
     assert_eq!(mode(&s.p("bin/su")), 0o755);
