@@ -547,9 +547,13 @@ fn write_content(
         } else {
             left.min(CHUNK as u64) as usize
         };
-        buf.resize(n, 0);
-        content.read_exact(buf).map_err(Fail::Read)?;
-        file.write_all(buf).map_err(|e| Fail::Io("writing", e))?;
+        // Grow only: re-zeroing the buffer for every file would cost as much as the copy.
+        if buf.len() < n {
+            buf.resize(n, 0);
+        }
+        let chunk = &mut buf[..n];
+        content.read_exact(chunk).map_err(Fail::Read)?;
+        file.write_all(chunk).map_err(|e| Fail::Io("writing", e))?;
         left -= n as u64;
     }
     Ok(())

@@ -119,7 +119,9 @@ fn io_hint(op: &str, e: &io::Error) -> Option<String> {
         libc::ENOSPC | libc::EDQUOT => {
             "the disk is full: free space, or point DEVENV_HOME at a larger filesystem".into()
         }
-        libc::ENOSYS => "devenv needs Linux 5.8 or later (openat2, unprivileged whiteouts)".into(),
+        libc::ENOSYS => "devenv needs Linux 5.8 or later (openat2, unprivileged whiteouts); in a \
+            container, a seccomp profile may be blocking openat2"
+            .into(),
         libc::EMFILE | libc::ENFILE => "too many open files: raise `ulimit -n`".into(),
         libc::EPERM if op == "creating whiteout" => {
             "overlay whiteouts are 0/0 character devices, which unprivileged users may create \
@@ -184,6 +186,9 @@ pub fn apply_layer(
     result.map_err(|e| failure.explain(e))
 }
 
+/// Buffer between the decompressed stream and the tar parser.
+const STREAM_BUFFER: usize = 256 * 1024;
+
 /// Apply the tar stream `reader` into `dest`, hashing it whole; returns the reader, at EOF.
 fn unpack_stream<R: Read>(
     reader: R,
@@ -191,11 +196,16 @@ fn unpack_stream<R: Read>(
     failure: &Failure,
 ) -> Result<(Applied, R), UnpackError> {
     let mut applier = apply::Applier::new(dest)?;
+    // The tar parser reads 512-byte headers: serve them from a buffer, not one decompressor
+    // (or, uncompressed, one input) call each. Large content reads bypass the buffer.
     let mut hashed = Hashed {
-        inner: Recorded {
-            inner: reader,
-            slot: failure.stream.clone(),
-        },
+        inner: io::BufReader::with_capacity(
+            STREAM_BUFFER,
+            Recorded {
+                inner: reader,
+                slot: failure.stream.clone(),
+            },
+        ),
         hasher: sha2::Sha256::new(),
     };
     {
@@ -235,7 +245,8 @@ fn unpack_stream<R: Read>(
         files,
         bytes,
     };
-    Ok((applied, hashed.inner.inner))
+    // At EOF, so the buffer is empty and nothing is lost.
+    Ok((applied, hashed.inner.into_inner().inner))
 }
 
 fn invalid(path: &[u8], e: io::Error) -> UnpackError {
