@@ -40,9 +40,19 @@ const SMALL_FILE: u64 = 1 << 20;
 /// Chunk size for larger files.
 const CHUNK: usize = 1 << 20;
 
+/// Mode of directories created for entries whose archive lists no parent.
+const IMPLICIT_DIR: Mode = Mode::from_bits_truncate(0o755);
+
+/// Whether creating with `mode` under `umask` may lose bits (an unknown umask may).
+fn umask_strips(umask: Option<u32>, mode: u32) -> bool {
+    umask.is_none_or(|u| mode & u != 0)
+}
+
 /// Opens directories of the layer, resolving inside it, with a one-entry cache.
 struct Resolver {
     root: OwnedFd,
+    /// The process umask when it could be read; `None` means always `fchmod`.
+    umask: Option<u32>,
     /// The last parent directory: its path and descriptor.
     cache: Option<(Vec<u8>, OwnedFd)>,
 }
@@ -102,37 +112,36 @@ impl Resolver {
         }
     }
 
-    /// Walk `path` from the root, creating each missing directory (mode 0755) in the directory
-    /// its predecessor resolved to. A name that exists but does not resolve to a directory (a
-    /// dangling symlink, a file) is an error.
+    /// Create the missing directory `path` (mode 0755), and its missing ancestors, each in
+    /// the directory its parent resolved to inside the layer. Called when opening `path` gave
+    /// ENOENT. A name that exists but does not resolve to a directory (a dangling symlink, a
+    /// file) fails with ENOTDIR or ELOOP: we never create a symlink's target.
     fn make_dirs(&self, path: &[u8]) -> io::Result<OwnedFd> {
-        let mut cur: Option<OwnedFd> = None;
-        let mut start = 0;
-        loop {
-            let end = path[start..]
-                .iter()
-                .position(|&b| b == b'/')
-                .map_or(path.len(), |i| start + i);
-            let comp = &path[start..end];
-            let fd = match self.open(&path[..end], dir_flags()) {
+        let (parent, name) = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => (&path[..0], path),
+        };
+        let pfd = if parent.is_empty() {
+            None
+        } else {
+            Some(match self.open(parent, dir_flags()) {
                 Ok(fd) => fd,
-                Err(Errno::ENOENT) => {
-                    let at = cur.as_ref().map_or(self.root.as_fd(), |f| f.as_fd());
-                    match nix::sys::stat::mkdirat(at, comp, Mode::from_bits_truncate(0o755)) {
-                        Ok(()) | Err(Errno::EEXIST) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                    nix::fcntl::openat(at, comp, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())?
-                }
+                Err(Errno::ENOENT) => self.make_dirs(parent)?,
                 Err(e) => return Err(e.into()),
-            };
-            cur = Some(fd);
-            if end == path.len() {
-                break;
-            }
-            start = end + 1;
+            })
+        };
+        let at = pfd.as_ref().map_or(self.root.as_fd(), |f| f.as_fd());
+        let created = match nix::sys::stat::mkdirat(at, name, IMPLICIT_DIR) {
+            Ok(()) => true,
+            Err(Errno::EEXIST) => false,
+            Err(e) => return Err(e.into()),
+        };
+        let fd = nix::fcntl::openat(at, name, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())?;
+        // The layer must not depend on the user's umask.
+        if created && umask_strips(self.umask, IMPLICIT_DIR.bits()) {
+            nix::sys::stat::fchmod(fd.as_fd(), IMPLICIT_DIR)?;
         }
-        cur.ok_or_else(|| io::Error::other("empty directory path"))
+        Ok(fd)
     }
 
     fn invalidate(&mut self) {
@@ -152,8 +161,6 @@ pub struct Applier {
     resolver: Resolver,
     /// Directories seen as entries, by path: their final mode and mtime.
     dirs: HashMap<RelPath, DirMeta>,
-    /// The process umask when it could be read; `None` means always `fchmod`.
-    umask: Option<u32>,
     buf: Vec<u8>,
     /// Entries created (skips not counted).
     pub files: u64,
@@ -198,9 +205,12 @@ impl Applier {
                 source: e.into(),
             })?;
         Ok(Applier {
-            resolver: Resolver { root, cache: None },
+            resolver: Resolver {
+                root,
+                umask: read_umask(),
+                cache: None,
+            },
             dirs: HashMap::new(),
-            umask: read_umask(),
             buf: Vec::new(),
             files: 0,
             bytes: 0,
@@ -327,7 +337,7 @@ impl Applier {
         write_content(&mut file, content, size, &mut self.buf)?;
         self.bytes += size;
         // The umask may have cleared bits of the creation mode.
-        if self.umask.is_none_or(|u| meta.mode & u != 0) {
+        if umask_strips(self.resolver.umask, meta.mode) {
             nix::sys::stat::fchmod(file.as_fd(), mode).map_err(Fail::io("setting the mode of"))?;
         }
         let t = timespec(meta.mtime);

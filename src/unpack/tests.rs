@@ -512,6 +512,9 @@ fn unpack_whiteouts_and_opaque_dirs() {
     assert!(!s.p("var/.wh..wh.plnk").exists());
     assert!(!s.p("etc/.wh.hosts").exists());
     assert_eq!(applied.files, 10);
+    // Parents the archive does not list are 0755 whatever the umask.
+    assert_eq!(mode(&s.p("deep")), 0o755);
+    assert_eq!(mode(&s.p("deep/er")), 0o755);
 }
 
 #[test]
