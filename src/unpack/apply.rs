@@ -251,6 +251,12 @@ impl Applier {
                 op,
                 source,
             }),
+            Err(Fail::Read(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(UnpackError::InvalidEntry {
+                    entry: entry_name(raw),
+                    reason: "the archive ends inside this entry's content".into(),
+                })
+            }
             Err(Fail::Read(e)) => Err(UnpackError::Tar(e)),
             Err(Fail::NotDir) => Err(UnpackError::InvalidEntry {
                 entry: entry_name(raw),

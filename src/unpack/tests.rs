@@ -904,6 +904,28 @@ fn unpack_truncated_or_corrupt_input_is_an_error() {
     }
 }
 
+#[test]
+fn unpack_truncated_content_names_the_entry() {
+    let tar = Tar::new().file("a", b"1").file("big", &[9u8; 4096]).bytes();
+    let s = Scene::new();
+    match s.apply(&tar[..512 * 4]) {
+        Err(UnpackError::InvalidEntry { entry, .. }) => assert_eq!(entry, PathBuf::from("big")),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A tar stream cut exactly between entries reads as a shorter archive (tar has no length);
+/// the diff_id differs, which is what the caller checks against the image config.
+#[test]
+fn unpack_truncated_between_entries_changes_diff_id() {
+    let tar = Tar::new().file("a", b"1").file("b", b"2").bytes();
+    let s = Scene::new();
+    let cut = &tar[..1024];
+    let applied = s.apply(cut).expect("apply");
+    assert_eq!(applied.diff_id, Digest::of(cut));
+    assert_ne!(applied.diff_id, Digest::of(&tar));
+}
+
 /// The caller's reader fails (say, the blob digest mismatches at EOF): its error comes back
 /// intact, whichever stage was reading.
 #[test]
