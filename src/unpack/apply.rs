@@ -20,7 +20,7 @@
 //! entries together); any removal drops the cache, since it may change how paths resolve.
 //! Small files are written with one `write`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -160,7 +160,7 @@ struct DirMeta {
 pub struct Applier {
     resolver: Resolver,
     /// Directories seen as entries, by path: their final mode and mtime.
-    dirs: HashMap<RelPath, DirMeta>,
+    dirs: BTreeMap<Vec<u8>, DirMeta>,
     buf: Vec<u8>,
     /// Entries created (skips not counted).
     pub files: u64,
@@ -181,7 +181,7 @@ enum Fail {
 }
 
 impl Fail {
-    fn io(what: &'static str) -> impl FnOnce(Errno) -> Fail {
+    fn io(what: &'static str) -> impl Fn(Errno) -> Fail {
         move |e| Fail::Io(what, e.into())
     }
 
@@ -210,7 +210,7 @@ impl Applier {
                 umask: read_umask(),
                 cache: None,
             },
-            dirs: HashMap::new(),
+            dirs: BTreeMap::new(),
             buf: Vec::new(),
             files: 0,
             bytes: 0,
@@ -278,7 +278,7 @@ impl Applier {
             // still rename and remove the layer.
             set_xattrs(self.resolver.root.as_fd(), &meta.xattrs, path)?;
             self.dirs.insert(
-                path.clone(),
+                Vec::new(),
                 DirMeta {
                     mode: meta.mode | 0o700,
                     mtime: meta.mtime,
@@ -287,31 +287,20 @@ impl Applier {
             return Ok(());
         };
         let pfd = self.resolver.dir(parent).map_err(Fail::parent)?;
-        let mut removed = false;
-        match nix::sys::stat::mkdirat(pfd, name, Mode::S_IRWXU) {
-            Ok(()) => {}
-            Err(Errno::EEXIST) => {
-                let st = nix::sys::stat::fstatat(pfd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .map_err(Fail::io("inspecting"))?;
-                if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
-                    remove_all(pfd, name).map_err(|e| Fail::Io("replacing", e))?;
-                    removed = true;
-                    nix::sys::stat::mkdirat(pfd, name, Mode::S_IRWXU)
-                        .map_err(Fail::io("creating directory"))?;
-                }
-            }
-            Err(e) => return Err(Fail::Io("creating directory", e.into())),
-        }
+        // A directory over a directory merges; over anything else it replaces.
+        let mkdir = || match nix::sys::stat::mkdirat(pfd, name, Mode::S_IRWXU) {
+            Err(Errno::EEXIST) if is_dir(pfd, name) => Ok(()),
+            r => r,
+        };
+        let ((), displaced) = replacing(pfd, name, mkdir, Fail::io("creating directory"))?;
         if !meta.xattrs.is_empty() {
             let fd = nix::fcntl::openat(pfd, name, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())
                 .map_err(Fail::io("opening directory"))?;
             set_xattrs(fd.as_fd(), &meta.xattrs, path)?;
         }
-        if removed {
-            self.removed(path);
-        }
+        self.displaced(path, displaced);
         self.dirs.insert(
-            path.clone(),
+            path.as_bytes().to_vec(),
             DirMeta {
                 mode: meta.mode,
                 mtime: meta.mtime,
@@ -326,19 +315,13 @@ impl Applier {
     fn file(&mut self, path: &RelPath, meta: &Meta, size: u64, content: &mut dyn Read) -> Res<()> {
         let (parent, name) = leaf(path)?;
         let pfd = self.resolver.dir(parent).map_err(Fail::parent)?;
+        // O_EXCL: never open what is there, symlink or not; O_NOFOLLOW for good measure.
         let flags =
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let mode = Mode::from_bits_truncate(meta.mode);
-        let mut removed = false;
-        let fd = match nix::fcntl::openat(pfd, name, flags, mode) {
-            Err(Errno::EEXIST) => {
-                remove_all(pfd, name).map_err(|e| Fail::Io("replacing", e))?;
-                removed = true;
-                nix::fcntl::openat(pfd, name, flags, mode)
-            }
-            r => r,
-        }
-        .map_err(Fail::io("creating"))?;
+        let create = || nix::fcntl::openat(pfd, name, flags, mode);
+        let (fd, displaced) = replacing(pfd, name, create, Fail::io("creating"))?;
+        self.displaced(path, displaced);
         let mut file = std::fs::File::from(fd);
         write_content(&mut file, content, size, &mut self.buf)?;
         self.bytes += size;
@@ -348,32 +331,18 @@ impl Applier {
         }
         let t = timespec(meta.mtime);
         nix::sys::stat::futimens(file.as_fd(), &t, &t).map_err(Fail::io("setting the mtime of"))?;
-        set_xattrs(file.as_fd(), &meta.xattrs, path)?;
-        if removed {
-            self.removed(path);
-        }
-        Ok(())
+        set_xattrs(file.as_fd(), &meta.xattrs, path)
     }
 
     fn symlink(&mut self, path: &RelPath, target: &[u8], mtime: Mtime) -> Res<()> {
         let (parent, name) = leaf(path)?;
         let pfd = self.resolver.dir(parent).map_err(Fail::parent)?;
-        let mut removed = false;
-        match nix::unistd::symlinkat(target, pfd, name) {
-            Err(Errno::EEXIST) => {
-                remove_all(pfd, name).map_err(|e| Fail::Io("replacing", e))?;
-                removed = true;
-                nix::unistd::symlinkat(target, pfd, name)
-            }
-            r => r,
-        }
-        .map_err(Fail::io("creating symlink"))?;
+        let create = || nix::unistd::symlinkat(target, pfd, name);
+        let ((), displaced) = replacing(pfd, name, create, Fail::io("creating symlink"))?;
         let t = timespec(mtime);
         nix::sys::stat::utimensat(pfd, name, &t, &t, UtimensatFlags::NoFollowSymlink)
             .map_err(Fail::io("setting the mtime of"))?;
-        if removed {
-            self.removed(path);
-        }
+        self.displaced(path, displaced);
         Ok(())
     }
 
@@ -401,25 +370,16 @@ impl Applier {
         let tdir = tfd
             .as_ref()
             .map_or(self.resolver.root.as_fd(), |f| f.as_fd());
+        // linkat(2) without AT_SYMLINK_FOLLOW links a symlink itself, not its target.
         let link = || nix::unistd::linkat(tdir, tname, pfd, name, AtFlags::empty());
-        let mut removed = false;
-        let r = match link() {
-            Err(Errno::EEXIST) => {
-                remove_all(pfd, name).map_err(|e| Fail::Io("replacing", e))?;
-                removed = true;
-                link()
-            }
-            r => r,
+        let fail = |e| match e {
+            Errno::ENOENT => Fail::Link("the target is not in this layer"),
+            Errno::EPERM => Fail::Link("the target is a directory"),
+            e => Fail::Io("creating hard link", e.into()),
         };
-        if removed {
-            self.removed(path);
-        }
-        match r {
-            Ok(()) => Ok(()),
-            Err(Errno::ENOENT) => Err(Fail::Link("the target is not in this layer")),
-            Err(Errno::EPERM) => Err(Fail::Link("the target is a directory")),
-            Err(e) => Err(Fail::Io("creating hard link", e.into())),
-        }
+        let ((), displaced) = replacing(pfd, name, link, fail)?;
+        self.displaced(path, displaced);
+        Ok(())
     }
 
     fn fifo(&mut self, path: &RelPath, meta: &Meta) -> Res<()> {
@@ -427,16 +387,7 @@ impl Applier {
         let pfd = self.resolver.dir(parent).map_err(Fail::parent)?;
         let mode = Mode::from_bits_truncate(meta.mode);
         let mknod = || nix::sys::stat::mknodat(pfd, name, SFlag::S_IFIFO, mode, 0);
-        let mut removed = false;
-        match mknod() {
-            Err(Errno::EEXIST) => {
-                remove_all(pfd, name).map_err(|e| Fail::Io("replacing", e))?;
-                removed = true;
-                mknod()
-            }
-            r => r,
-        }
-        .map_err(Fail::io("creating fifo"))?;
+        let ((), displaced) = replacing(pfd, name, mknod, Fail::io("creating fifo"))?;
         // fchmodat(2) follows symlinks, but `name` is the fifo just made in `pfd`.
         nix::sys::stat::fchmodat(
             pfd,
@@ -448,9 +399,7 @@ impl Applier {
         let t = timespec(meta.mtime);
         nix::sys::stat::utimensat(pfd, name, &t, &t, UtimensatFlags::NoFollowSymlink)
             .map_err(Fail::io("setting the mtime of"))?;
-        if removed {
-            self.removed(path);
-        }
+        self.displaced(path, displaced);
         Ok(())
     }
 
@@ -474,41 +423,55 @@ impl Applier {
 
     /// Mark `dir` opaque for overlay's `userxattr` mode.
     fn opaque(&mut self, dir: &RelPath) -> Res<()> {
-        let fd = self
-            .resolver
-            .dir(dir.as_bytes())
-            .map_err(|e| Fail::Io("opening", e))?;
+        let fd = self.resolver.dir(dir.as_bytes()).map_err(Fail::parent)?;
         fsetxattr(fd, b"user.overlay.opaque", b"y").map_err(|e| Fail::Io("marking opaque", e))
     }
 
-    /// Bookkeeping after an entry at `path` was removed to make room for a new one.
-    fn removed(&mut self, path: &RelPath) {
+    /// Bookkeeping after an entry at `path` displaced what was there: paths may now resolve
+    /// differently, and a removed directory's tree no longer needs its modes set.
+    fn displaced(&mut self, path: &RelPath, what: Displaced) {
+        if what == Displaced::Nothing {
+            return;
+        }
         self.resolver.invalidate();
-        self.dirs.retain(|p, _| !p.starts_with(path));
+        if what == Displaced::Dir {
+            // Keys below `p` sort between `p/` and `p0` ('0' follows '/').
+            let p = path.as_bytes();
+            let below = [p, b"/"].concat()..[p, b"0"].concat();
+            let gone: Vec<Vec<u8>> = self.dirs.range(below).map(|(k, _)| k.clone()).collect();
+            for k in gone {
+                self.dirs.remove(&k);
+            }
+            self.dirs.remove(p);
+        }
     }
 
     /// Give directories their final modes and mtimes, deepest first (a directory's mode must
     /// not stop us reaching those below it, and stamping a child does not touch its parent's
     /// mtime).
     pub fn finish(self) -> Result<(), UnpackError> {
-        let mut dirs: Vec<(RelPath, DirMeta)> = self.dirs.into_iter().collect();
-        dirs.sort_unstable_by(|a, b| {
-            b.0.depth()
-                .cmp(&a.0.depth())
-                .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
-        });
+        let depth = |p: &[u8]| {
+            if p.is_empty() {
+                0
+            } else {
+                1 + p.iter().filter(|&&b| b == b'/').count()
+            }
+        };
+        let mut dirs: Vec<(Vec<u8>, DirMeta)> = self.dirs.into_iter().collect();
+        // Stable: equal depths keep path order.
+        dirs.sort_by_key(|(p, _)| std::cmp::Reverse(depth(p)));
         for (path, meta) in dirs {
-            let fd = if path.is_root() {
+            let fd = if path.is_empty() {
                 None
             } else {
                 // O_NOFOLLOW: if a later entry replaced the directory with a symlink, leave it.
-                match self
-                    .resolver
-                    .open(path.as_bytes(), dir_flags() | OFlag::O_NOFOLLOW)
-                {
+                match self.resolver.open(&path, dir_flags() | OFlag::O_NOFOLLOW) {
                     Ok(fd) => Some(fd),
                     Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => {
-                        tracing::debug!(path = %entry_name(path.as_bytes()).display(), "directory gone before its mode was set");
+                        tracing::debug!(
+                            path = %entry_name(&path).display(),
+                            "directory gone before its mode was set"
+                        );
                         continue;
                     }
                     Err(e) => return Err(dir_err(&path, "opening directory", e)),
@@ -537,9 +500,9 @@ fn leaf(path: &RelPath) -> Res<(&[u8], &[u8])> {
     })
 }
 
-fn dir_err(path: &RelPath, op: &'static str, e: Errno) -> UnpackError {
+fn dir_err(path: &[u8], op: &'static str, e: Errno) -> UnpackError {
     UnpackError::Io {
-        entry: entry_name(path.as_bytes()),
+        entry: entry_name(path),
         op,
         source: e.into(),
     }
@@ -613,11 +576,44 @@ fn fsetxattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()> {
     }
 }
 
+/// What a new entry displaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Displaced {
+    Nothing,
+    NonDir,
+    Dir,
+}
+
+/// Run `create`; if the name is taken, remove what is there (later entries win) and run it
+/// once more. `fail` turns the system call's error into ours.
+fn replacing<T>(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    create: impl Fn() -> nix::Result<T>,
+    fail: impl Fn(Errno) -> Fail,
+) -> Res<(T, Displaced)> {
+    match create() {
+        Ok(t) => Ok((t, Displaced::Nothing)),
+        Err(Errno::EEXIST) => {
+            let displaced = remove_all(dir, name).map_err(|e| Fail::Io("replacing", e))?;
+            Ok((create().map_err(fail)?, displaced))
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// Whether `name` in `dir` is a directory itself (not a symlink to one).
+fn is_dir(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
+    nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
+}
+
 /// Remove `name` in `dir`, recursively if it is a directory, never following symlinks.
-fn remove_all(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+fn remove_all(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Displaced> {
     match nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => return Ok(()),
-        // unlink(2): EISDIR on Linux for a directory.
+        Ok(()) => return Ok(Displaced::NonDir),
+        Err(Errno::ENOENT) => return Ok(Displaced::Nothing),
+        // unlink(2): EISDIR on Linux for a directory (POSIX allows EPERM).
         Err(Errno::EISDIR | Errno::EPERM) => {}
         Err(e) => return Err(e.into()),
     }
@@ -636,7 +632,7 @@ fn remove_all(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
         remove_all(fd.as_fd(), &child)?;
     }
     nix::unistd::unlinkat(dir, name, UnlinkatFlags::RemoveDir)?;
-    Ok(())
+    Ok(Displaced::Dir)
 }
 
 /// The process umask from /proc/self/status (reading it with umask(2) would change it).

@@ -112,22 +112,6 @@ impl RelPath {
         RelPath(out)
     }
 
-    /// Whether `self` is `other` or lies below it.
-    pub fn starts_with(&self, other: &RelPath) -> bool {
-        other.is_root()
-            || self.0 == other.0
-            || (self.0.starts_with(&other.0) && self.0.get(other.0.len()) == Some(&b'/'))
-    }
-
-    /// Number of components (the root has 0).
-    pub fn depth(&self) -> usize {
-        if self.is_root() {
-            0
-        } else {
-            1 + self.0.iter().filter(|&&b| b == b'/').count()
-        }
-    }
-
     #[cfg(test)]
     pub fn new(s: &str) -> RelPath {
         RelPath::parse(s.as_bytes()).expect("valid test path")
@@ -470,18 +454,11 @@ mod tests {
     }
 
     #[test]
-    fn relpath_split_depth_prefix() {
+    fn relpath_split() {
         let p = RelPath::new("a/b/c");
         assert_eq!(p.split(), Some((&b"a/b"[..], &b"c"[..])));
         assert_eq!(RelPath::new("a").split(), Some((&b""[..], &b"a"[..])));
         assert_eq!(RelPath::new("/").split(), None);
-        assert_eq!(p.depth(), 3);
-        assert_eq!(RelPath::new(".").depth(), 0);
-        assert!(p.starts_with(&RelPath::new("a/b")));
-        assert!(p.starts_with(&RelPath::new("a/b/c")));
-        assert!(p.starts_with(&RelPath::new(".")));
-        assert!(!p.starts_with(&RelPath::new("a/bc")));
-        assert!(!RelPath::new("a/bc").starts_with(&RelPath::new("a/b")));
     }
 
     /// Every kind of name that climbs out of the layer is an escape, whatever the entry type.

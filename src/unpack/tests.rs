@@ -661,6 +661,28 @@ fn unpack_later_entry_wins() {
 }
 
 #[test]
+fn unpack_replaced_directory_forgets_its_modes() {
+    let s = Scene::new();
+    let tar = Tar::new()
+        .dir("p/", 0o755)
+        .dir("p/q/", 0o500)
+        .dir("p0/", 0o700)
+        .dir("p.d/", 0o710)
+        .dir("p/q/r/", 0o711)
+        .sym("p", "elsewhere")
+        .dir("p/", 0o750)
+        .file("p/q/r/x", b"x")
+        .bytes();
+    s.apply(&tar).expect("apply");
+    assert_eq!(mode(&s.p("p")), 0o750);
+    // Recreated implicitly: the removed tree's modes do not come back.
+    assert_eq!(mode(&s.p("p/q")), 0o755);
+    assert_eq!(mode(&s.p("p/q/r")), 0o755);
+    assert_eq!(mode(&s.p("p0")), 0o700);
+    assert_eq!(mode(&s.p("p.d")), 0o710);
+}
+
+#[test]
 fn unpack_file_under_a_file_is_refused() {
     let s = Scene::new();
     let tar = Tar::new().file("f", b"").file("f/g", b"").bytes();
