@@ -19,6 +19,10 @@
 //! - Only `user.*` extended attributes are kept, and not `user.overlay.*`: overlay attributes of
 //!   a layer come only from whiteout translation, never from the archive.
 //! - Device nodes and pax global headers are skipped; unknown entry types are refused.
+//!
+//! And in the applier: a parent that does not resolve to a directory inside the layer (a
+//! dangling or looping symlink, a file) is an invalid entry, since we never create a symlink's
+//! target; a hard link to a symlink links the symlink itself, never what it points to.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
