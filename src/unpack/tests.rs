@@ -118,8 +118,9 @@ impl Tar {
 }
 
 /// A temporary tree: `dest/` (the layer) and `bait/` beside it, which must never change.
+/// Everything in the temporary directory but `dest` is snapshotted and must stay as it was.
 struct Scene {
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     dest: PathBuf,
     bait: PathBuf,
     before: BTreeMap<PathBuf, String>,
@@ -135,9 +136,9 @@ impl Scene {
         fs_err::write(bait.join("file"), b"bait").expect("bait file");
         fs_err::create_dir(bait.join("dir")).expect("bait dir");
         fs_err::write(bait.join("dir/inner"), b"inner").expect("bait inner");
-        let before = snapshot(&bait);
+        let before = snapshot(tmp.path(), &dest);
         Scene {
-            _tmp: tmp,
+            tmp,
             dest,
             bait,
             before,
@@ -155,7 +156,11 @@ impl Scene {
 
     #[track_caller]
     fn assert_bait_untouched(&self) {
-        assert_eq!(snapshot(&self.bait), self.before, "bait directory changed");
+        assert_eq!(
+            snapshot(self.tmp.path(), &self.dest),
+            self.before,
+            "something outside the layer changed"
+        );
     }
 
     fn p(&self, rel: &str) -> PathBuf {
@@ -164,10 +169,13 @@ impl Scene {
 }
 
 /// Everything observable about a tree (type, mode, links, mtime, content, xattr names).
-fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
+fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(p) = stack.pop() {
+        if p == skip {
+            continue;
+        }
         let md = fs_err::symlink_metadata(&p).expect("lstat");
         let content = if md.is_file() {
             String::from_utf8_lossy(&fs_err::read(&p).expect("read")).into_owned()
@@ -473,6 +481,110 @@ fn unpack_rejects_whiteout_escape() {
     assert!(s.apply(&tar).is_err());
     s.assert_bait_untouched();
     assert_eq!(lgetxattr(&s.bait, "user.overlay.opaque"), None);
+}
+
+/// Random archives from names and targets built to climb out: whatever each one does, nothing
+/// outside the layer changes, and nothing panics.
+#[test]
+fn unpack_random_hostile_archives_stay_inside() {
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    // Mostly names that can meet the symlinks; now and then one that climbs on its own.
+    let comps = [
+        "a",
+        "b",
+        "c",
+        "a",
+        "b",
+        "c",
+        ".",
+        "bait",
+        "file",
+        "dir",
+        ".wh.a",
+        ".wh.file",
+        ".wh..wh..opq",
+    ];
+    for round in 0..300 {
+        let s = Scene::new();
+        let bait = s.bait_abs().to_string();
+        let targets = [
+            "/".to_string(),
+            "..".to_string(),
+            "../..".to_string(),
+            "../bait".to_string(),
+            bait.clone(),
+            format!("{bait}/dir"),
+            format!("{bait}/file"),
+            "a".to_string(),
+            "a/b".to_string(),
+            "/a".to_string(),
+            "b/../..".to_string(),
+            "a".to_string(),
+        ];
+        let mut names: Vec<String> = Vec::new();
+        let mut t = Tar::new();
+        for _ in 0..(1 + rand(14)) {
+            let mut name = [String::new(), "/".into(), "./".into()][rand(3)].clone();
+            if rand(6) == 0 {
+                name.push_str(bait.trim_start_matches('/'));
+                name.push('/');
+            }
+            let parts: Vec<&str> = (0..(1 + rand(4)))
+                .map(|_| match rand(60) {
+                    0 => "..",
+                    1 => ".wh...",
+                    _ => comps[rand(comps.len())],
+                })
+                .collect();
+            name.push_str(&parts.join("/"));
+            let target = targets[rand(targets.len())].clone();
+            match rand(7) {
+                0 | 1 => t.file_mode(&name, b"evil", [0o644, 0o444, 0o000][rand(3)]),
+                2 => t.dir(&name, [0o755, 0o555, 0o000, 0o700][rand(4)]),
+                3 | 4 => t.sym(&name, &target),
+                5 => {
+                    let to = if names.is_empty() || rand(3) == 0 {
+                        target
+                    } else {
+                        names[rand(names.len())].clone()
+                    };
+                    t.link(&name, &to)
+                }
+                _ => t.entry(EntryType::Fifo, &name, "", 0o644, b""),
+            };
+            names.push(name);
+        }
+        let r = s.apply(&t.bytes());
+        s.assert_bait_untouched();
+        // Refusals are the planned kinds, naming an entry; never a stray system error.
+        assert!(
+            matches!(
+                r,
+                Ok(_)
+                    | Err(UnpackError::Escape { .. })
+                    | Err(UnpackError::Hardlink { .. })
+                    | Err(UnpackError::InvalidEntry { .. })
+            ),
+            "round {round}: {r:?}"
+        );
+        // Let the temporary directory go, whatever modes the archive left.
+        let mut stack = vec![s.dest.clone()];
+        while let Some(p) = stack.pop() {
+            let md = fs_err::symlink_metadata(&p).expect("lstat");
+            if md.is_dir() {
+                fs_err::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+                for e in fs_err::read_dir(&p).expect("readdir") {
+                    stack.push(e.expect("dirent").path());
+                }
+            }
+        }
+    }
 }
 
 // ---- overlay form --------------------------------------------------------------------------
