@@ -21,7 +21,6 @@
 //! Small files are written with one `write`.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -555,25 +554,17 @@ fn set_xattrs(fd: BorrowedFd<'_>, xattrs: &[Xattr], path: &RelPath) -> Res<()> {
     Ok(())
 }
 
-/// fsetxattr(2); nix has no wrapper.
+/// fsetxattr(2) on a borrowed descriptor, through the `xattr` crate (nix has no wrapper).
 fn fsetxattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()> {
-    let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `fd` is open for the call, `name` is NUL-terminated, and `value` points to
-    // `value.len()` readable bytes; the kernel copies both and keeps no pointer.
-    let r = unsafe {
-        libc::fsetxattr(
-            fd.as_raw_fd(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    use std::os::unix::ffi::OsStrExt;
+    struct Fd<'a>(BorrowedFd<'a>);
+    impl AsRawFd for Fd<'_> {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.0.as_raw_fd()
+        }
     }
+    impl xattr::FileExt for Fd<'_> {}
+    xattr::FileExt::set_xattr(&Fd(fd), std::ffi::OsStr::from_bytes(name), value)
 }
 
 /// What a new entry displaced.
