@@ -30,7 +30,7 @@ const PARALLEL_LAYERS: usize = 3;
 #[non_exhaustive]
 pub enum PullError {
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Registry(#[from] Box<RegistryError>),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{image}: layer {layer}: {source}")]
@@ -43,7 +43,7 @@ pub enum PullError {
     Download {
         image: String,
         layer: Digest,
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error("{image}: layer {layer}: content hashes to {actual}, the image config says {expected}")]
     DiffIdMismatch {
@@ -75,6 +75,12 @@ pub enum PullError {
     NestedIndex { image: String },
     #[error("{image} is not in the store and --offline forbids fetching it")]
     Offline { image: String },
+}
+
+impl From<RegistryError> for PullError {
+    fn from(e: RegistryError) -> Self {
+        PullError::Registry(Box::new(e))
+    }
 }
 
 impl Hint for PullError {
@@ -340,7 +346,7 @@ fn fetch_layer(
         LayerError::Input(e) => PullError::Download {
             image: name.clone(),
             layer: desc.digest.clone(),
-            source: RegistryError::from_io(e, &image.registry),
+            source: Box::new(RegistryError::from_io(e, &image.registry)),
         },
         LayerError::Unpack(source) => PullError::Unpack {
             image: name.clone(),
