@@ -161,8 +161,12 @@ fn helper(plan: &Plan, err: OwnedFd) -> i32 {
 /// PID 1: build the root, start the command, reap until it ends.
 fn pid1(plan: &Plan, err: OwnedFd, take_tty: bool) -> i32 {
     let mut sys = Real;
-    let built =
-        setup::build_root(&mut sys, plan).and_then(|fs| Ok((fs, setup::finish(&mut sys, plan)?)));
+    // Still the host's view: /proc/self/fd/0 names the terminal's device in the host's /dev.
+    let console = std::fs::read_link("/proc/self/fd/0").ok().filter(|p| {
+        p.starts_with("/dev/") && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
+    });
+    let built = setup::build_root(&mut sys, plan, console.as_deref())
+        .and_then(|fs| Ok((fs, setup::finish(&mut sys, plan)?)));
     let (fs, argv) = match built {
         Ok(v) => v,
         Err(e) => {
@@ -170,7 +174,9 @@ fn pid1(plan: &Plan, err: OwnedFd, take_tty: bool) -> i32 {
             return SETUP_FAILED;
         }
     };
-    if let RootFs::Flattened(_) = fs {
+    if plan.force_flatten {
+        eprintln!("note: DEVENV_FLATTEN=1; using a flattened copy of the image");
+    } else if let RootFs::Flattened(_) = fs {
         eprintln!(
             "note: overlay unavailable on {}; using a flattened copy of the image",
             plan.store_fs

@@ -199,14 +199,20 @@ impl crate::error::Hint for RuntimeError {
 
 /// Run `spec` in a new container; the command's exit status, 128+signal when it was killed.
 /// Signals sent to this process (not those from the terminal) are forwarded to the command.
+/// `DEVENV_FLATTEN=1` skips overlay for the flattened copy (for filesystems where overlay mounts
+/// but misbehaves).
 pub fn run(spec: &Spec) -> Result<i32, RuntimeError> {
-    run_with(Path::new("/proc/self/exe"), spec)
+    let flatten = std::env::var_os("DEVENV_FLATTEN").is_some_and(|v| v == "1");
+    run_with(Path::new("/proc/self/exe"), spec, flatten)
 }
 
 /// [`run`] with a given devenv binary as the helper (tests run from another binary).
-pub(crate) fn run_with(exe: &Path, spec: &Spec) -> Result<i32, RuntimeError> {
+pub(crate) fn run_with(exe: &Path, spec: &Spec, force_flatten: bool) -> Result<i32, RuntimeError> {
     let entry = state::Entry::create(&spec.state_dir, &spec.lowers)?;
-    let plan = plan_for(spec, &entry.dir);
+    let plan = setup::Plan {
+        force_flatten,
+        ..plan_for(spec, &entry.dir)
+    };
     let json = serde_json::to_vec(&plan).map_err(|e| RuntimeError::Helper {
         message: e.to_string(),
     })?;
@@ -297,6 +303,7 @@ fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
         user_name,
         host_shell,
         store_fs: fs_name(&spec.state_dir),
+        force_flatten: false,
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Plan {
     pub host_shell: Option<String>,
     /// The store's filesystem type, for the fallback notice.
     pub store_fs: String,
+    /// Skip overlay and use the flattened copy (`DEVENV_FLATTEN=1`, and tests).
+    pub force_flatten: bool,
 }
 
 impl Plan {
@@ -174,7 +176,13 @@ pub enum RootFs {
 }
 
 /// Mount everything under the new root and pivot into it. In PID 1 of the new PID namespace.
-pub fn build_root<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<RootFs, RuntimeError> {
+/// `console`: the host terminal on stdin, bound at `/dev/console` so that ttyname(3) finds it
+/// (the new devpts instance does not show the host's ptys; podman does the same).
+pub fn build_root<S: Syscalls>(
+    sys: &mut S,
+    plan: &Plan,
+    console: Option<&Path>,
+) -> Result<RootFs, RuntimeError> {
     let root = plan.entry.join("root");
     // Nothing we mount may propagate back to the host's mount namespace.
     mount(
@@ -216,6 +224,10 @@ pub fn build_root<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<RootFs, Runti
         flags,
         Some("mode=1777"),
     )?;
+    if let Some(tty) = console {
+        let p = point(sys, &root, Path::new("/dev/console"), Kind::File)?;
+        bind(sys, tty, &p, false)?;
+    }
     let links = [
         ("pts/ptmx", "ptmx"),
         ("/proc/self/fd", "fd"),
@@ -287,19 +299,11 @@ fn mount_rootfs<S: Syscalls>(
     plan: &Plan,
     root: &Path,
 ) -> Result<RootFs, RuntimeError> {
-    let opts = overlay_options(plan.layers)?;
-    // overlayfs resolves relative lowerdir/upperdir/workdir against our cwd: short options.
-    sys.chdir(&plan.entry)
-        .map_err(|e| RuntimeError::sys(format!("entering {}", plan.entry.display()), e))?;
-    let res = sys.mount(
-        Some(Path::new("overlay")),
-        Path::new("root"),
-        Some("overlay"),
-        MsFlags::MS_NOSUID,
-        Some(&opts),
-    );
-    sys.chdir(Path::new("/"))
-        .map_err(|e| RuntimeError::sys("entering /", e))?;
+    let res = if plan.force_flatten {
+        Err(Errno::EINVAL)
+    } else {
+        mount_overlay(sys, plan)?
+    };
     match res {
         Ok(()) => Ok(RootFs::Overlay),
         // EINVAL: no userxattr or no unprivileged overlay in this kernel (< 5.11) or on this
@@ -328,6 +332,24 @@ fn mount_rootfs<S: Syscalls>(
             errno: errno as i32,
         }),
     }
+}
+
+/// The overlay mount itself; the mount's errno is the caller's to judge.
+fn mount_overlay<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<Result<(), Errno>, RuntimeError> {
+    let opts = overlay_options(plan.layers)?;
+    // overlayfs resolves relative lowerdir/upperdir/workdir against our cwd: short options.
+    sys.chdir(&plan.entry)
+        .map_err(|e| RuntimeError::sys(format!("entering {}", plan.entry.display()), e))?;
+    let res = sys.mount(
+        Some(Path::new("overlay")),
+        Path::new("root"),
+        Some("overlay"),
+        MsFlags::MS_NOSUID,
+        Some(&opts),
+    );
+    sys.chdir(Path::new("/"))
+        .map_err(|e| RuntimeError::sys("entering /", e))?;
+    Ok(res)
 }
 
 /// After the pivot: the user's passwd/group entries, hostname, working directory and
@@ -444,6 +466,7 @@ mod tests {
             user_name: "alice".into(),
             host_shell: Some("/bin/zsh".into()),
             store_fs: "ext4".into(),
+            force_flatten: false,
         }
     }
 
@@ -491,7 +514,11 @@ mod tests {
     #[test]
     fn mounts_in_order_then_pivot() {
         let mut r = Recorder::default();
-        assert_eq!(build_root(&mut r, &plan()).unwrap(), RootFs::Overlay);
+        let tty = Path::new("/dev/pts/7");
+        assert_eq!(
+            build_root(&mut r, &plan(), Some(tty)).unwrap(),
+            RootFs::Overlay
+        );
         let c = &r.calls;
         let private = r.pos("mount - - / MsFlags(MS_REC | MS_PRIVATE)");
         let overlay = r.pos("mount overlay overlay root");
@@ -505,6 +532,7 @@ mod tests {
         let null = r.pos("mount - /dev/null /s/run/e/root/dev/null");
         let pts = r.pos("mount devpts - /s/run/e/root/dev/pts");
         assert!(c[pts].contains("newinstance,ptmxmode=0666"));
+        let console = r.pos("mount - /dev/pts/7 /s/run/e/root/dev/console ");
         let ptmx = r.pos("symlink pts/ptmx /s/run/e/root/dev/ptmx");
         let proc = r.pos("mount proc - /s/run/e/root/proc");
         let sys_ro = r.pos(
@@ -520,8 +548,8 @@ mod tests {
         let pivot = r.pos("pivot_root . .");
         let umount = r.pos("umount .");
         let order = [
-            private, overlay, dev, null, pts, ptmx, proc, sys_ro, sys_sub, tmp, resolv, home,
-            project, extra, extra_ro, pivot, umount,
+            private, overlay, dev, null, pts, console, ptmx, proc, sys_ro, sys_sub, tmp, resolv,
+            home, project, extra, extra_ro, pivot, umount,
         ];
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}\n{c:#?}");
         assert_eq!(c[pivot - 1], "chdir /s/run/e/root");
@@ -534,7 +562,7 @@ mod tests {
             fail_fstype: Some(("overlay", Errno::EINVAL)),
             ..Default::default()
         };
-        let fs = build_root(&mut r, &plan()).unwrap();
+        let fs = build_root(&mut r, &plan(), None).unwrap();
         assert_eq!(fs, RootFs::Flattened(libc::EINVAL));
         let flat = r.pos("flatten 3 /s/run/e/root");
         let bind = r.pos("mount - /s/run/e/root /s/run/e/root MsFlags(MS_BIND | MS_REC)");
@@ -548,7 +576,7 @@ mod tests {
             fail_fstype: Some(("overlay", Errno::ENOENT)),
             ..Default::default()
         };
-        let e = build_root(&mut r, &plan()).unwrap_err();
+        let e = build_root(&mut r, &plan(), None).unwrap_err();
         assert!(matches!(e, RuntimeError::Mount { ref what, .. } if what == "overlay"));
     }
 
@@ -558,7 +586,7 @@ mod tests {
             missing: vec!["/data".into()],
             ..Default::default()
         };
-        let e = build_root(&mut r, &plan()).unwrap_err();
+        let e = build_root(&mut r, &plan(), None).unwrap_err();
         assert!(matches!(e, RuntimeError::MountSource { .. }));
         assert!(!r.calls.iter().any(|c| c.starts_with("pivot_root")));
     }

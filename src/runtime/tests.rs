@@ -33,12 +33,14 @@ fn devenv_bin() -> PathBuf {
 
 const APPLETS: &[&str] = &[
     "sh", "ls", "cat", "id", "touch", "echo", "sleep", "ifconfig", "true", "false", "test",
-    "mkdir", "rm", "kill", "pwd", "whoami", "hostname", "stat",
+    "mkdir", "rm", "kill", "pwd", "whoami", "hostname", "stat", "grep", "mount", "stty", "ps",
+    "vi", "tty",
 ];
 
 struct Fixture {
     _dir: tempfile::TempDir,
     spec: Spec,
+    flatten: bool,
 }
 
 impl Fixture {
@@ -91,7 +93,11 @@ impl Fixture {
             root: false,
             mounts: vec![],
         };
-        Fixture { _dir: t, spec }
+        Fixture {
+            _dir: t,
+            spec,
+            flatten: false,
+        }
     }
 
     fn sh(&self, script: &str) -> i32 {
@@ -103,7 +109,7 @@ impl Fixture {
     }
 
     fn run(&self, spec: &Spec) -> i32 {
-        match run_with(&devenv_bin(), spec) {
+        match run_with(&devenv_bin(), spec, self.flatten) {
             Ok(code) => code,
             Err(e) => panic!("{}", render(&e)),
         }
@@ -287,7 +293,7 @@ fn container_mounts_read_only_and_missing_source() {
     assert_eq!(f.read("sub/got"), "hello\n");
     assert!(!data.join("new").exists());
     spec.mounts[0].source = data.join("missing");
-    let e = run_with(&devenv_bin(), &spec).unwrap_err();
+    let e = run_with(&devenv_bin(), &spec, false).unwrap_err();
     assert!(matches!(e, RuntimeError::MountSource { .. }), "{e}");
 }
 
@@ -330,4 +336,69 @@ fn container_forwards_sigterm() {
         h.join().unwrap()
     });
     assert_eq!(status, 143);
+}
+
+#[test]
+fn container_dev_proc_sys_and_no_new_privs() {
+    let _g = lock();
+    let f = Fixture::new();
+    let script = "test -c /dev/null && test -c /dev/urandom && test -c /dev/pts/ptmx \
+                  && test -L /dev/ptmx && test -d /dev/shm || exit 10; \
+                  echo hi > /dev/null || exit 11; \
+                  grep -q '^NoNewPrivs:.*1' /proc/self/status || exit 12; \
+                  touch /sys/x 2>/dev/null && exit 13; \
+                  grep -q ' /tmp tmpfs' /proc/mounts || exit 14; \
+                  grep -q ' /sys sysfs ro' /proc/mounts || exit 15; \
+                  test -e /etc/resolv.conf || exit 16; \
+                  ls / > root; exit 0";
+    assert_eq!(f.sh(script), 0);
+    // Nothing else of the host: the root holds the image's directories and our mount points.
+    let root = f.read("sub/root");
+    assert!(!root.contains("work"), "{root}");
+}
+
+#[test]
+fn container_flattened_fallback_keeps_layers_and_resets() {
+    let _g = lock();
+    let f = Fixture {
+        flatten: true,
+        ..Fixture::new()
+    };
+    let script = "cat /etc/os-release > osr; test -e /etc/removed; echo $? > removed; \
+                  touch /usr/marker created";
+    assert_eq!(f.sh(script), 0);
+    assert_eq!(f.read("sub/osr"), "ID=top\n");
+    assert_eq!(f.read("sub/removed"), "1\n");
+    assert_eq!(
+        f.sh("test -e /usr/marker"),
+        1,
+        "a fresh copy at every entry"
+    );
+    assert!(
+        f.spec.state_dir.join("flat").is_dir(),
+        "the flattened cache is kept"
+    );
+    let run = f.spec.state_dir.join("run");
+    assert_eq!(
+        fs_err::read_dir(&run).unwrap().count(),
+        0,
+        "entries cleaned"
+    );
+}
+
+/// Job control and resizing need a terminal the test cannot fake without a pty driver; run
+/// `/tmp/pty-drive.py` (see the runtime report) or by hand:
+/// `cargo test --lib interactive_shell -- --ignored --nocapture` in a terminal.
+#[test]
+#[ignore = "needs a terminal"]
+fn interactive_shell_on_a_terminal() {
+    let f = Fixture::new();
+    let mut spec = f.spec.clone();
+    spec.shell = Some("/bin/sh".into());
+    spec.env.push(("PS1".into(), "devenv$ ".into()));
+    if let Ok(term) = std::env::var("TERM") {
+        spec.env.push(("TERM".into(), term));
+    }
+    let code = f.run(&spec);
+    eprintln!("shell exited with {code}");
 }
