@@ -208,6 +208,10 @@ pub fn run(spec: &Spec) -> Result<i32, RuntimeError> {
 
 /// [`run`] with a given devenv binary as the helper (tests run from another binary).
 pub(crate) fn run_with(exe: &Path, spec: &Spec, force_flatten: bool) -> Result<i32, RuntimeError> {
+    fs_err::create_dir_all(&spec.home).map_err(|e| RuntimeError::Io {
+        path: spec.home.clone(),
+        message: e.to_string(),
+    })?;
     let entry = state::Entry::create(&spec.state_dir, &spec.lowers)?;
     let plan = setup::Plan {
         force_flatten,

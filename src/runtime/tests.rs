@@ -386,19 +386,39 @@ fn container_flattened_fallback_keeps_layers_and_resets() {
     );
 }
 
-/// Job control and resizing need a terminal the test cannot fake without a pty driver; run
-/// `/tmp/pty-drive.py` (see the runtime report) or by hand:
-/// `cargo test --lib interactive_shell -- --ignored --nocapture` in a terminal.
+/// Job control and resizing need a terminal the test cannot fake without a pty driver; run it
+/// by hand in a terminal: `cargo test --lib interactive_shell -- --ignored --nocapture`
+/// (`DEVENV_TEST_ARGV="sleep 100"` runs that command instead of the shell).
 #[test]
 #[ignore = "needs a terminal"]
 fn interactive_shell_on_a_terminal() {
     let f = Fixture::new();
     let mut spec = f.spec.clone();
     spec.shell = Some("/bin/sh".into());
+    if let Ok(argv) = std::env::var("DEVENV_TEST_ARGV") {
+        spec.argv = argv.split_whitespace().map(String::from).collect();
+    }
     spec.env.push(("PS1".into(), "devenv$ ".into()));
     if let Ok(term) = std::env::var("TERM") {
         spec.env.push(("TERM".into(), term));
     }
     let code = f.run(&spec);
     eprintln!("shell exited with {code}");
+}
+
+#[test]
+fn container_many_layers_fit_one_overlay_mount() {
+    let _g = lock();
+    let mut f = Fixture::new();
+    // Long absolute layer paths, as in the store: the options stay short through `l/<i>`.
+    let deep = f.spec.state_dir.parent().unwrap().join("x".repeat(200));
+    for i in 0..150 {
+        let l = deep.join(format!("{i:0>64}"));
+        fs_err::create_dir_all(l.join("etc")).unwrap();
+        fs_err::write(l.join("etc/layer"), format!("{i}\n")).unwrap();
+        f.spec.lowers.push(l);
+    }
+    assert_eq!(f.sh("cat /etc/layer > layer; cat /etc/os-release > osr"), 0);
+    assert_eq!(f.read("sub/layer"), "149\n", "the last layer is on top");
+    assert_eq!(f.read("sub/osr"), "ID=top\n");
 }
