@@ -125,7 +125,11 @@ fn give_terminal(pgrp: Pid) {
 
 /// The helper process: namespaces, then PID 1, then wait.
 fn helper(plan: &Plan, err: OwnedFd) -> i32 {
-    let take_tty = foreground_tty();
+    // An interactive shell leads its own foreground group (it runs job control for its jobs);
+    // a command stays in devenv's group, so Ctrl-Z stops devenv and the command as one job
+    // and the user's shell can `fg` them. Either way the terminal comes back to our group.
+    let foreground = foreground_tty();
+    let take_tty = foreground && plan.argv.is_empty();
     // Blocked before fork so that no signal or child exit slips past the sigwaitinfo loops.
     if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&waited_set()), None) {
         report(err, &RuntimeError::sys("blocking signals", e));
@@ -150,7 +154,7 @@ fn helper(plan: &Plan, err: OwnedFd) -> i32 {
         Ok(ForkResult::Parent { child }) => {
             drop(err);
             let code = supervise(child, false);
-            if take_tty {
+            if foreground {
                 give_terminal(getpgrp());
             }
             code
@@ -273,7 +277,9 @@ extern "C" fn forward_handler(sig: libc::c_int, info: *mut libc::siginfo_t, _: *
     // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
     let code = unsafe { (*info).si_code };
     let pid = HELPER.load(std::sync::atomic::Ordering::Relaxed);
-    if code != libc::SI_KERNEL && pid > 0 {
+    // SI_KERNEL: the terminal sent it to the whole foreground group, the command included;
+    // but a hangup goes to the session leader alone, which may be us.
+    if (code != libc::SI_KERNEL || sig == libc::SIGHUP) && pid > 0 {
         // SAFETY: kill(2) is async-signal-safe.
         unsafe { libc::kill(pid, sig) };
     }
