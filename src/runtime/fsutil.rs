@@ -229,7 +229,12 @@ pub fn flatten(lowers: &[PathBuf], cache: &Path, dest: &Path) -> io::Result<()> 
     let done = cache.join(&key);
     if !done.is_dir() {
         fs_err::create_dir_all(cache)?;
-        let tmp = cache.join(format!(".tmp-{key}-{}", std::process::id()));
+        // Every builder is PID 1 of its own namespace: the entry's name tells them apart.
+        let unique = dest
+            .parent()
+            .and_then(Path::file_name)
+            .map_or_else(|| "entry".into(), |n| n.to_string_lossy().into_owned());
+        let tmp = cache.join(format!(".tmp-{key}-{unique}"));
         remove_tree(&tmp)?;
         fs_err::create_dir(&tmp)?;
         for l in lowers {

@@ -334,3 +334,45 @@ fn fs_name(path: &Path) -> String {
         .find(|(m, _)| *m == t)
         .map_or_else(|| format!("filesystem type {t:#x}"), |(_, n)| n.to_string())
 }
+
+#[cfg(test)]
+mod hint_tests {
+    use super::*;
+    use crate::error::Hint;
+
+    #[test]
+    fn userns_hint_names_the_sysctl() {
+        let e = RuntimeError::UserNamespace {
+            errno: libc::EPERM,
+            restriction: Some(Sysctl {
+                name: "kernel.apparmor_restrict_unprivileged_userns".into(),
+                value: "0".into(),
+            }),
+        };
+        let h = e.hint().unwrap();
+        assert!(
+            h.contains("sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"),
+            "{h}"
+        );
+        assert!(h.contains("AppArmor profile"), "{h}");
+        assert_eq!(
+            e.to_string(),
+            "creating a user namespace: operation not permitted"
+        );
+    }
+
+    #[test]
+    fn errors_survive_the_trip_from_the_helper() {
+        let e = RuntimeError::Mount {
+            what: "proc".into(),
+            target: "/x/proc".into(),
+            errno: libc::EPERM,
+        };
+        let back: RuntimeError = serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
+        assert_eq!(
+            back.to_string(),
+            "mounting proc on /x/proc: operation not permitted"
+        );
+        assert!(back.hint().unwrap().contains("/proc"));
+    }
+}

@@ -388,7 +388,7 @@ pub fn finish<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<Vec<String>, Runt
                 .map_err(|e| RuntimeError::sys(format!("writing {}", path.display()), e))?;
         }
     }
-    sys.sethostname(&plan.hostname)
+    sys.sethostname(&hostname(&plan.hostname))
         .map_err(|e| RuntimeError::sys("setting the hostname", e))?;
     sys.chdir(&plan.cwd).map_err(|errno| RuntimeError::Cwd {
         path: plan.cwd.clone(),
@@ -397,6 +397,27 @@ pub fn finish<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<Vec<String>, Runt
     sys.no_new_privs()
         .map_err(|e| RuntimeError::sys("setting no-new-privs", e))?;
     Ok(argv)
+}
+
+/// A valid hostname from a project name: letters, digits and `-`, at most 63 bytes.
+fn hostname(name: &str) -> String {
+    let h: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let h = h.trim_matches('-');
+    if h.is_empty() {
+        "devenv".into()
+    } else {
+        h.to_string()
+    }
 }
 
 /// `[container].shell`, else the user's host shell when the image has it, else bash, else sh.
@@ -635,6 +656,13 @@ mod tests {
         };
         assert_eq!(finish(&mut r, &p).unwrap(), ["true"]);
         assert!(!r.calls.iter().any(|c| c.starts_with("write /etc/")));
+    }
+
+    #[test]
+    fn hostname_is_sanitised() {
+        assert_eq!(hostname("my_proj.v2"), "my-proj-v2");
+        assert_eq!(hostname("__"), "devenv");
+        assert_eq!(hostname(&"a".repeat(100)).len(), 63);
     }
 
     #[test]

@@ -300,23 +300,30 @@ fn container_mounts_read_only_and_missing_source() {
 #[test]
 fn container_two_runs_at_once() {
     let _g = lock();
-    let f = Fixture::new();
-    std::thread::scope(|s| {
-        let runs: Vec<_> = (0..2)
-            .map(|i| {
-                let f = &f;
-                s.spawn(move || {
-                    f.sh(&format!(
-                        "touch /usr/only{i}; sleep 1; test ! -e /usr/only{}",
-                        1 - i
-                    ))
+    // Both roots: with the flattened copy, both entries build the cache at the same time.
+    for flatten in [false, true] {
+        let f = Fixture {
+            flatten,
+            ..Fixture::new()
+        };
+        std::thread::scope(|s| {
+            let runs: Vec<_> = (0..2)
+                .map(|i| {
+                    let f = &f;
+                    let script =
+                        format!("touch /usr/only{i}; sleep 1; test ! -e /usr/only{}", 1 - i);
+                    s.spawn(move || f.sh(&script))
                 })
-            })
-            .collect();
-        for r in runs {
-            assert_eq!(r.join().unwrap(), 0, "each entry has its own upper dir");
-        }
-    });
+                .collect();
+            for r in runs {
+                assert_eq!(
+                    r.join().unwrap(),
+                    0,
+                    "each entry has its own root (flatten: {flatten})"
+                );
+            }
+        });
+    }
 }
 
 #[test]
