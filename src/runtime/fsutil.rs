@@ -20,7 +20,8 @@ const MAX_HOPS: usize = 40;
 
 /// `target` (absolute, as seen inside) resolved under `root` with every symlink read as if
 /// `root` were `/`; missing directories are created, the last component as `kind`. A symlink
-/// in the last place is replaced, since we are about to mount over it anyway.
+/// in the last place is replaced, since we are about to mount over it anyway. Uses `std::fs`,
+/// not fs-err, because the caller needs the errno; its error names the target.
 pub fn mountpoint_in_root(root: &Path, target: &Path, kind: Kind) -> io::Result<PathBuf> {
     let mut pending: VecDeque<OsString> = components(target);
     let mut cur = PathBuf::new();
@@ -40,7 +41,7 @@ pub fn mountpoint_in_root(root: &Path, target: &Path, kind: Kind) -> io::Result<
                 if hops > MAX_HOPS {
                     return Err(io::Error::from_raw_os_error(libc::ELOOP));
                 }
-                let link = fs_err::read_link(&host)?;
+                let link = std::fs::read_link(&host)?;
                 if link.is_absolute() {
                     cur = PathBuf::new();
                 }
@@ -50,7 +51,7 @@ pub fn mountpoint_in_root(root: &Path, target: &Path, kind: Kind) -> io::Result<
                 continue;
             }
             Ok(m) if m.file_type().is_symlink() => {
-                fs_err::remove_file(&host)?;
+                std::fs::remove_file(&host)?;
                 create(&host, want)?;
             }
             Ok(m) => match (want, m.is_dir()) {
@@ -78,8 +79,8 @@ fn components(p: &Path) -> VecDeque<OsString> {
 
 fn create(path: &Path, kind: Kind) -> io::Result<()> {
     match kind {
-        Kind::Dir => fs_err::create_dir(path),
-        Kind::File => fs_err::File::create(path).map(drop),
+        Kind::Dir => std::fs::create_dir(path),
+        Kind::File => std::fs::File::create(path).map(drop),
     }
 }
 

@@ -94,8 +94,8 @@ pub enum RuntimeError {
     MountPoint { target: PathBuf, errno: i32 },
     #[error("mount source {} does not exist", path.display())]
     MountSource { path: PathBuf },
-    #[error("overlay unavailable, and flattening the image into {} failed: {}", path.display(), errno_text(*errno))]
-    Flatten { path: PathBuf, errno: i32 },
+    #[error("overlay refused ({}), and flattening the image failed: {message}", errno_text(*overlay_errno))]
+    Flatten { overlay_errno: i32, message: String },
     #[error("the image has {layers} layers, too many for one overlay mount")]
     TooManyLayers { layers: usize },
     #[error("working directory {} inside the container: {}", path.display(), errno_text(*errno))]

@@ -308,11 +308,11 @@ fn mount_rootfs<S: Syscalls>(
         Ok(()) => Ok(RootFs::Overlay),
         // EINVAL: no userxattr or no unprivileged overlay in this kernel (< 5.11) or on this
         // filesystem; EPERM: overlay not allowed in a user namespace here; ENODEV: no overlay.
-        Err(e @ (Errno::EINVAL | Errno::EPERM | Errno::ENODEV)) => {
+        Err(refused @ (Errno::EINVAL | Errno::EPERM | Errno::ENODEV)) => {
             sys.flatten(&plan.lowers, &plan.flat_cache, root)
-                .map_err(|errno| RuntimeError::Flatten {
-                    path: root.to_path_buf(),
-                    errno: errno as i32,
+                .map_err(|e| RuntimeError::Flatten {
+                    overlay_errno: refused as i32,
+                    message: e.to_string(),
                 })?;
             let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
             mount(
@@ -324,7 +324,7 @@ fn mount_rootfs<S: Syscalls>(
                 flags,
                 None,
             )?;
-            Ok(RootFs::Flattened(e as i32))
+            Ok(RootFs::Flattened(refused as i32))
         }
         Err(errno) => Err(RuntimeError::Mount {
             what: "overlay".into(),

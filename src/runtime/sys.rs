@@ -55,12 +55,13 @@ pub trait Syscalls {
     fn loopback_up(&mut self) -> Result<(), Errno>;
     fn no_new_privs(&mut self) -> Result<(), Errno>;
     /// Apply the layer chain (base first) into the empty directory `dest`, through a cache.
-    fn flatten(&mut self, lowers: &[PathBuf], cache: &Path, dest: &Path) -> Result<(), Errno>;
+    fn flatten(&mut self, lowers: &[PathBuf], cache: &Path, dest: &Path) -> std::io::Result<()>;
 }
 
 /// The kernel.
 pub struct Real;
 
+/// The errno of an I/O error; EIO where there is none (fs-err hides it: see fsutil).
 fn io_errno(e: std::io::Error) -> Errno {
     e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
 }
@@ -193,8 +194,8 @@ impl Syscalls for Real {
         nix::sys::prctl::set_no_new_privs()
     }
 
-    fn flatten(&mut self, lowers: &[PathBuf], cache: &Path, dest: &Path) -> Result<(), Errno> {
-        fsutil::flatten(lowers, cache, dest).map_err(io_errno)
+    fn flatten(&mut self, lowers: &[PathBuf], cache: &Path, dest: &Path) -> std::io::Result<()> {
+        fsutil::flatten(lowers, cache, dest)
     }
 }
 
@@ -320,8 +321,21 @@ impl Syscalls for Recorder {
         self.log("no_new_privs".into());
         Ok(())
     }
-    fn flatten(&mut self, lowers: &[PathBuf], _: &Path, dest: &Path) -> Result<(), Errno> {
+    fn flatten(&mut self, lowers: &[PathBuf], _: &Path, dest: &Path) -> std::io::Result<()> {
         self.log(format!("flatten {} {}", lowers.len(), dest.display()));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountpoint_errors_keep_their_errno() {
+        let e = Real
+            .mountpoint(Path::new("/no/such/root"), Path::new("/a"), Kind::Dir)
+            .unwrap_err();
+        assert_eq!(e, Errno::ENOENT);
     }
 }
