@@ -186,6 +186,10 @@ fn pid1(plan: &Plan, err: OwnedFd, take_tty: bool) -> i32 {
             plan.store_fs
         );
     }
+    // Ctrl-C or a kill while we were building the root: do not start the command at all.
+    if let Some(sig) = pending_stop() {
+        return 128 + sig;
+    }
     // From here on errors are the command's, printed by us like the rest of devenv.
     drop(err);
     let mut cmd = Command::new(&argv[0]);
@@ -222,6 +226,19 @@ fn pid1(plan: &Plan, err: OwnedFd, take_tty: bool) -> i32 {
             code
         }
     }
+}
+
+/// A terminating signal that arrived (blocked) during setup.
+fn pending_stop() -> Option<i32> {
+    let mut set = libc_sigset_empty();
+    // SAFETY: set is a valid sigset_t that sigpending(2) fills.
+    if unsafe { libc::sigpending(&mut set) } != 0 {
+        return None;
+    }
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT]
+        .into_iter()
+        // SAFETY: set was filled by sigpending above.
+        .find(|&sig| unsafe { libc::sigismember(&set, sig) } == 1)
 }
 
 fn libc_sigset_empty() -> libc::sigset_t {
