@@ -50,10 +50,23 @@ pub fn init_main() -> ExitCode {
         .skip(2)
         .filter_map(|a| a.parse().ok())
         .collect();
+    // Three distinct open descriptors above stdio, or this was not started by `run`.
+    let valid = |fd: RawFd| {
+        // SAFETY: F_GETFD only reads the descriptor's flags; a closed one fails with EBADF.
+        fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
+    };
     let [spec_fd, err_fd, lock_fd] = fds[..] else {
         eprintln!("error: `devenv __init` is internal to `devenv run` and `devenv shell`");
         return ExitCode::from(2);
     };
+    if !fds.iter().all(|&fd| valid(fd))
+        || spec_fd == err_fd
+        || err_fd == lock_fd
+        || spec_fd == lock_fd
+    {
+        eprintln!("error: `devenv __init` is internal to `devenv run` and `devenv shell`");
+        return ExitCode::from(2);
+    }
     // SAFETY: `run` passed these three descriptors open and meant only for us; each is
     // owned once, here.
     let (spec, err, lock) = unsafe {
@@ -196,7 +209,6 @@ fn pid1(plan: &Plan, err: OwnedFd, take_tty: bool) -> i32 {
     cmd.args(&argv[1..])
         .env_clear()
         .envs(setup::environment(plan));
-    let fds = [0 as RawFd];
     // SAFETY: between fork and exec the closure calls only async-signal-safe functions
     // (sigprocmask, setpgid, signal, tcsetpgrp, getpid).
     unsafe {
@@ -208,7 +220,7 @@ fn pid1(plan: &Plan, err: OwnedFd, take_tty: bool) -> i32 {
                 // so Ctrl-C, Ctrl-Z and job control reach it and not us.
                 libc::setpgid(0, 0);
                 libc::signal(libc::SIGTTOU, libc::SIG_IGN);
-                libc::tcsetpgrp(fds[0], libc::getpid());
+                libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
                 libc::signal(libc::SIGTTOU, libc::SIG_DFL);
             }
             Ok(())

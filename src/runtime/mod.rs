@@ -12,6 +12,16 @@
 //! helper, no newuidmap); system directories are fresh at every entry (overlay upper, or a fresh
 //! flattened copy where overlay is refused) while home and project persist. All `unsafe` of the
 //! crate lives here, each block with a `// SAFETY:` line.
+//!
+//! Choices worth knowing:
+//! - Where overlay is refused (EINVAL, EPERM, ENODEV) the layer chain is flattened once into
+//!   `state_dir/flat/<key>` and copied fresh into each entry, so system directories still reset
+//!   at every entry; that costs a copy of the image per entry. `DEVENV_FLATTEN=1` forces it.
+//! - An interactive shell (empty `argv`) on a terminal leads its own foreground process group;
+//!   a command stays in devenv's group, so Ctrl-Z stops devenv and the command as one job.
+//!   The host terminal is bound at `/dev/console` so ttyname(3) works with the private devpts.
+//! - Signals sent to devenv by a process (kill, systemd) go inward; those the terminal sends to
+//!   the whole foreground group are not sent twice. A hangup is always forwarded.
 
 mod fsutil;
 mod init;
