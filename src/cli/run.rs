@@ -123,7 +123,7 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
 
     let spec = Spec {
         lowers,
-        state_dir: state_dir.join("run"),
+        state_dir: state_dir.join("state"),
         project_dir: project.dir.clone(),
         cwd: fs_err::canonicalize(&ctx.cwd)?,
         home: state_dir.join("home"),

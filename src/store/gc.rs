@@ -429,9 +429,9 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path().join("store")).unwrap();
         let (_, layer) = image(&store, "a", &root.path().join("deleted"));
-        let entry = store.root().join("envs/a/run/1");
-        fs_err::create_dir_all(&entry).unwrap();
-        let held = lock_file(&entry.join("lock"), LockMode::Exclusive).unwrap();
+        let run = store.root().join("envs/a/state/run");
+        fs_err::create_dir_all(run.join("1")).unwrap();
+        let held = lock_file(&run.join("1.lock"), LockMode::Exclusive).unwrap();
         assert!(collect(&store, false).unwrap().envs.is_empty());
         assert!(store.layer_path(&layer).exists());
         drop(held);
