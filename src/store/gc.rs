@@ -51,15 +51,15 @@ impl EnvEntry {
     }
 }
 
-/// Whether any entry of the env holds its run lock (the runtime keeps `run/<entry>/lock`
-/// flocked for the life of the container).
+/// Whether a container of the env is running: the runtime keeps `state/run/<entry>.lock`
+/// flocked for the life of each entry.
 pub fn running(env_dir: &Path) -> bool {
-    let Ok(entries) = fs_err::read_dir(env_dir.join("run")) else {
+    let Ok(entries) = fs_err::read_dir(env_dir.join("state/run")) else {
         return false;
     };
     entries.flatten().any(|e| {
-        let lock = e.path().join("lock");
-        lock.exists() && lock_file(&lock, LockMode::TryExclusive).is_err()
+        let lock = e.path();
+        lock.extension().is_some_and(|x| x == "lock") && lock_file(&lock, LockMode::TryExclusive).is_err()
     })
 }
 
