@@ -40,16 +40,7 @@ pub fn gc(args: GcArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     let plan = gc::collect(&store, args.dry_run)?;
     let verb = if args.dry_run { "Would free" } else { "Freed" };
     if ctx.ui.verbose() || args.dry_run {
-        for p in [
-            &plan.envs,
-            &plan.layers,
-            &plan.blobs,
-            &plan.manifests,
-            &plan.other,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for p in plan.paths() {
             ctx.ui.status(
                 if args.dry_run {
                     "Would remove"

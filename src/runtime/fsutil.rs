@@ -119,47 +119,8 @@ fn unescape_octal(s: &str) -> String {
 }
 
 /// Remove a tree we own even where it holds directories without write or search permission
-/// (overlay's `work/work` is mode 000). Missing is fine.
-pub fn remove_tree(path: &Path) -> io::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(_) => {
-            make_owner_writable(path);
-            match std::fs::remove_dir_all(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())))
-                }
-                _ => Ok(()),
-            }
-        }
-    }
-}
-
-fn make_owner_writable(dir: &Path) {
-    let Ok(m) = std::fs::symlink_metadata(dir) else {
-        return;
-    };
-    if !m.is_dir() {
-        return;
-    }
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            make_owner_writable(&e.path());
-        }
-    }
-}
-
-/// Remove whatever is at `path`: file, symlink or tree.
-fn remove_any(path: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => remove_tree(path),
-        Ok(_) => fs_err::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
+/// (overlay's `work/work` is mode 000), or a file. Missing is fine.
+pub use crate::store::remove_tree;
 
 /// An overlay whiteout: a character device 0/0.
 fn is_whiteout(m: &std::fs::Metadata) -> bool {
@@ -195,12 +156,12 @@ pub fn apply_layer(src: &Path, dst: &Path) -> io::Result<()> {
         let m = fs_err::symlink_metadata(&s)?;
         let ft = m.file_type();
         if is_whiteout(&m) {
-            remove_any(&d)?;
+            remove_tree(&d)?;
         } else if ft.is_dir() {
             let keep =
                 matches!(std::fs::symlink_metadata(&d), Ok(dm) if dm.is_dir()) && !is_opaque(&s);
             if !keep {
-                remove_any(&d)?;
+                remove_tree(&d)?;
                 fs_err::create_dir(&d)?;
             }
             // Writable while we fill it; the layer's mode afterwards.
@@ -208,10 +169,10 @@ pub fn apply_layer(src: &Path, dst: &Path) -> io::Result<()> {
             apply_layer(&s, &d)?;
             fs_err::set_permissions(&d, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
         } else if ft.is_file() {
-            remove_any(&d)?;
+            remove_tree(&d)?;
             fs_err::copy(&s, &d)?;
         } else if ft.is_symlink() {
-            remove_any(&d)?;
+            remove_tree(&d)?;
             fs_err::os::unix::fs::symlink(fs_err::read_link(&s)?, &d)?;
         }
     }

@@ -59,7 +59,8 @@ pub fn running(env_dir: &Path) -> bool {
     };
     entries.flatten().any(|e| {
         let lock = e.path();
-        lock.extension().is_some_and(|x| x == "lock") && lock_file(&lock, LockMode::TryExclusive).is_err()
+        lock.extension().is_some_and(|x| x == "lock")
+            && lock_file(&lock, LockMode::TryExclusive).is_err()
     })
 }
 
@@ -127,6 +128,30 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Everything the plan removes.
+    pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        [
+            &self.envs,
+            &self.layers,
+            &self.blobs,
+            &self.manifests,
+            &self.other,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Size the removal frees, and then the removal (unless `dry_run`).
+    fn carry_out(&mut self, dry_run: bool) -> Result<(), StoreError> {
+        self.bytes = self.paths().map(|p| disk_usage(p)).sum();
+        if !dry_run {
+            for p in self.paths() {
+                super::remove_tree(p)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.envs.is_empty()
             && self.layers.is_empty()
@@ -170,30 +195,8 @@ pub fn collect(store: &Store, dry_run: bool) -> Result<Plan, StoreError> {
     for e in fs_err::read_dir(store.root().join("tmp"))? {
         plan.other.push(e?.path());
     }
-    plan.bytes = [
-        &plan.envs,
-        &plan.layers,
-        &plan.blobs,
-        &plan.manifests,
-        &plan.other,
-    ]
-    .into_iter()
-    .flatten()
-    .map(|p| disk_usage(p))
-    .sum();
+    plan.carry_out(dry_run)?;
     if !dry_run {
-        for p in [
-            &plan.envs,
-            &plan.layers,
-            &plan.blobs,
-            &plan.manifests,
-            &plan.other,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            super::remove_tree(p).or_else(|_| fs_err::remove_file(p))?;
-        }
         remove_dangling_tags(store)?;
     }
     Ok(plan)
@@ -303,35 +306,20 @@ pub fn remove_image(store: &Store, image: &crate::reference::ImageRef) -> Result
             live.add(store, r);
         }
     }
-    plan.layers = mine
-        .layers
-        .difference(&live.layers)
-        .map(|d| store.layer_path(d))
-        .filter(|p| p.exists())
-        .collect();
-    plan.blobs = mine
-        .blobs
-        .difference(&live.blobs)
-        .map(|d| store.blob_path(d))
-        .filter(|p| p.exists())
-        .collect();
-    plan.manifests = mine
-        .manifests
-        .difference(&live.manifests)
-        .map(|d| store.manifest_path(d))
-        .filter(|p| p.exists())
-        .collect();
-    plan.bytes = [&plan.layers, &plan.blobs, &plan.manifests]
-        .into_iter()
-        .flatten()
-        .map(|p| disk_usage(p))
-        .sum();
-    for p in [&plan.layers, &plan.blobs, &plan.manifests]
-        .into_iter()
-        .flatten()
-    {
-        super::remove_tree(p).or_else(|_| fs_err::remove_file(p))?;
+    fn unused(
+        mine: &BTreeSet<Digest>,
+        live: &BTreeSet<Digest>,
+        path: impl Fn(&Digest) -> PathBuf,
+    ) -> Vec<PathBuf> {
+        mine.difference(live)
+            .map(path)
+            .filter(|p| p.exists())
+            .collect()
     }
+    plan.layers = unused(&mine.layers, &live.layers, |d| store.layer_path(d));
+    plan.blobs = unused(&mine.blobs, &live.blobs, |d| store.blob_path(d));
+    plan.manifests = unused(&mine.manifests, &live.manifests, |d| store.manifest_path(d));
+    plan.carry_out(false)?;
     if let Some(tag) = store.tag_path(image) {
         let _ = fs_err::remove_file(tag);
     }

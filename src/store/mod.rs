@@ -266,8 +266,15 @@ impl Drop for Staging {
     }
 }
 
-/// Remove a tree that may hold read-only directories (layers keep 0555 dirs as the image has them).
+/// Remove a file, or a tree that may hold read-only directories (layers keep 0555 dirs as the
+/// image has them). Gone already is fine.
 pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
     match std::fs::remove_dir_all(path) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
