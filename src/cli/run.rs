@@ -137,8 +137,10 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
         mounts: loaded.env.container.mounts.clone(),
     };
     if spec.argv.is_empty() {
-        ctx.ui
-            .status("Entering", &format!("{} ({})", project.name, pulled.image));
+        ctx.ui.status(
+            "Entering",
+            &format!("{} ({image}, {})", project.name, pulled.manifest.short()),
+        );
     }
     let code = runtime::run(&spec)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
