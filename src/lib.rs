@@ -3,10 +3,12 @@
 //! Data flows one way: `cli` → `config` / `pull` → `registry` / `store` / `unpack` / `runtime`.
 //! Core modules never print; they report through [`progress::Reporter`], which `ui` implements.
 
+pub mod build;
 pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod lock;
 pub mod platform;
 pub mod progress;
 pub mod project;
