@@ -285,6 +285,7 @@ fn fetch_layers(
 ) -> Result<(), PullError> {
     let next = Mutex::new(missing.iter());
     let failed: Mutex<Option<PullError>> = Mutex::new(None);
+    let total = ui.total_bar(missing.iter().map(|(d, _)| d.size).sum());
     std::thread::scope(|scope| {
         for _ in 0..PARALLEL_LAYERS.min(missing.len()) {
             scope.spawn(|| {
@@ -297,7 +298,7 @@ fn fetch_layers(
                     else {
                         return;
                     };
-                    if let Err(e) = fetch_layer(client, store, image, desc, diff_id, ui) {
+                    if let Err(e) = fetch_layer(client, store, image, desc, diff_id, ui, &*total) {
                         if let Ok(mut f) = failed.lock() {
                             f.get_or_insert(e);
                         }
@@ -307,6 +308,7 @@ fn fetch_layers(
             });
         }
     });
+    total.finish("");
     match failed.into_inner() {
         Ok(Some(e)) => Err(e),
         _ => Ok(()),
@@ -321,6 +323,7 @@ fn fetch_layer(
     desc: &Descriptor,
     diff_id: &Digest,
     ui: &dyn Reporter,
+    total: &dyn Bar,
 ) -> Result<(), PullError> {
     let name = image.to_string();
     let dest = store.layer_path(diff_id);
@@ -358,7 +361,7 @@ fn fetch_layer(
     let applied = if blob_dest.exists() {
         // The compressed blob was verified when it entered the store; unpack from it.
         let file = fs_err::File::open(&blob_dest).map_err(StoreError::from)?;
-        apply(file, compression, staging.path(), &*bar).map_err(layer_error)?
+        apply(file, compression, staging.path(), &Pair(&*bar, total)).map_err(layer_error)?
     } else {
         let body = client.open_blob(image, &desc.digest, Some(desc.size))?;
         let blob_tmp =
@@ -371,7 +374,7 @@ fn fetch_layer(
             },
             compression,
             staging.path(),
-            &*bar,
+            &Pair(&*bar, total),
         )
         .map_err(layer_error)?;
         copy.flush().map_err(StoreError::from)?;
@@ -422,6 +425,19 @@ fn apply(
             Some(source) => LayerError::Input(source),
             None => LayerError::Unpack(e),
         }),
+    }
+}
+
+/// A layer's own bar and the pull's total, advanced together.
+struct Pair<'a>(&'a dyn Bar, &'a dyn Bar);
+
+impl Bar for Pair<'_> {
+    fn inc(&self, n: u64) {
+        self.0.inc(n);
+        self.1.inc(n);
+    }
+    fn finish(&self, message: &str) {
+        self.0.finish(message);
     }
 }
 
