@@ -393,26 +393,6 @@ fn container_flattened_fallback_keeps_layers_and_resets() {
     );
 }
 
-/// Job control and resizing need a terminal the test cannot fake without a pty driver; run it
-/// by hand in a terminal: `cargo test --lib interactive_shell -- --ignored --nocapture`
-/// (`DEVENV_TEST_ARGV="sleep 100"` runs that command instead of the shell).
-#[test]
-#[ignore = "needs a terminal"]
-fn interactive_shell_on_a_terminal() {
-    let f = Fixture::new();
-    let mut spec = f.spec.clone();
-    spec.shell = Some("/bin/sh".into());
-    if let Ok(argv) = std::env::var("DEVENV_TEST_ARGV") {
-        spec.argv = argv.split_whitespace().map(String::from).collect();
-    }
-    spec.env.push(("PS1".into(), "devenv$ ".into()));
-    if let Ok(term) = std::env::var("TERM") {
-        spec.env.push(("TERM".into(), term));
-    }
-    let code = f.run(&spec);
-    eprintln!("shell exited with {code}");
-}
-
 #[test]
 fn container_many_layers_fit_one_overlay_mount() {
     let _g = lock();
