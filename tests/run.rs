@@ -248,9 +248,11 @@ fn exit_status_126_when_the_command_is_not_executable() {
         ))
         .build();
     write_env_toml(&home, "project", &push("run/noexec", &img), "");
-    let out = run_cmd(&home, &["/usr/bin/not-executable"]);
-    assert_eq!(out.code(), Some(126), "{out:?}");
-    assert!(!out.stdout.contains("ran"), "{out:?}");
+    for cmd in ["/usr/bin/not-executable", "not-executable"] {
+        let out = run_cmd(&home, &[cmd]);
+        assert_eq!(out.code(), Some(126), "{cmd}: {out:?}");
+        assert!(!out.stdout.contains("ran"), "{out:?}");
+    }
 }
 
 #[test]
@@ -455,12 +457,34 @@ fn interactive_shell_on_a_pty() {
     let mut cmd = devenv(&home);
     cmd.env("TERM", "dumb").arg("shell");
     let mut s = PtySession::spawn(cmd);
-    s.expect("devenv:", Duration::from_secs(60));
+    s.expect("devenv:project", Duration::from_secs(60));
+    s.type_str("[ -t 0 ] && [ -t 1 ] && echo on-a-$((1+1))-terminal\n");
+    s.expect("on-a-2-terminal", Duration::from_secs(20));
     s.type_str("echo marker-$((6*7))\n");
     s.expect("marker-42", Duration::from_secs(20));
     s.type_str("exit 7\n");
     let (status, output) = s.wait(Duration::from_secs(20));
     assert_eq!(status.code(), Some(7), "terminal showed:\n{output}");
+}
+
+#[test]
+fn ctrl_c_in_the_interactive_shell_interrupts_the_command_not_the_shell() {
+    let home = project("[container]\nshell = \"/bin/sh\"\n");
+    run(devenv(&home).arg("pull")).success();
+    let mut cmd = devenv(&home);
+    cmd.env("TERM", "dumb").arg("shell");
+    let mut s = PtySession::spawn(cmd);
+    s.expect("devenv:project", Duration::from_secs(60));
+    s.type_str("sleep 30\n");
+    std::thread::sleep(Duration::from_millis(500));
+    s.type_str("\x03");
+    // The shell gets the terminal back and tells the interrupted command's status.
+    s.type_str("echo status-$?-still-$((2+3))\n");
+    s.expect("status-130-still-5", Duration::from_secs(10));
+    s.expect("still-5", Duration::from_secs(10));
+    s.type_str("exit\n");
+    let (status, output) = s.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "terminal showed:\n{output}");
 }
 
 // ---------------------------------------------------------------------------------------------
