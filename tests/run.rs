@@ -280,6 +280,156 @@ fn sigterm_to_devenv_ends_the_command_with_143() {
     );
 }
 
+#[test]
+fn exit_status_255() {
+    let home = project("");
+    let out = sh(&home, "exit 255");
+    assert_eq!(out.code(), Some(255), "{out:?}");
+}
+
+#[test]
+fn exit_status_128_plus_n_when_the_command_is_killed_by_signal_n() {
+    let home = project("");
+    let out = sh(&home, "kill -KILL $$");
+    assert_eq!(out.code(), Some(137), "{out:?}");
+    let out = sh(&home, "kill -USR1 $$");
+    assert_eq!(out.code(), Some(138), "{out:?}");
+}
+
+/// Starts `devenv run -- sh -c SCRIPT` (SCRIPT first touches `started`) and waits for it.
+fn start_run(home: &TestHome, script: &str) -> (std::process::Child, String) {
+    run(devenv(home).arg("pull")).success();
+    let started =
+        spawn(devenv(home).args(["run", "--", "sh", "-c", &format!("touch started; {script}")]));
+    let flag = home.project().join("started");
+    wait_for("the command to start", Duration::from_secs(60), || {
+        flag.exists()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    started
+}
+
+fn signal_devenv(
+    started: (std::process::Child, String),
+    sig: nix::sys::signal::Signal,
+    expected: i32,
+) {
+    let (child, what) = started;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let t = Instant::now();
+    nix::sys::signal::kill(pid, sig).unwrap();
+    let out = wait(child, what);
+    assert_eq!(out.code(), Some(expected), "after {sig}: {out:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?} to end after {sig}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn sigterm_to_devenv_ends_a_shell_waiting_on_its_child_with_143() {
+    let home = project("");
+    let started = start_run(&home, "sleep 30; echo not-killed");
+    signal_devenv(started, nix::sys::signal::Signal::SIGTERM, 143);
+}
+
+#[test]
+fn sigint_to_devenv_without_a_terminal_ends_the_command_with_130() {
+    let home = project("");
+    let started = start_run(&home, "exec sleep 30");
+    signal_devenv(started, nix::sys::signal::Signal::SIGINT, 130);
+}
+
+#[test]
+fn sighup_to_devenv_ends_the_command_with_129() {
+    let home = project("");
+    let started = start_run(&home, "exec sleep 30");
+    signal_devenv(started, nix::sys::signal::Signal::SIGHUP, 129);
+}
+
+#[test]
+fn stdin_reaches_the_command() {
+    use std::io::Write as _;
+    let home = project("");
+    let mut cmd = devenv(&home);
+    cmd.args(["run", "--", "sh", "-c", "cat; echo end"]);
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"line one\nline two\n").unwrap();
+    drop(stdin);
+    let out = wait(child, what).success();
+    assert_eq!(out.stdout, "line one\nline two\nend\n", "{out:?}");
+}
+
+#[test]
+fn the_command_sees_only_its_own_processes() {
+    let home = project("");
+    // A PID namespace: a handful of processes (init, sh, ls), not the host's.
+    let out = sh(&home, "ls /proc | grep -c '^[0-9][0-9]*$'").success();
+    let n: u32 = out.stdout.trim().parse().unwrap();
+    assert!(n <= 5, "{n} processes visible inside: {out:?}");
+}
+
+#[test]
+fn hostname_is_the_project_name() {
+    let home = TestHome::new();
+    write_env_toml(&home, "My Project_2", base_ref(), "");
+    let out = run(devenv(&home)
+        .current_dir(home.root().join("My Project_2"))
+        .args(["run", "--", "hostname"]))
+    .success();
+    assert_eq!(out.stdout, "my-project-2\n", "{out:?}");
+}
+
+#[test]
+fn dash_c_runs_as_if_started_in_the_directory() {
+    let home = project("");
+    let sub = home.mkdir("project/sub");
+    let out = run(devenv(&home)
+        .current_dir("/")
+        .arg("-C")
+        .arg(&sub)
+        .args(["run", "--", "pwd"]))
+    .success();
+    let expected = fs_err::canonicalize(&sub).unwrap();
+    assert_eq!(out.stdout.trim(), expected.display().to_string(), "{out:?}");
+}
+
+#[test]
+fn home_is_the_images_home_for_the_user_when_its_passwd_names_them() {
+    let home = TestHome::new();
+    let (uid, gid) = runner_ids();
+    let name = runner_name();
+    let img = ImageBuilder::new()
+        .layer(busybox_layer(MARKER))
+        .layer(
+            Layer::new()
+                .dir("etc", 0o755)
+                .file(
+                    "etc/passwd",
+                    format!("root:x:0:0:root:/root:/bin/sh\n{name}:x:{uid}:{gid}::/home/custom:/bin/sh\n"),
+                    0o644,
+                )
+                .dir("home", 0o755)
+                .dir("home/custom", 0o755),
+        )
+        .build();
+    write_env_toml(&home, "project", &push("run/passwd-home", &img), "");
+    let out = sh(&home, "echo $HOME; whoami; echo x > $HOME/f && echo wrote").success();
+    assert_eq!(
+        out.stdout,
+        format!("/home/custom\n{name}\nwrote\n"),
+        "{out:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Processes
 
@@ -525,6 +675,19 @@ fn whiteouts_and_opaque_directories_merge_as_a_container_runtime_would() {
 
 // ---------------------------------------------------------------------------------------------
 // Errors
+
+#[test]
+fn no_env_toml_is_an_error_with_a_hint() {
+    let home = TestHome::new();
+    let out = run_cmd(&home, &["true"]).failure(&["env.toml"]);
+    assert!(out.stderr.contains("devenv init"), "no hint: {out:?}");
+}
+
+#[test]
+fn offline_with_an_empty_store_is_an_error() {
+    let home = project("");
+    run(devenv(&home).args(["--offline", "run", "--", "true"])).failure(&[]);
+}
 
 #[test]
 fn missing_image_is_an_error() {
