@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::env::{NoXattrMount, busybox_image, busybox_layer, push, wait_for, write_env_toml};
+use common::fault::{Fault, FaultServer};
 use common::image::{BuiltImage, ImageBuilder, Layer};
 use common::{Outcome, TestHome, devenv, run, spawn, wait};
 use serde_json::Value;
@@ -177,6 +178,98 @@ fn gc_keeps_a_running_env_whose_env_toml_is_gone_until_it_ends() {
         !home.blob(&img.layers[0].digest).exists(),
         "gc after the run ended kept the blob: {gc:?}"
     );
+}
+
+#[test]
+fn gc_waits_for_a_run_that_is_still_pulling() {
+    let home = TestHome::new();
+    let srv = FaultServer::start();
+    let img = busybox_image("gc-while-pulling").build();
+    let reference = srv.serve_image("slow", "1", &img);
+    let blob = srv.blob_path("slow", &img.layers[0].digest);
+    srv.always(
+        &blob,
+        Fault::Slow {
+            chunk: 64 * 1024,
+            delay: Duration::from_millis(60),
+        },
+    );
+    write_env_toml(&home, "project", &reference, "");
+    let (child, what) = spawn(devenv(&home).args(["run", "--", "cat", "/etc/os-release"]));
+    wait_for(
+        "the layer download to start",
+        Duration::from_secs(60),
+        || srv.gets(&blob) > 0,
+    );
+    let gc = dv(&home, &["gc"]).success();
+    let out = wait(child, what).success();
+    assert!(out.stdout.contains("MARKER=gc-while-pulling"), "{out:?}");
+    assert!(
+        home.layer(&img.layers[0].diff_id).is_dir(),
+        "gc removed the layer of a run that was pulling it: {gc:?}"
+    );
+    assert!(home.blob(&img.layers[0].digest).is_file(), "{gc:?}");
+    assert_eq!(srv.gets(&blob), 1, "the blob was fetched twice");
+}
+
+#[test]
+fn gc_removes_what_a_killed_pull_left() {
+    let home = TestHome::new();
+    let srv = FaultServer::start();
+    let img = ImageBuilder::new()
+        .layer(Layer::new().file("big", common::noise(4 << 20, 5), 0o644))
+        .build();
+    let reference = srv.serve_image("killed", "1", &img);
+    let blob = srv.blob_path("killed", &img.layers[0].digest);
+    srv.always(
+        &blob,
+        Fault::Slow {
+            chunk: 32 * 1024,
+            delay: Duration::from_millis(50),
+        },
+    );
+    let (mut child, what) = spawn(devenv(&home).args(["pull", &reference]));
+    wait_for(
+        "the layer download to start",
+        Duration::from_secs(60),
+        || srv.gets(&blob) > 0,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap(); // SIGKILL: no cleanup of its own
+    let _ = wait(child, what);
+    let leftovers = fs_err::read_dir(home.store().join("tmp")).unwrap().count();
+    assert!(
+        leftovers > 0,
+        "the killed pull left nothing in tmp/: the test proves nothing"
+    );
+    let out = dv(&home, &["gc"]).success();
+    let tmp: Vec<_> = fs_err::read_dir(home.store().join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(tmp.is_empty(), "gc left {tmp:?}: {out:?}");
+    assert!(
+        home.store_entries().is_empty(),
+        "gc left {:?}: {out:?}",
+        home.store_entries()
+    );
+}
+
+#[test]
+fn gc_removes_an_image_pulled_by_name_that_no_env_uses() {
+    let home = TestHome::new();
+    let img = image_on_base("gc-by-name", "by-name");
+    let reference = push("gc/by-name", &img);
+    dv(&home, &["pull", &reference]).success();
+    assert!(home.layer(&img.layers[1].diff_id).is_dir());
+    let out = dv(&home, &["gc"]).success();
+    assert!(
+        home.store_entries().is_empty(),
+        "gc kept {:?}: {out:?}",
+        home.store_entries()
+    );
+    let doc = json(&dv(&home, &["cache", "ls", "--json"]).success());
+    assert_eq!(doc["images"], Value::Array(vec![]), "{doc}");
 }
 
 // ---------------------------------------------------------------------------------------------
