@@ -608,6 +608,39 @@ fn cache_rm_removes_an_image_no_live_env_uses_and_keeps_what_one_does() {
     dv(&home, &["--offline", "run", "--", "true"]).success();
 }
 
+#[test]
+fn cache_rm_of_a_live_envs_image_keeps_everything_it_runs_on() {
+    let home = TestHome::new();
+    let img = image_on_base("cache-rm-live", "live");
+    let reference = push("cache/live", &img);
+    write_env_toml(&home, "project", &reference, "");
+    dv(&home, &["run", "--", "true"]).success();
+    let before = home.store_entries();
+    let out = dv(&home, &["cache", "rm", &reference]).success();
+    assert_eq!(
+        home.store_entries(),
+        before,
+        "cache rm removed what a live env uses: {out:?}"
+    );
+    let out = dv(&home, &["run", "--", "cat", "/opt/own"]).success();
+    assert_eq!(out.stdout, "live\n", "{out:?}");
+}
+
+/// `cache rm` promises to keep what a live env still uses; the env resolves its image through
+/// the tag, so removing the tag (while keeping every layer) leaves the env unable to start
+/// offline although nothing was freed.
+#[test]
+fn cache_rm_of_a_live_envs_image_keeps_it_usable_offline() {
+    let home = TestHome::new();
+    let img = image_on_base("cache-rm-offline", "offline");
+    let reference = push("cache/offline", &img);
+    write_env_toml(&home, "project", &reference, "");
+    dv(&home, &["run", "--", "true"]).success();
+    dv(&home, &["cache", "rm", &reference]).success();
+    let out = dv(&home, &["--offline", "run", "--", "cat", "/opt/own"]).success();
+    assert_eq!(out.stdout, "offline\n", "{out:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // completions
 

@@ -597,6 +597,36 @@ fn mounts_are_visible_read_only_and_nothing_else_of_the_host() {
     assert!(!shared.join("new").exists());
 }
 
+#[test]
+fn tilde_mounts_are_the_users_host_directory_read_write() {
+    let home = project("[container]\nmounts = [\"~/.cache/models\", \"data:/data\"]\n");
+    home.write("home/.cache/models/weights", "w1\n");
+    home.write("project/data/input", "in\n");
+    let models = home.home().join(".cache/models");
+    let out = sh(
+        &home,
+        &format!(
+            "cat {m}/weights && echo w2 > {m}/written && cat /data/input && echo out > /data/output",
+            m = models.display()
+        ),
+    )
+    .success();
+    assert_eq!(out.stdout, "w1\nin\n", "{out:?}");
+    assert_eq!(fs_err::read(models.join("written")).unwrap(), b"w2\n");
+    assert_eq!(home.read("project/data/output"), b"out\n");
+    let (uid, _) = runner_ids();
+    assert_eq!(fs_err::metadata(models.join("written")).unwrap().uid(), uid);
+}
+
+#[test]
+fn large_output_arrives_whole() {
+    let home = project("");
+    let out = sh(&home, "seq 1 300000").success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 300_000, "stderr: {}", out.stderr);
+    assert_eq!(lines.last(), Some(&"300000"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Interactive shell
 
@@ -635,6 +665,62 @@ fn ctrl_c_in_the_interactive_shell_interrupts_the_command_not_the_shell() {
     s.type_str("exit\n");
     let (status, output) = s.wait(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "terminal showed:\n{output}");
+}
+
+#[test]
+fn interactive_shell_sees_the_terminal_size_and_its_changes() {
+    let home = project("[container]\nshell = \"/bin/sh\"\n");
+    run(devenv(&home).arg("pull")).success();
+    let mut cmd = devenv(&home);
+    cmd.env("TERM", "dumb").arg("shell");
+    let mut s = PtySession::spawn_sized(cmd, 33, 101);
+    s.expect("devenv:project", Duration::from_secs(60));
+    s.type_str("echo size-$(stty size | tr ' ' x)\n");
+    s.expect("size-33x101", Duration::from_secs(20));
+    s.resize(44, 120);
+    std::thread::sleep(Duration::from_millis(200));
+    s.type_str("echo size-$(stty size | tr ' ' x)\n");
+    s.expect("size-44x120", Duration::from_secs(20));
+    s.type_str("exit\n");
+    let (status, output) = s.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "terminal showed:\n{output}");
+}
+
+#[test]
+fn interactive_shell_defaults_to_a_shell_the_image_has() {
+    // No [container].shell: the user's login shell (/bin/sh for the test user) or sh.
+    let home = project("");
+    run(devenv(&home).arg("pull")).success();
+    let mut cmd = devenv(&home);
+    cmd.env("TERM", "dumb").arg("shell");
+    let mut s = PtySession::spawn(cmd);
+    s.expect("devenv:project", Duration::from_secs(60));
+    s.type_str("echo marker-$((6*7))\n");
+    s.expect("marker-42", Duration::from_secs(20));
+    s.type_str("exit 5\n");
+    let (status, output) = s.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(5), "terminal showed:\n{output}");
+}
+
+#[test]
+fn shell_without_a_terminal_reads_commands_from_stdin() {
+    use std::io::Write as _;
+    let home = project("[container]\nshell = \"/bin/sh\"\n");
+    let mut cmd = devenv(&home);
+    cmd.arg("shell");
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"echo piped-$((3*3))\nexit 4\n").unwrap();
+    drop(stdin);
+    let out = wait(child, what);
+    assert_eq!(out.code(), Some(4), "{out:?}");
+    assert!(out.stdout.contains("piped-9"), "{out:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -117,8 +117,19 @@ pub struct PtySession {
 
 impl PtySession {
     /// Spawns `cmd` on a new pty; the slave is given to the test user, as a login's would be.
-    pub fn spawn(mut cmd: Command) -> PtySession {
-        let pty = nix::pty::openpty(None, None).expect("openpty");
+    pub fn spawn(cmd: Command) -> PtySession {
+        PtySession::spawn_sized(cmd, 24, 80)
+    }
+
+    /// [`PtySession::spawn`] on a terminal of `rows` × `cols`.
+    pub fn spawn_sized(mut cmd: Command, rows: u16, cols: u16) -> PtySession {
+        let size = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
         let slave_path = nix::unistd::ttyname(pty.slave.as_fd()).expect("ttyname of the pty");
         if super::is_root() {
             let (uid, gid) = super::runner_ids();
@@ -165,6 +176,21 @@ impl PtySession {
             reader: Some(reader),
             child,
         }
+    }
+
+    /// Resizes the terminal, as a terminal emulator does (the kernel sends SIGWINCH to its
+    /// foreground process group).
+    pub fn resize(&mut self, rows: u16, cols: u16) {
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the fd is our open master.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ as _, &size) };
+        assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
     }
 
     pub fn output(&self) -> String {
