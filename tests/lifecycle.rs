@@ -520,6 +520,24 @@ fn status_json_has_the_documented_shape_before_and_after_a_pull() {
     assert!(doc["store"]["bytes"].as_u64().unwrap() > 0, "{doc}");
 }
 
+#[test]
+fn status_makes_no_network_request_and_sees_env_lock() {
+    let home = TestHome::new();
+    let srv = FaultServer::start();
+    let img = busybox_image("status-offline").build();
+    let reference = srv.serve_image("st", "1", &img);
+    write_env_toml(&home, "project", &reference, "");
+    let doc = json(&dv(&home, &["status", "--json"]).success());
+    assert_status_shape(&doc);
+    assert_eq!(srv.requests().len(), 0, "status contacted the registry");
+    home.write("project/env.lock", "");
+    let doc = json(&dv(&home, &["status", "--json"]).success());
+    assert_eq!(doc["lock"], "present", "{doc}");
+    let out = dv(&home, &["status"]).success();
+    assert!(out.stdout.contains("pending"), "{out:?}");
+    assert_eq!(srv.requests().len(), 0, "status contacted the registry");
+}
+
 // ---------------------------------------------------------------------------------------------
 // cache
 

@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::env::{
-    PtySession, busybox_image, busybox_layer, push, runner_name, wait_for, write_env_toml,
+    PtySession, busybox_image, busybox_layer, kill_processes, processes_with, push, runner_name,
+    wait_for, write_env_toml,
 };
 use common::image::{ImageBuilder, Layer};
 use common::{Outcome, TestHome, devenv, run, runner_ids, spawn, wait};
@@ -430,6 +431,32 @@ fn home_is_the_images_home_for_the_user_when_its_passwd_names_them() {
     );
 }
 
+#[test]
+fn sigkill_to_devenv_leaves_no_process_of_the_container_behind() {
+    let home = project("");
+    // A command line no other test runs: `sleep 29.<pid>`.
+    let needle = format!("sleep 29.{}", std::process::id());
+    let (mut child, what) = start_run(&home, &format!("exec {needle}"));
+    assert!(
+        !processes_with(&needle).is_empty(),
+        "the command is not running"
+    );
+    // Not `wait`: the container's processes would hold its pipes open as long as they live.
+    drop((child.stdout.take(), child.stderr.take(), what));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if processes_with(&needle).is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = processes_with(&needle);
+    kill_processes(&left);
+    panic!("5 s after devenv was killed, the container still runs: {left:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Processes
 
@@ -627,6 +654,47 @@ fn large_output_arrives_whole() {
     assert_eq!(lines.last(), Some(&"300000"));
 }
 
+#[test]
+fn network_host_shares_the_hosts_interfaces_and_resolver() {
+    let home = project("");
+    let out = sh(&home, "cat /proc/net/dev; echo --; cat /etc/resolv.conf").success();
+    let (dev, resolv) = out.stdout.split_once("--\n").unwrap();
+    let names = |t: &str| -> Vec<String> {
+        let mut v: Vec<String> = t
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .map(|n| n.trim().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let host = fs_err::read_to_string("/proc/net/dev").unwrap();
+    assert_eq!(names(dev), names(&host), "{out:?}");
+    let host_resolv = fs_err::read_to_string("/etc/resolv.conf").unwrap();
+    assert_eq!(resolv, host_resolv, "{out:?}");
+}
+
+#[test]
+fn dev_proc_sys_and_tmp_are_the_containers() {
+    let home = project("");
+    let script = "\
+        for d in null zero random urandom tty; do test -c /dev/$d || echo no /dev/$d; done; \
+        echo x > /dev/null || echo /dev/null unwritable; \
+        test \"$(head -c 4 /dev/urandom | wc -c)\" = 4 || echo urandom broken; \
+        for d in /dev/loop0 /dev/loop-control /dev/kmsg /dev/sda /dev/vda; do \
+            test -e $d && echo host device $d; done; \
+        touch /sys/devenv-test 2>/dev/null && echo sys writable; \
+        test -e /proc/self/status || echo no proc; \
+        test -e /tmp/left-by-last-entry && echo tmp persisted; \
+        touch /tmp/left-by-last-entry || echo tmp unwritable; \
+        echo done";
+    let out = sh(&home, script).success();
+    assert_eq!(out.stdout, "done\n", "{out:?}");
+    let out = sh(&home, script).success();
+    assert_eq!(out.stdout, "done\n", "second entry: {out:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Interactive shell
 
@@ -684,6 +752,33 @@ fn interactive_shell_sees_the_terminal_size_and_its_changes() {
     s.type_str("exit\n");
     let (status, output) = s.wait(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "terminal showed:\n{output}");
+}
+
+#[test]
+fn closing_the_terminal_ends_the_shell_and_everything_in_it() {
+    let home = project("[container]\nshell = \"/bin/sh\"\n");
+    run(devenv(&home).arg("pull")).success();
+    let needle = format!("sleep 28.{}", std::process::id());
+    let mut cmd = devenv(&home);
+    cmd.env("TERM", "dumb").arg("shell");
+    let mut s = PtySession::spawn(cmd);
+    s.expect("devenv:project", Duration::from_secs(60));
+    s.type_str(&format!("{needle}\n"));
+    wait_for("the command in the shell", Duration::from_secs(20), || {
+        !processes_with(&needle).is_empty()
+    });
+    let (status, output) = s.hang_up(Duration::from_secs(10));
+    assert!(!status.success(), "{status}; terminal showed:\n{output}");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) && !processes_with(&needle).is_empty() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = processes_with(&needle);
+    kill_processes(&left);
+    assert!(
+        left.is_empty(),
+        "after the terminal closed, still running: {left:?}"
+    );
 }
 
 #[test]

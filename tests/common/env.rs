@@ -109,7 +109,9 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 /// A command running on a pseudo-terminal (its stdin, stdout and stderr, and its controlling
 /// terminal), with everything it writes collected on a thread.
 pub struct PtySession {
-    master: std::fs::File,
+    /// Shared with the reader thread, which drops its reference when `stop` is set.
+    master: Arc<std::fs::File>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
     output: Arc<Mutex<Vec<u8>>>,
     reader: Option<std::thread::JoinHandle<()>>,
     child: std::process::Child,
@@ -130,6 +132,15 @@ impl PtySession {
             ws_ypixel: 0,
         };
         let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+        // openpty(3) does not set close-on-exec: a master leaked into the child would keep the
+        // terminal alive after the session closes it, and a leaked slave would too.
+        for fd in [pty.master.as_fd(), pty.slave.as_fd()] {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .expect("setting close-on-exec on the pty");
+        }
         let slave_path = nix::unistd::ttyname(pty.slave.as_fd()).expect("ttyname of the pty");
         if super::is_root() {
             let (uid, gid) = super::runner_ids();
@@ -156,22 +167,34 @@ impl PtySession {
         }
         let child = cmd.spawn().expect("spawning on the pty");
         drop(cmd); // closes our copies of the slave, so reading the master ends with the child
-        let master = std::fs::File::from(pty.master);
+        let master = Arc::new(std::fs::File::from(pty.master));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let output = Arc::new(Mutex::new(Vec::new()));
-        let mut r = master.try_clone().unwrap();
-        let out = output.clone();
+        let (r, out, halt) = (master.clone(), output.clone(), stop.clone());
         let reader = std::thread::spawn(move || {
+            use std::sync::atomic::Ordering;
             let mut buf = [0u8; 4096];
-            // EIO once the last slave descriptor closes: the session is over.
-            while let Ok(n) = r.read(&mut buf) {
-                if n == 0 {
-                    break;
+            while !halt.load(Ordering::SeqCst) {
+                let mut fds = [nix::poll::PollFd::new(
+                    r.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u16)) {
+                    Ok(0) => continue,
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => break,
                 }
-                out.lock().unwrap().extend_from_slice(&buf[..n]);
+                // EIO once the last slave descriptor closes: the session is over.
+                match (&*r).read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.lock().unwrap().extend_from_slice(&buf[..n]),
+                }
             }
         });
         PtySession {
             master,
+            stop,
             output,
             reader: Some(reader),
             child,
@@ -191,6 +214,24 @@ impl PtySession {
         // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the fd is our open master.
         let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ as _, &size) };
         assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    }
+
+    /// The pid of the spawned command.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Closes the terminal, as closing a terminal window does (the kernel hangs up the
+    /// session); returns the status and output once the command ended (killed after
+    /// `timeout`).
+    pub fn hang_up(&mut self, timeout: Duration) -> (ExitStatus, String) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        // The last reference to the master: dropping it closes the terminal.
+        self.master = Arc::new(fs_err::File::open("/dev/null").unwrap().into_file());
+        self.wait(timeout)
     }
 
     pub fn output(&self) -> String {
@@ -227,7 +268,7 @@ impl PtySession {
     }
 
     /// Waits for the command to end (killing it after `timeout`).
-    pub fn wait(mut self, timeout: Duration) -> (ExitStatus, String) {
+    pub fn wait(&mut self, timeout: Duration) -> (ExitStatus, String) {
         let start = Instant::now();
         let status = loop {
             if let Some(s) = self.child.try_wait().expect("waiting for the pty child") {
@@ -252,6 +293,85 @@ impl PtySession {
             let _ = r.join();
         }
         (status, self.output())
+    }
+}
+
+impl Drop for PtySession {
+    /// Kills what is left of the session (a failed test must not leave a shell behind): the
+    /// command if it still runs, and every process still in its session.
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        for pid in session_members(self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// The pids of the processes in session `sid`.
+pub fn session_members(sid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs_err::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp session ...; comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let session = rest
+            .split_whitespace()
+            .nth(3)
+            .and_then(|s| s.parse::<u32>().ok());
+        if session == Some(sid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Host processes whose command line contains `needle`, as `pid: cmdline`.
+pub fn processes_with(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs_err::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                out.push(format!("{name}: {cmd}"));
+            }
+        }
+    }
+    out
+}
+
+/// SIGKILLs the processes [`processes_with`] lists (test cleanup after a failed check).
+pub fn kill_processes(listed: &[String]) {
+    for p in listed {
+        if let Some(pid) = p.split(':').next().and_then(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
