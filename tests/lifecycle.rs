@@ -65,6 +65,22 @@ fn gc_keeps_a_shared_base_and_removes_what_only_a_gone_project_used() {
     assert!(base.is_dir() && own.is_dir() && own_blob.is_file());
 
     fs_err::remove_dir_all(home.root().join("project2")).unwrap();
+    let doc = json(&dv(&home, &["cache", "ls", "--json"]).success());
+    let live: Vec<bool> = doc["envs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["live"].as_bool().unwrap())
+        .collect();
+    assert_eq!(
+        {
+            let mut l = live.clone();
+            l.sort();
+            l
+        },
+        vec![false, true],
+        "cache ls before gc: {doc}"
+    );
     let before = home.store_entries();
     let out = dv(&home, &["gc", "--dry-run"]).success();
     assert_eq!(
@@ -112,6 +128,26 @@ fn gc_keeps_a_shared_base_and_removes_what_only_a_gone_project_used() {
     assert!(out.stdout.contains("MARKER=gc-shared"), "{out:?}");
     let out = dv(&home, &["gc"]).success();
     assert!(base.is_dir(), "a second gc removed the live base: {out:?}");
+}
+
+#[test]
+fn gc_removes_the_image_a_project_switched_away_from() {
+    let home = TestHome::new();
+    let old = image_on_base("gc-switch", "old");
+    let new = image_on_base("gc-switch", "new");
+    write_env_toml(&home, "project", &push("gc/old", &old), "");
+    dv(&home, &["run", "--", "true"]).success();
+    write_env_toml(&home, "project", &push("gc/new", &new), "");
+    let out = dv(&home, &["run", "--", "cat", "/opt/own"]).success();
+    assert_eq!(out.stdout, "new\n", "{out:?}");
+    let out = dv(&home, &["gc"]).success();
+    assert!(
+        !home.layer(&old.layers[1].diff_id).exists(),
+        "gc kept the layer of the image the project no longer names: {out:?}"
+    );
+    assert!(home.layer(&new.layers[1].diff_id).is_dir(), "{out:?}");
+    assert!(home.layer(&new.layers[0].diff_id).is_dir(), "{out:?}");
+    dv(&home, &["--offline", "run", "--", "true"]).success();
 }
 
 /// Starts `devenv run` of a command that signals `<project>/up` and then waits for
