@@ -540,6 +540,13 @@ fn env_precedence_image_then_env_toml_then_host_allow_list() {
         "a host variable leaked in: {out:?}"
     );
     assert_eq!(get("DEVENV"), Some("1"), "{out:?}");
+    let name = runner_name();
+    assert_eq!(get("USER"), Some(name.as_str()), "{out:?}");
+    assert_eq!(
+        get("HOME"),
+        Some(format!("/home/{name}").as_str()),
+        "{out:?}"
+    );
     assert_eq!(
         get("PATH"),
         Some("/usr/local/bin:/usr/bin:/bin"),
@@ -868,6 +875,21 @@ fn no_env_toml_is_an_error_with_a_hint() {
 fn offline_with_an_empty_store_is_an_error() {
     let home = project("");
     run(devenv(&home).args(["--offline", "run", "--", "true"])).failure(&[]);
+}
+
+#[test]
+fn a_missing_mount_source_is_an_error_with_a_hint() {
+    let home = project("[container]\nmounts = [\"/nonexistent-devenv-source:/x\"]\n");
+    let out = run_cmd(&home, &["true"]).failure(&["/nonexistent-devenv-source"]);
+    assert!(out.stderr.contains("hint:"), "no hint: {out:?}");
+}
+
+#[test]
+fn an_invalid_env_toml_is_an_error_with_its_position() {
+    let home = TestHome::new();
+    home.write("project/env.toml", "[image]\nbse = \"x\"\n");
+    let out = run_cmd(&home, &["true"]).failure(&["env.toml:2:1", "bse"]);
+    assert!(out.stderr.contains("base"), "no suggestion: {out:?}");
 }
 
 #[test]
