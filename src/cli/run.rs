@@ -135,6 +135,8 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
         network: loaded.env.container.network,
         root,
         mounts: loaded.env.container.mounts.clone(),
+        upper: None,
+        output: None,
     };
     if spec.argv.is_empty() {
         ctx.ui.status(
