@@ -155,13 +155,7 @@ pub struct Step {
 pub fn plan(lock: &Lock, run: &[String]) -> Vec<Step> {
     let mut steps = Vec::new();
     if !lock.apt.packages.is_empty() {
-        let mut pins: Vec<String> = lock
-            .apt
-            .packages
-            .iter()
-            .map(|p| format!("{}={}", p.name, p.version))
-            .collect();
-        pins.sort();
+        let mut pins = lock.apt_pins();
         pins.dedup();
         let script = "set -e\n\
              apt-get -o APT::Sandbox::User=root -q update\n\
@@ -176,7 +170,7 @@ pub fn plan(lock: &Lock, run: &[String]) -> Vec<Step> {
         });
     }
     if !lock.python.packages.is_empty() {
-        let req = requirements(lock);
+        let req = lock.python_requirements();
         let script = format!(
             "set -e\n\
              command -v python3 >/dev/null || {{ echo 'devenv: the image has no python3' >&2; exit 127; }}\n\
@@ -208,22 +202,6 @@ fn count(n: usize, what: &str) -> String {
     } else {
         format!("{n} {what}s")
     }
-}
-
-/// The lock's Python distributions as a pip requirements file, one pinned URL and sha256 per
-/// line, sorted: what pip installs with `--require-hashes --no-deps`.
-pub fn requirements(lock: &Lock) -> String {
-    let mut lines: Vec<String> = lock
-        .python
-        .packages
-        .iter()
-        .map(|p| format!("{} @ {} --hash=sha256:{}", p.name, p.url, p.sha256))
-        .collect();
-    lines.sort();
-    lines.dedup();
-    let mut text = lines.join("\n");
-    text.push('\n');
-    text
 }
 
 /// A step's cache key: its parent's key (or the base manifest digest), its kind and inputs.
@@ -338,7 +316,10 @@ fn run_step(
             mounts.push(bind(&apt, APT_ARCHIVES, false));
         }
         StepKind::Python => {
-            fs_err::write(input_dir.join("requirements.txt"), requirements(ctx.lock))?;
+            fs_err::write(
+                input_dir.join("requirements.txt"),
+                ctx.lock.python_requirements(),
+            )?;
             mounts.push(bind(&input_dir, INPUTS, true));
         }
         StepKind::Run => {}
@@ -433,6 +414,24 @@ fn run_step(
         // Someone else's build of the same key won (it ran without our lock: an older devenv).
         Err(_) if dest.exists() => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Bind the host's CA bundle into the container's tmpfs and point pip, Python and curl at it:
+/// containers that download (builds, resolution) trust what the host trusts.
+pub(crate) fn trust_host_ca(mounts: &mut Vec<Mount>, env: &mut Vec<(String, String)>) {
+    let Some(ca) = HOST_CA_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) else {
+        return;
+    };
+    mounts.push(bind(ca, HOST_CA, true));
+    for k in [
+        "PIP_CERT",
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+    ] {
+        env.retain(|(n, _)| n != k);
+        env.push((k.into(), HOST_CA.into()));
     }
 }
 

@@ -73,9 +73,10 @@ fn steps_in_order_apt_python_run() {
 
 #[test]
 fn requirements_are_sorted_pinned_and_hashed() {
-    let text = requirements(&lock(false));
+    let steps = plan(&lock(false), &[]);
+    let text = &steps[1].inputs;
     assert_eq!(
-        text,
+        *text,
         format!(
             "numpy @ {NUMPY} --hash=sha256:{NUMPY_SHA}\nsix @ {SIX_116} --hash=sha256:{SIX_116_SHA}\n"
         )

@@ -76,13 +76,26 @@ impl Sandbox<'_> {
         let host_names: Vec<String> = std::env::vars_os()
             .filter_map(|(k, _)| k.into_string().ok())
             .collect();
-        let env = crate::project::container_env(
+        let mut env = crate::project::container_env(
             &self.image_env,
             &BTreeMap::new(),
             &|k| std::env::var(k).ok(),
             &host_names,
             &ours,
         );
+        let mut mounts = vec![
+            Mount {
+                source: dir.join("out"),
+                target: PathBuf::from(OUT),
+                read_only: false,
+            },
+            Mount {
+                source: cache,
+                target: PathBuf::from(PIP_CACHE),
+                read_only: false,
+            },
+        ];
+        crate::build::trust_host_ca(&mut mounts, &mut env);
         let spec = Spec {
             lowers: self.lowers.clone(),
             state_dir: dir.join("state"),
@@ -96,18 +109,9 @@ impl Sandbox<'_> {
             hostname: "devenv-lock".into(),
             network: Network::Host,
             root: true,
-            mounts: vec![
-                Mount {
-                    source: dir.join("out"),
-                    target: PathBuf::from(OUT),
-                    read_only: false,
-                },
-                Mount {
-                    source: cache,
-                    target: PathBuf::from(PIP_CACHE),
-                    read_only: false,
-                },
-            ],
+            mounts,
+            upper: None,
+            output: None,
         };
         let status = runtime::run(&spec)?;
         Ok(Ran { status, staging })
