@@ -14,6 +14,7 @@
 //! prints: status through the [`Reporter`], step output into `envs/<id>/build.log`.
 
 mod clean;
+mod fetch;
 mod log;
 pub mod recipe;
 
@@ -62,6 +63,17 @@ pub enum BuildError {
     },
     #[error("build step {step}: {source}")]
     Runtime { step: String, source: RuntimeError },
+    #[error("downloading {url}: {message}")]
+    Download { url: String, message: String },
+    #[error("{name}: {url} has sha256 {actual}, env.lock says {expected}")]
+    HashMismatch {
+        name: String,
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{file} is not in the store and --offline forbids downloading it")]
+    Offline { file: String },
     #[error(transparent)]
     Recipe(#[from] recipe::RecipeError),
     #[error(transparent)]
@@ -77,6 +89,16 @@ impl crate::error::Hint for BuildError {
                 step, status, tail, ..
             } => Some(step_hint(step, *status, tail)),
             BuildError::Runtime { source, .. } => source.hint(),
+            BuildError::Download { .. } => Some(
+                "check the network (and https_proxy); files already downloaded stay in the store"
+                    .into(),
+            ),
+            BuildError::HashMismatch { .. } => Some(
+                "the index serves different bytes than were locked; nothing was installed. If \
+                 the change is expected, run `devenv lock --update NAME`"
+                    .into(),
+            ),
+            BuildError::Offline { .. } => Some("run once without --offline to fetch it".into()),
             _ => None,
         }
     }
@@ -120,6 +142,8 @@ fn step_hint(step: &str, status: i32, tail: &str) -> String {
 pub struct BuildOptions {
     /// Copy each step's output to stderr as it runs (`-v`).
     pub echo: bool,
+    /// Download nothing: every locked file must be in the store already.
+    pub offline: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,7 +200,8 @@ pub fn plan(lock: &Lock, run: &[String]) -> Vec<Step> {
              command -v python3 >/dev/null || {{ echo 'devenv: the image has no python3' >&2; exit 127; }}\n\
              [ -x {VENV}/bin/python ] || python3 -m venv {VENV}\n\
              {VENV}/bin/python -m pip install --no-input --disable-pip-version-check \
-             --require-hashes --no-deps --no-compile -r {INPUTS}/requirements.txt"
+             --require-hashes --no-deps --no-compile --no-index --find-links {INPUTS}/files \
+             -r {INPUTS}/requirements.txt"
         );
         steps.push(Step {
             kind: StepKind::Python,
@@ -202,6 +227,21 @@ fn count(n: usize, what: &str) -> String {
     } else {
         format!("{n} {what}s")
     }
+}
+
+/// What pip installs from the store's files: `name==version --hash=sha256:HEX`, sorted. The
+/// files sit in one directory under their own names (`--no-index --find-links`), so the
+/// installed metadata records no download URL.
+fn install_requirements(lock: &Lock) -> String {
+    let mut lines: Vec<String> = lock
+        .python
+        .packages
+        .iter()
+        .map(|p| format!("{}=={} --hash=sha256:{}\n", p.name, p.version, p.sha256))
+        .collect();
+    lines.sort();
+    lines.dedup();
+    lines.concat()
 }
 
 /// A step's cache key: its parent's key (or the base manifest digest), its kind and inputs.
@@ -266,6 +306,8 @@ pub fn build(
                     lock,
                     venv,
                     echo: opts.echo,
+                    offline: opts.offline,
+                    ui,
                     log: log.as_deref().unwrap_or(Path::new("build.log")),
                 };
                 run_step(&ctx, step, &key, &lowers, &dest)?;
@@ -289,6 +331,8 @@ struct StepContext<'a> {
     /// A python step ran before: the venv is on PATH.
     venv: bool,
     echo: bool,
+    offline: bool,
+    ui: &'a dyn Reporter,
     log: &'a Path,
 }
 
@@ -316,9 +360,19 @@ fn run_step(
             mounts.push(bind(&apt, APT_ARCHIVES, false));
         }
         StepKind::Python => {
+            // pip installs the locked files from the store, by name, version and sha256.
+            let files = input_dir.join("files");
+            fs_err::create_dir(&files)?;
+            let cached = fetch::fetch(ctx.store, &ctx.lock.python.packages, ctx.offline, ctx.ui)?;
+            for c in &cached {
+                let link = files.join(&c.file_name);
+                if fs_err::hard_link(&c.path, &link).is_err() {
+                    fs_err::copy(&c.path, &link)?;
+                }
+            }
             fs_err::write(
                 input_dir.join("requirements.txt"),
-                ctx.lock.python_requirements(),
+                install_requirements(ctx.lock),
             )?;
             mounts.push(bind(&input_dir, INPUTS, true));
         }

@@ -117,6 +117,16 @@ fn changing_one_step_changes_its_key_and_those_after_not_those_before() {
 }
 
 #[test]
+fn pip_installs_by_name_version_and_hash() {
+    assert_eq!(
+        install_requirements(&lock(false)),
+        format!(
+            "numpy==1.26.4 --hash=sha256:{NUMPY_SHA}\nsix==1.16.0 --hash=sha256:{SIX_116_SHA}\n"
+        )
+    );
+}
+
+#[test]
 fn venv_comes_first_on_path_once_built() {
     let image = vec!["PATH=/usr/bin:/bin".to_string(), "LANG=C.UTF-8".into()];
     let get = |env: &[(String, String)], k: &str| {
@@ -265,7 +275,10 @@ fn real_build_is_cached_per_step_and_reproducible() {
     let loaded = project(t.path());
     let store = Store::open(t.path().join("store")).unwrap();
     let base = bookworm(&store);
-    let opts = BuildOptions { echo: true };
+    let opts = BuildOptions {
+        echo: true,
+        offline: false,
+    };
     let silent = crate::progress::Silent;
     let first = build(&loaded, &base, &lock(false), &store, &opts, &silent).unwrap();
     assert_eq!(first.len(), 2);

@@ -101,6 +101,7 @@ pub(super) fn materialize(
     )?;
     let build_opts = crate::build::BuildOptions {
         echo: ctx.ui.verbose(),
+        offline: ctx.offline,
     };
     let tools = crate::build::build(loaded, &pulled, &lock, &store, &build_opts, &ctx.ui)
         .map_err(super::build::with_hint)
