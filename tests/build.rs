@@ -264,3 +264,35 @@ fn a_failing_setup_step_shows_its_status_last_lines_and_log() {
         "setup runs in the project directory"
     );
 }
+
+/// man-db ships /var/cache/man owned by man:man, which a one-id namespace cannot hold: dpkg's
+/// chown succeeds without effect instead of failing the unpack.
+#[test]
+fn apt_package_with_files_owned_by_other_users_installs() {
+    let home = TestHome::new();
+    home.write(
+        "project/env.toml",
+        format!(
+            "[image]\nbase = \"{}\"\n\n[packages]\napt = [\"man-db\"]\n",
+            bookworm_image()
+        ),
+    );
+    let out = devenv_in(
+        &home,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "man --version && stat -c %u /var/cache/man",
+        ],
+    )
+    .success();
+    assert!(out.stdout.starts_with("man "), "{out:?}");
+    let owner = common::runner_ids().0.to_string();
+    assert_eq!(
+        out.stdout.lines().nth(1),
+        Some(owner.as_str()),
+        "files owned by other users belong to the user: {out:?}"
+    );
+}

@@ -25,6 +25,7 @@
 
 mod fsutil;
 mod init;
+mod seccomp;
 mod setup;
 mod state;
 mod sys;
@@ -69,7 +70,8 @@ pub struct Spec {
     pub shell: Option<String>,
     pub hostname: String,
     pub network: crate::config::Network,
-    /// Map the user to uid 0 (build steps, `--root`) instead of the same uid.
+    /// Map the user to uid 0 (build steps, `--root`) instead of the same uid. The namespace
+    /// then holds that one id: chown to any other id succeeds without effect (see `seccomp`).
     pub root: bool,
     /// Extra host paths; each source must exist.
     pub mounts: Vec<crate::config::Mount>,

@@ -34,7 +34,7 @@ fn devenv_bin() -> PathBuf {
 const APPLETS: &[&str] = &[
     "sh", "ls", "cat", "id", "touch", "echo", "sleep", "ifconfig", "true", "false", "test",
     "mkdir", "rm", "kill", "pwd", "whoami", "hostname", "stat", "grep", "mount", "stty", "ps",
-    "vi", "tty",
+    "vi", "tty", "chown",
 ];
 
 struct Fixture {
@@ -486,4 +486,24 @@ fn container_persistent_upper_keeps_writes_and_whiteouts() {
     };
     assert_eq!(f.run(&spec), 0);
     assert_eq!(f.read("sub/seen"), "built\n");
+}
+
+#[test]
+fn container_root_chown_to_unmapped_ids_succeeds_without_effect() {
+    let _g = lock();
+    let f = Fixture::new();
+    let spec = Spec {
+        root: true,
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "touch a b && chown 6:12 a && chown 0:0 b && chown -h 1000 a && stat -c '%u:%g' a b > owners"
+                .into(),
+        ],
+        ..f.spec.clone()
+    };
+    assert_eq!(f.run(&spec), 0, "chown to man:man must not fail");
+    assert_eq!(f.read("sub/owners"), "0:0\n0:0\n");
+    // Without --root, chown keeps failing as it would.
+    assert_ne!(f.sh("touch c && chown 6:12 c"), 0);
 }
