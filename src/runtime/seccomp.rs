@@ -128,7 +128,7 @@ mod tests {
 
     /// A classic-BPF interpreter for the few instructions the program uses.
     fn run(prog: &[Insn], nr: i64, args: [u64; 6]) -> u32 {
-        let mut data = vec![0u8; 64];
+        let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&(nr as u32).to_le_bytes());
         data[4..8].copy_from_slice(&AUDIT_ARCH.to_le_bytes());
         for (i, a) in args.iter().enumerate() {
