@@ -47,6 +47,9 @@ const HOST_CA_BUNDLES: &[&str] = &[
     "/etc/pki/tls/certs/ca-bundle.crt",
     "/etc/ssl/cert.pem",
 ];
+/// `envs/<id>/tool-layers.json`: the keys (`sha256:…`) of the env's tool layers, in order, so
+/// gc keeps them as it keeps the base image's layers.
+pub const TOOL_LAYERS: &str = "tool-layers.json";
 /// Bumped when steps change in ways their inputs do not show, so old layers are not reused.
 const KEY_VERSION: &str = "devenv-build-v1";
 
@@ -285,6 +288,7 @@ pub fn build(
     let mut lowers = base.layer_dirs(store);
     let mut parent = base.manifest.clone();
     let mut built = Vec::new();
+    let mut keys: Vec<Digest> = Vec::new();
     let mut venv = false;
     for step in &steps {
         let key = step_key(&parent, step.kind, &step.inputs);
@@ -317,8 +321,12 @@ pub fn build(
         venv |= step.kind == StepKind::Python;
         lowers.push(dest.clone());
         built.push(dest);
+        keys.push(key.clone());
         parent = key;
     }
+    let json = serde_json::to_vec_pretty(&keys).map_err(std::io::Error::other)?;
+    fs_err::create_dir_all(&env_dir)?;
+    store.write_atomic(&env_dir.join(TOOL_LAYERS), &json)?;
     Ok(built)
 }
 
@@ -382,23 +390,9 @@ fn run_step(
     fs_err::create_dir_all(&pip)?;
     mounts.push(bind(&pip, PIP_CACHE, false));
 
-    let ca = HOST_CA_BUNDLES.iter().map(Path::new).find(|p| p.is_file());
-    if let Some(ca) = ca {
-        mounts.push(bind(ca, HOST_CA, true));
-    }
     let venv = ctx.venv || step.kind == StepKind::Python;
     let mut env = step_env(ctx.image_env, venv);
-    if ca.is_some() {
-        for k in [
-            "PIP_CERT",
-            "SSL_CERT_FILE",
-            "REQUESTS_CA_BUNDLE",
-            "CURL_CA_BUNDLE",
-        ] {
-            env.retain(|(n, _)| n != k);
-            env.push((k.into(), HOST_CA.into()));
-        }
-    }
+    trust_host_ca(&mut mounts, &mut env);
     let mut log_file = fs_err::OpenOptions::new()
         .append(true)
         .create(true)
@@ -472,8 +466,8 @@ fn run_step(
 }
 
 /// Bind the host's CA bundle into the container's tmpfs and point pip, Python and curl at it:
-/// containers that download (builds, resolution) trust what the host trusts.
-pub(crate) fn trust_host_ca(mounts: &mut Vec<Mount>, env: &mut Vec<(String, String)>) {
+/// build steps that download trust what the host trusts.
+fn trust_host_ca(mounts: &mut Vec<Mount>, env: &mut Vec<(String, String)>) {
     let Some(ca) = HOST_CA_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) else {
         return;
     };

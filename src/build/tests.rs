@@ -299,6 +299,18 @@ fn real_build_is_cached_per_step_and_reproducible() {
     )
     .unwrap();
     assert!(log.contains("==> python (2 packages)"), "{log}");
+    let env_dir = store.root().join("envs").join(
+        crate::project::Project::new(&loaded.project_dir)
+            .unwrap()
+            .id,
+    );
+    let keys: Vec<Digest> =
+        serde_json::from_slice(&fs_err::read(env_dir.join(TOOL_LAYERS)).unwrap()).unwrap();
+    assert_eq!(
+        keys.iter().map(|k| store.layer_path(k)).collect::<Vec<_>>(),
+        first,
+        "gc's record"
+    );
 
     // Same lock: nothing rebuilt. six moves: the apt layer stays, the python layer is new.
     let apt_ino = std::os::unix::fs::MetadataExt::ino(&fs_err::metadata(&first[0]).unwrap());

@@ -150,7 +150,15 @@ pub fn parse(path: &std::path::Path, text: &str) -> Result<Lock, LockError> {
             version: v,
         });
     }
-    let raw: RawLock = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
+    let raw: RawLock = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text.get(..s.start).unwrap_or("").matches('\n').count() + 1);
+        match line {
+            Some(l) => bad(format!("line {l}: {}", e.message())),
+            None => bad(e.message().to_string()),
+        }
+    })?;
     if raw.version != VERSION {
         return Err(LockError::Version {
             path: path.to_path_buf(),

@@ -128,7 +128,7 @@ fn parse_rejects_a_newer_version_and_bad_hashes() {
         "version = 1\n[image]\nreference = 3\n",
     )
     .expect_err("wrong type");
-    assert!(err.to_string().starts_with("env.lock: "), "{err}");
+    assert!(err.to_string().starts_with("env.lock: line 3: "), "{err}");
 }
 
 #[test]
