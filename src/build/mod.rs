@@ -1,4 +1,549 @@
-//! Tool layers: `[tools]`, `[packages]` and `[setup]` built into cached layers.
-//! STUB — being written (see the build brief). `recipe` expands env.toml into steps.
+//! Tool layers: `[tools]`, `[packages]` and `[setup]` built into cached layers on top of the base
+//! image. `recipe` expands env.toml into inputs; the lock pins them; [`build`] runs one step per
+//! kind, in order: apt (the lock's `name=version` pins), python (a virtual environment at
+//! [`VENV`] and the lock's wheels, `--require-hashes --no-deps`), then each `[setup].run`
+//! command. A step runs in the container as root-in-namespace with network, writing into an
+//! empty persistent upper directory that becomes `layers/<key>/`, where the key is sha256 over
+//! the parent's key (the base manifest digest for the first step), the step's kind and its
+//! locked inputs. So changing one step rebuilds it and those after it, and nothing before.
+//!
+//! Invariants: a layer enters the store only complete, cleaned and by rename, under a store
+//! lock per key, so two builds of one key run it once; downloads come from caches mounted from
+//! the store (`cache/pip`, `cache/apt`), never written into a layer; a step never sees
+//! env.toml's `[env]` (the key does not cover it) and never the user's home. This module never
+//! prints: status through the [`Reporter`], step output into `envs/<id>/build.log`.
 
+mod clean;
+mod fetch;
+mod log;
 pub mod recipe;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{Loaded, Mount, Network};
+use crate::lock::Lock;
+use crate::progress::Reporter;
+use crate::pull::Pulled;
+use crate::reference::Digest;
+use crate::runtime::{self, RuntimeError, Spec};
+use crate::store::{Store, StoreError};
+
+/// The virtual environment Python packages go into; its `bin` comes first on PATH.
+pub const VENV: &str = "/opt/devenv/venv";
+/// Where the store's pip cache appears during a build.
+const PIP_CACHE: &str = "/root/.cache/pip";
+/// Where the store's apt archive cache appears during a build.
+const APT_ARCHIVES: &str = "/var/cache/apt/archives";
+/// Where a step's input files (requirements) appear, read-only.
+const INPUTS: &str = "/tmp/devenv-build";
+/// Where the host's CA bundle appears (in the container's tmpfs, so never in a layer).
+const HOST_CA: &str = "/tmp/devenv-host-ca.crt";
+/// The host's CA bundle, by distribution: builds trust what the host trusts (a company proxy's
+/// CA, for one), as `devenv run` does.
+const HOST_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+/// `envs/<id>/tool-layers.json`: the keys (`sha256:…`) of the env's tool layers, in order, so
+/// gc keeps them as it keeps the base image's layers.
+pub const TOOL_LAYERS: &str = "tool-layers.json";
+/// Bumped when steps change in ways their inputs do not show, so old layers are not reused.
+const KEY_VERSION: &str = "devenv-build-v1";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    #[error("build step {step} exited with status {status}\n{tail}\nfull log: {}", log.display())]
+    StepFailed {
+        step: String,
+        status: i32,
+        /// The last lines of the step's output, indented.
+        tail: String,
+        log: PathBuf,
+    },
+    #[error("build step {step}: {source}")]
+    Runtime { step: String, source: RuntimeError },
+    #[error("downloading {url}: {message}")]
+    Download { url: String, message: String },
+    #[error("{name}: {url} has sha256 {actual}, env.lock says {expected}")]
+    HashMismatch {
+        name: String,
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{file} is not in the store and --offline forbids downloading it")]
+    Offline { file: String },
+    #[error(transparent)]
+    Recipe(#[from] recipe::RecipeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl crate::error::Hint for BuildError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            BuildError::StepFailed {
+                step, status, tail, ..
+            } => Some(step_hint(step, *status, tail)),
+            BuildError::Runtime { source, .. } => source.hint(),
+            BuildError::Download { .. } => Some(
+                "check the network (and https_proxy); files already downloaded stay in the store"
+                    .into(),
+            ),
+            BuildError::HashMismatch { .. } => Some(
+                "the index serves different bytes than were locked; nothing was installed. If \
+                 the change is expected, run `devenv lock --update NAME`"
+                    .into(),
+            ),
+            BuildError::Offline { .. } => Some("run once without --offline to fetch it".into()),
+            _ => None,
+        }
+    }
+}
+
+/// What a failed step's output says about the fix.
+fn step_hint(step: &str, status: i32, tail: &str) -> String {
+    let has = |s: &str| tail.contains(s);
+    if has("Unable to locate package")
+        || has("has no installation candidate")
+        || (has("Version '") && has("was not found"))
+    {
+        "the package (or the locked version) is not in the image's Debian release; check the \
+         name with `apt-cache search` there, or run `devenv lock --update`"
+            .into()
+    } else if has("Temporary failure in name resolution")
+        || has("Could not resolve")
+        || has("NewConnectionError")
+        || has("Network is unreachable")
+    {
+        "the network is unreachable from the build; check the connection or proxy settings \
+         (http_proxy and https_proxy are passed in)"
+            .into()
+    } else if step.starts_with("python") && (status == 127 || has("No module named venv")) {
+        "the base image has no working `python3 -m venv`: use an image with Python (and, on \
+         Debian, python3-venv), or set `[tools] python`"
+            .into()
+    } else if has("THESE PACKAGES DO NOT MATCH THE HASHES") {
+        "a downloaded file does not match env.lock's sha256: the index changed the file, or the \
+         lock was edited; run `devenv lock --update` to pin it again"
+            .into()
+    } else {
+        "fix the command or the package list in env.toml; steps before this one stay cached, \
+         so the next `devenv build` starts here"
+            .into()
+    }
+}
+
+/// How a build reports.
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// Copy each step's output to stderr as it runs (`-v`).
+    pub echo: bool,
+    /// Download nothing: every locked file must be in the store already.
+    pub offline: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    Apt,
+    Python,
+    Run,
+}
+
+impl StepKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Apt => "apt",
+            StepKind::Python => "python",
+            StepKind::Run => "run",
+        }
+    }
+}
+
+/// One build step, before it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub kind: StepKind,
+    /// What the status line and errors call it: `python (3 packages)`.
+    pub label: String,
+    /// The locked inputs, as hashed into the key.
+    pub inputs: String,
+    /// The command line run inside the container.
+    pub argv: Vec<String>,
+}
+
+/// The steps `lock` and the `[setup].run` commands call for, in build order.
+pub fn plan(lock: &Lock, run: &[String]) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if !lock.apt.packages.is_empty() {
+        let mut pins = lock.apt_pins();
+        pins.dedup();
+        let script = "set -e\n\
+             apt-get -o APT::Sandbox::User=root -q update\n\
+             apt-get -o APT::Sandbox::User=root -q install -y --no-install-recommends \"$@\"";
+        let mut argv = vec!["/bin/sh".into(), "-c".into(), script.into(), "sh".into()];
+        argv.extend(pins.iter().cloned());
+        steps.push(Step {
+            kind: StepKind::Apt,
+            label: format!("apt ({})", count(pins.len(), "package")),
+            inputs: pins.join("\n"),
+            argv,
+        });
+    }
+    if !lock.python.packages.is_empty() {
+        let req = lock.python_requirements();
+        let script = format!(
+            "set -e\n\
+             command -v python3 >/dev/null || {{ echo 'devenv: the image has no python3' >&2; exit 127; }}\n\
+             [ -x {VENV}/bin/python ] || python3 -m venv {VENV}\n\
+             {VENV}/bin/python -m pip install --no-input --disable-pip-version-check \
+             --require-hashes --no-deps --no-compile --no-index --find-links {INPUTS}/files \
+             -r {INPUTS}/requirements.txt"
+        );
+        steps.push(Step {
+            kind: StepKind::Python,
+            label: format!("python ({})", count(lock.python.packages.len(), "package")),
+            inputs: req,
+            argv: vec!["/bin/sh".into(), "-c".into(), script],
+        });
+    }
+    for cmd in run {
+        steps.push(Step {
+            kind: StepKind::Run,
+            label: format!("run `{cmd}`"),
+            inputs: cmd.clone(),
+            argv: vec!["/bin/sh".into(), "-c".into(), cmd.clone()],
+        });
+    }
+    steps
+}
+
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// What pip installs from the store's files: `name==version --hash=sha256:HEX`, sorted. The
+/// files sit in one directory under their own names (`--no-index --find-links`), so the
+/// installed metadata records no download URL.
+fn install_requirements(lock: &Lock) -> String {
+    let mut lines: Vec<String> = lock
+        .python
+        .packages
+        .iter()
+        .map(|p| format!("{}=={} --hash=sha256:{}\n", p.name, p.version, p.sha256))
+        .collect();
+    lines.sort();
+    lines.dedup();
+    lines.concat()
+}
+
+/// A step's cache key: its parent's key (or the base manifest digest), its kind and inputs.
+pub fn step_key(parent: &Digest, kind: StepKind, inputs: &str) -> Digest {
+    let text = format!(
+        "{KEY_VERSION}\nparent {parent}\nkind {}\n{inputs}",
+        kind.as_str()
+    );
+    Digest::of(text.as_bytes())
+}
+
+/// `PATH` with the virtual environment's `bin` first.
+pub fn path_with_venv(path: &str) -> String {
+    if path.is_empty() {
+        format!("{VENV}/bin")
+    } else {
+        format!("{VENV}/bin:{path}")
+    }
+}
+
+/// Whether the lock puts Python packages into [`VENV`].
+pub fn has_venv(lock: &Lock) -> bool {
+    !lock.python.packages.is_empty()
+}
+
+/// Build (or find in the store) every tool layer `loaded` and `lock` call for on top of
+/// `base`; their directories, in order, to stack on the base layers.
+pub fn build(
+    loaded: &Loaded,
+    base: &Pulled,
+    lock: &Lock,
+    store: &Store,
+    opts: &BuildOptions,
+    ui: &dyn Reporter,
+) -> Result<Vec<PathBuf>, BuildError> {
+    let inputs = recipe::expand(&loaded.env, &loaded.project_dir)?;
+    let steps = plan(lock, &inputs.run);
+    let project = crate::project::Project::new(&loaded.project_dir)?;
+    let env_dir = project.state_dir(store);
+    let mut log = None;
+    let mut lowers = base.layer_dirs(store);
+    let mut parent = base.manifest.clone();
+    let mut built = Vec::new();
+    let mut keys: Vec<Digest> = Vec::new();
+    let mut venv = false;
+    for step in &steps {
+        let key = step_key(&parent, step.kind, &step.inputs);
+        let dest = store.layer_path(&key);
+        if !dest.exists() {
+            let _held = store.lock(&format!("build-{}", key.hex()))?;
+            if !dest.exists() {
+                ui.status("Building", &step.label);
+                if log.is_none() {
+                    fs_err::create_dir_all(&env_dir)?;
+                    log = Some(env_dir.join("build.log"));
+                    fs_err::write(env_dir.join("build.log"), "")?;
+                }
+                let ctx = StepContext {
+                    store,
+                    project_dir: &project.dir,
+                    env_dir: &env_dir,
+                    image_env: &base.config.config.env,
+                    lock,
+                    venv,
+                    echo: opts.echo,
+                    offline: opts.offline,
+                    ui,
+                    log: log.as_deref().unwrap_or(Path::new("build.log")),
+                };
+                run_step(&ctx, step, &key, &lowers, &dest)?;
+            }
+        }
+        tracing::debug!("step {} is layer {}", step.label, key.hex());
+        venv |= step.kind == StepKind::Python;
+        lowers.push(dest.clone());
+        built.push(dest);
+        keys.push(key.clone());
+        parent = key;
+    }
+    let json = serde_json::to_vec_pretty(&keys).map_err(std::io::Error::other)?;
+    fs_err::create_dir_all(&env_dir)?;
+    store.write_atomic(&env_dir.join(TOOL_LAYERS), &json)?;
+    Ok(built)
+}
+
+struct StepContext<'a> {
+    store: &'a Store,
+    project_dir: &'a Path,
+    env_dir: &'a Path,
+    image_env: &'a [String],
+    lock: &'a Lock,
+    /// A python step ran before: the venv is on PATH.
+    venv: bool,
+    echo: bool,
+    offline: bool,
+    ui: &'a dyn Reporter,
+    log: &'a Path,
+}
+
+/// Run `step` on `lowers` into a staging upper directory, clean it and rename it to `dest`.
+fn run_step(
+    ctx: &StepContext,
+    step: &Step,
+    key: &Digest,
+    lowers: &[PathBuf],
+    dest: &Path,
+) -> Result<(), BuildError> {
+    let staging = ctx.store.staging_dir("build")?;
+    let upper = staging.path().join("upper");
+    let home = staging.path().join("home");
+    let input_dir = staging.path().join("in");
+    for d in [&upper, &home, &input_dir] {
+        fs_err::create_dir(d)?;
+    }
+    let mut mounts = Vec::new();
+    let cache = ctx.store.root().join("cache");
+    match step.kind {
+        StepKind::Apt => {
+            let apt = cache.join("apt");
+            fs_err::create_dir_all(apt.join("partial"))?;
+            mounts.push(bind(&apt, APT_ARCHIVES, false));
+        }
+        StepKind::Python => {
+            // pip installs the locked files from the store, by name, version and sha256.
+            let files = input_dir.join("files");
+            fs_err::create_dir(&files)?;
+            let cached = fetch::fetch(ctx.store, &ctx.lock.python.packages, ctx.offline, ctx.ui)?;
+            for c in &cached {
+                let link = files.join(&c.file_name);
+                if fs_err::hard_link(&c.path, &link).is_err() {
+                    fs_err::copy(&c.path, &link)?;
+                }
+            }
+            fs_err::write(
+                input_dir.join("requirements.txt"),
+                install_requirements(ctx.lock),
+            )?;
+            mounts.push(bind(&input_dir, INPUTS, true));
+        }
+        StepKind::Run => {}
+    }
+    let pip = cache.join("pip");
+    fs_err::create_dir_all(&pip)?;
+    mounts.push(bind(&pip, PIP_CACHE, false));
+
+    let venv = ctx.venv || step.kind == StepKind::Python;
+    let mut env = step_env(ctx.image_env, venv);
+    trust_host_ca(&mut mounts, &mut env);
+    let mut log_file = fs_err::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(ctx.log)?;
+    std::io::Write::write_all(
+        &mut log_file,
+        format!("==> {} (layer {})\n", step.label, key.hex()).as_bytes(),
+    )?;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+    let tee = log::Tee::start(read, log_file.into_parts().0, ctx.echo);
+    let cwd = if step.kind == StepKind::Run {
+        ctx.project_dir.to_path_buf()
+    } else {
+        PathBuf::from("/")
+    };
+    let spec = Spec {
+        lowers: lowers.to_vec(),
+        state_dir: ctx.env_dir.join("state"),
+        project_dir: ctx.project_dir.to_path_buf(),
+        cwd,
+        home,
+        home_target: PathBuf::from("/root"),
+        env,
+        argv: step.argv.clone(),
+        shell: None,
+        hostname: "devenv-build".into(),
+        network: Network::Host,
+        root: true,
+        mounts: mounts.clone(),
+        upper: Some(upper.clone()),
+        output: Some(Arc::new(write)),
+    };
+    let result = run_container(&spec);
+    drop(spec);
+    let tail = tee.finish()?;
+    let status = result.map_err(|source| BuildError::Runtime {
+        step: step.label.clone(),
+        source,
+    })?;
+    if status != 0 {
+        return Err(BuildError::StepFailed {
+            step: step.label.clone(),
+            status,
+            tail: tail
+                .iter()
+                .map(|l| format!("  | {l}\n"))
+                .collect::<String>(),
+            log: ctx.log.to_path_buf(),
+        });
+    }
+    let mut points: Vec<PathBuf> = vec![
+        ctx.project_dir.to_path_buf(),
+        "/root".into(),
+        "/dev".into(),
+        "/proc".into(),
+        "/sys".into(),
+        "/tmp".into(),
+        "/etc/resolv.conf".into(),
+        "/etc/hosts".into(),
+    ];
+    points.extend(mounts.iter().map(|m| m.target.clone()));
+    clean::clean_upper(&upper, lowers, &points)?;
+    fs_err::set_permissions(&upper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    match fs_err::rename(&upper, dest) {
+        Ok(()) => Ok(()),
+        // Someone else's build of the same key won (it ran without our lock: an older devenv).
+        Err(_) if dest.exists() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Bind the host's CA bundle into the container's tmpfs and point pip, Python and curl at it:
+/// build steps that download trust what the host trusts.
+fn trust_host_ca(mounts: &mut Vec<Mount>, env: &mut Vec<(String, String)>) {
+    let Some(ca) = HOST_CA_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) else {
+        return;
+    };
+    mounts.push(bind(ca, HOST_CA, true));
+    for k in [
+        "PIP_CERT",
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+    ] {
+        env.retain(|(n, _)| n != k);
+        env.push((k.into(), HOST_CA.into()));
+    }
+}
+
+#[cfg(not(test))]
+fn run_container(spec: &Spec) -> Result<i32, RuntimeError> {
+    runtime::run(spec)
+}
+
+/// Unit tests run from the test binary, which is no namespace helper: use devenv's.
+#[cfg(test)]
+fn run_container(spec: &Spec) -> Result<i32, RuntimeError> {
+    runtime::run_with(&tests::devenv_bin(), spec, false)
+}
+
+fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
+    Mount {
+        source: source.to_path_buf(),
+        target: PathBuf::from(target),
+        read_only,
+    }
+}
+
+/// A step's environment: the image's, the host's proxies, and what makes builds quiet and
+/// reproducible; the venv first on PATH once it exists.
+fn step_env(image_env: &[String], venv: bool) -> Vec<(String, String)> {
+    let host_names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
+    let mut ours: Vec<(&str, String)> = vec![
+        ("HOME", "/root".into()),
+        ("USER", "root".into()),
+        ("LOGNAME", "root".into()),
+        ("DEBIAN_FRONTEND", "noninteractive".into()),
+        ("PYTHONDONTWRITEBYTECODE", "1".into()),
+        ("PIP_CACHE_DIR", PIP_CACHE.into()),
+        ("PIP_DISABLE_PIP_VERSION_CHECK", "1".into()),
+        ("PIP_NO_INPUT", "1".into()),
+        ("PIP_ROOT_USER_ACTION", "ignore".into()),
+        ("DEVENV", "1".into()),
+    ];
+    let mut env = crate::project::container_env(
+        image_env,
+        &BTreeMap::new(),
+        &|k| std::env::var(k).ok(),
+        &host_names,
+        &ours,
+    );
+    if venv {
+        let path = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        ours = vec![
+            ("PATH", path_with_venv(&path)),
+            ("VIRTUAL_ENV", VENV.into()),
+        ];
+        for (k, v) in ours {
+            env.retain(|(n, _)| n != k);
+            env.push((k.to_string(), v));
+        }
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,7 @@
 //! Argument definitions and one thin file per command. Each command builds options and calls
 //! one core function; only here do errors become `anyhow` with context.
 
+mod build;
 mod doctor;
 mod gc;
 mod init;
@@ -59,6 +60,8 @@ pub enum Command {
     Run(run::RunArgs),
     #[command(about = "Resolve env.toml and write env.lock (--update moves pins)")]
     Lock(lock::LockArgs),
+    #[command(about = "Lock, pull and build the env's tool layers without entering it")]
+    Build(build::BuildArgs),
     #[command(about = "Show the env, what is cached and what would be fetched")]
     Status(status::StatusArgs),
     #[command(about = "Remove envs whose project is gone and what no env uses")]
@@ -124,6 +127,7 @@ pub fn main() -> ExitCode {
         Command::Pull(args) => pull::run(args, &ctx),
         Command::Shell(args) => run::shell(args, &ctx),
         Command::Run(args) => run::run(args, &ctx),
+        Command::Build(args) => build::run(args, &ctx),
         Command::Doctor(args) => doctor::run(args, &ctx),
         Command::Lock(args) => lock::run(args, &ctx),
         Command::Status(args) => status::run(args, &ctx),

@@ -50,17 +50,41 @@ pub fn run(args: RunArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     enter(ctx, args.command, args.root)
 }
 
-fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<ExitCode> {
-    let loaded = crate::config::find_and_load(&ctx.cwd)?;
-    let image = super::base_image(&loaded)?;
+/// An env ready to enter: the base image pulled, env.lock current, tool layers built.
+pub(super) struct Materialized {
+    pub image: crate::reference::ImageRef,
+    pub pulled: pull::Pulled,
+    pub lock: crate::lock::Lock,
+    pub project: Project,
+    /// `envs/<id>/` in the store.
+    pub state_dir: PathBuf,
+    /// Base layers, then tool layers: the container's lowers.
+    pub lowers: Vec<PathBuf>,
+}
+
+/// Lock (writing env.lock when missing or stale), pull the locked image, build missing tool
+/// layers. Shared by `shell`, `run` and `build`.
+pub(super) fn materialize(
+    ctx: &super::Context,
+    loaded: &crate::config::Loaded,
+) -> anyhow::Result<Materialized> {
     let store = ctx.store()?;
+    let platform = loaded
+        .env
+        .image
+        .platform
+        .clone()
+        .unwrap_or_else(Platform::host);
+    let lock_opts = crate::lock::LockOptions::new(loaded, ctx.locked, ctx.offline);
+    let lock = crate::lock::ensure(loaded, &store, &lock_opts, &ctx.ui)
+        .map_err(super::lock::with_hint)
+        .with_context(|| format!("locking {}", loaded.path.display()))?;
+    let image = match lock.image_for(&platform) {
+        Some(pinned) => pinned,
+        None => super::base_image(loaded)?,
+    };
     let opts = PullOptions {
-        platform: loaded
-            .env
-            .image
-            .platform
-            .clone()
-            .unwrap_or_else(Platform::host),
+        platform,
         offline: ctx.offline,
         refresh_tag: false,
     };
@@ -75,8 +99,36 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
         &pulled.resolved,
         &pulled.manifest,
     )?;
+    let build_opts = crate::build::BuildOptions {
+        echo: ctx.ui.verbose(),
+        offline: ctx.offline,
+    };
+    let tools = crate::build::build(loaded, &pulled, &lock, &store, &build_opts, &ctx.ui)
+        .map_err(super::build::with_hint)
+        .with_context(|| format!("building the tool layers of {}", loaded.path.display()))?;
     drop(gc_lock);
-    let lowers = pulled.layer_dirs(&store);
+    let mut lowers = pulled.layer_dirs(&store);
+    lowers.extend(tools);
+    Ok(Materialized {
+        image,
+        pulled,
+        lock,
+        project,
+        state_dir,
+        lowers,
+    })
+}
+
+fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<ExitCode> {
+    let loaded = crate::config::find_and_load(&ctx.cwd)?;
+    let Materialized {
+        image,
+        pulled,
+        lock,
+        project,
+        state_dir,
+        lowers,
+    } = materialize(ctx, &loaded)?;
 
     let user = current_user();
     let home_target = if root {
@@ -113,13 +165,23 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
         ("debian_chroot", format!("devenv:{}", project.name)),
         ("PS1", format!("(devenv:{}) \\u@\\h:\\w\\$ ", project.name)),
     ];
-    let env = project::container_env(
+    let mut env = project::container_env(
         &image_env,
         &loaded.env.env,
         &|k| std::env::var(k).ok(),
         &host_names,
         &ours,
     );
+    if crate::build::has_venv(&lock) {
+        // The venv's bin first, so `python` and `pip` are the env's, not the image's.
+        for (k, v) in env.iter_mut() {
+            if k == "PATH" {
+                *v = crate::build::path_with_venv(v);
+            }
+        }
+        env.push(("VIRTUAL_ENV".into(), crate::build::VENV.into()));
+        env.sort();
+    }
 
     let spec = Spec {
         lowers,
@@ -135,6 +197,8 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
         network: loaded.env.container.network,
         root,
         mounts: loaded.env.container.mounts.clone(),
+        upper: None,
+        output: None,
     };
     if spec.argv.is_empty() {
         ctx.ui.status(

@@ -148,6 +148,8 @@ impl Sandbox<'_> {
                 read_only: true,
             }))
             .collect(),
+            upper: None,
+            output: None,
         };
         let status = runtime::run(&spec)?;
         Ok(Ran { status, staging })

@@ -220,6 +220,16 @@ fn pid1(plan: &Plan, err: OwnedFd, take_tty: bool) -> i32 {
     if let Some(sig) = pending_stop() {
         return 128 + sig;
     }
+    // After no-new-privs (finish), which an unprivileged seccomp filter needs; inherited.
+    if plan.root
+        && let Err(errno) = super::seccomp::ignore_unmapped_chown()
+    {
+        report(
+            err,
+            &RuntimeError::sys("installing the chown filter (seccomp)", errno),
+        );
+        return SETUP_FAILED;
+    }
     // From here on errors are the command's, printed by us like the rest of devenv.
     drop(err);
     let mut cmd = Command::new(&argv[0]);

@@ -25,6 +25,7 @@
 
 mod fsutil;
 mod init;
+mod seccomp;
 mod setup;
 mod state;
 mod sys;
@@ -69,10 +70,18 @@ pub struct Spec {
     pub shell: Option<String>,
     pub hostname: String,
     pub network: crate::config::Network,
-    /// Map the user to uid 0 (build steps, `--root`) instead of the same uid.
+    /// Map the user to uid 0 (build steps, `--root`) instead of the same uid. The namespace
+    /// then holds that one id: chown to any other id succeeds without effect (see `seccomp`).
     pub root: bool,
     /// Extra host paths; each source must exist.
     pub mounts: Vec<crate::config::Mount>,
+    /// A persistent upper directory (a build step's new layer): the overlay writes there and it
+    /// is kept at exit. It must be on the same filesystem as `state_dir` (overlay's workdir is
+    /// there), and it is never used with the flattened fallback, which would lose the writes.
+    /// `None`: a fresh upper directory removed at exit.
+    pub upper: Option<PathBuf>,
+    /// Where the command's stdout and stderr go (stdin is then /dev/null); `None`: inherited.
+    pub output: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// A sysctl that, set to `value`, allows unprivileged user namespaces.
@@ -112,6 +121,8 @@ pub enum RuntimeError {
     Cwd { path: PathBuf, errno: i32 },
     #[error("{}: {message}", path.display())]
     Io { path: PathBuf, message: String },
+    #[error("overlay refused ({}), and a build step needs it to capture its changes", errno_text(*errno))]
+    OverlayRequired { errno: i32 },
 }
 
 fn errno_text(errno: i32) -> String {
@@ -195,7 +206,9 @@ impl crate::error::Hint for RuntimeError {
                 )
             }
             RuntimeError::Mount { what, .. } if what == "overlay" => Some(OVERLAY_HINT.into()),
-            RuntimeError::Flatten { .. } => Some(OVERLAY_HINT.into()),
+            RuntimeError::Flatten { .. } | RuntimeError::OverlayRequired { .. } => {
+                Some(OVERLAY_HINT.into())
+            }
             RuntimeError::TooManyLayers { .. } => {
                 Some("use an image with fewer layers, or fewer [setup] steps".into())
             }
@@ -222,7 +235,7 @@ pub(crate) fn run_with(exe: &Path, spec: &Spec, force_flatten: bool) -> Result<i
         path: spec.home.clone(),
         message: e.to_string(),
     })?;
-    let entry = state::Entry::create(&spec.state_dir, &spec.lowers)?;
+    let entry = state::Entry::create(&spec.state_dir, &spec.lowers, spec.upper.as_deref())?;
     let plan = setup::Plan {
         force_flatten,
         ..plan_for(spec, &entry.dir)
@@ -243,6 +256,16 @@ pub(crate) fn run_with(exe: &Path, spec: &Spec, force_flatten: bool) -> Result<i
     ];
     let mut cmd = Command::new(exe);
     cmd.arg(INIT_ARG).args(fds.iter().map(|f| f.to_string()));
+    if let Some(out) = &spec.output {
+        let dup = |what: &str| {
+            out.try_clone().map_err(|e| RuntimeError::Helper {
+                message: format!("duplicating the {what} descriptor: {e}"),
+            })
+        };
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(dup("stdout")?)
+            .stderr(dup("stderr")?);
+    }
     // SAFETY: the closure runs between fork and exec and only calls fcntl(2).
     unsafe {
         cmd.pre_exec(move || {
@@ -318,6 +341,7 @@ fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
         host_shell,
         store_fs: fs_name(&spec.state_dir),
         force_flatten: false,
+        keep_upper: spec.upper.is_some(),
     }
 }
 

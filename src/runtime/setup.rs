@@ -46,6 +46,9 @@ pub struct Plan {
     pub store_fs: String,
     /// Skip overlay and use the flattened copy (`DEVENV_FLATTEN=1`, and tests).
     pub force_flatten: bool,
+    /// `upper` links to a persistent upper directory (a build step): no flattened fallback.
+    #[serde(default)]
+    pub keep_upper: bool,
 }
 
 impl Plan {
@@ -299,13 +302,19 @@ fn mount_rootfs<S: Syscalls>(
     plan: &Plan,
     root: &Path,
 ) -> Result<RootFs, RuntimeError> {
-    let res = if plan.force_flatten {
+    let res = if plan.force_flatten && !plan.keep_upper {
         Err(Errno::EINVAL)
     } else {
         mount_overlay(sys, plan)?
     };
     match res {
         Ok(()) => Ok(RootFs::Overlay),
+        // A build step's writes must land in its upper directory: a copy would lose them.
+        Err(refused @ (Errno::EINVAL | Errno::EPERM | Errno::ENODEV)) if plan.keep_upper => {
+            Err(RuntimeError::OverlayRequired {
+                errno: refused as i32,
+            })
+        }
         // EINVAL: no userxattr or no unprivileged overlay in this kernel (< 5.11) or on this
         // filesystem; EPERM: overlay not allowed in a user namespace here; ENODEV: no overlay.
         Err(refused @ (Errno::EINVAL | Errno::EPERM | Errno::ENODEV)) => {
@@ -488,6 +497,7 @@ mod tests {
             host_shell: Some("/bin/zsh".into()),
             store_fs: "ext4".into(),
             force_flatten: false,
+            keep_upper: false,
         }
     }
 
@@ -589,6 +599,22 @@ mod tests {
         let bind = r.pos("mount - /s/run/e/root /s/run/e/root MsFlags(MS_BIND | MS_REC)");
         assert!(r.pos("mount overlay") < flat && flat < bind);
         assert!(bind < r.pos("mount tmpfs - /s/run/e/root/dev "));
+    }
+
+    #[test]
+    fn persistent_upper_never_falls_back_to_a_copy() {
+        let mut r = Recorder {
+            fail_fstype: Some(("overlay", Errno::EINVAL)),
+            ..Default::default()
+        };
+        let p = Plan {
+            keep_upper: true,
+            force_flatten: true,
+            ..plan()
+        };
+        let e = build_root(&mut r, &p, None).unwrap_err();
+        assert!(matches!(e, RuntimeError::OverlayRequired { errno } if errno == libc::EINVAL));
+        assert!(!r.calls.iter().any(|c| c.starts_with("flatten")));
     }
 
     #[test]

@@ -30,8 +30,14 @@ fn io_err(path: &Path, e: io::Error) -> RuntimeError {
 }
 
 impl Entry {
-    /// Clean up dead entries, then create and lock a fresh one with `l/<i>` linking `lowers[i]`.
-    pub fn create(state_dir: &Path, lowers: &[PathBuf]) -> Result<Entry, RuntimeError> {
+    /// Clean up dead entries, then create and lock a fresh one with `l/<i>` linking `lowers[i]`
+    /// and `upper` a fresh directory, or a link to the persistent `upper` given (removing the
+    /// entry removes the link, never what it points to).
+    pub fn create(
+        state_dir: &Path,
+        lowers: &[PathBuf],
+        upper: Option<&Path>,
+    ) -> Result<Entry, RuntimeError> {
         let run = state_dir.join("run");
         fs_err::create_dir_all(&run).map_err(|e| io_err(&run, e))?;
         clean_dead(&run);
@@ -39,7 +45,7 @@ impl Entry {
         for attempt in 0..8 {
             match try_create(&run, attempt) {
                 Ok(entry) => {
-                    entry.fill(lowers)?;
+                    entry.fill(lowers, upper)?;
                     return Ok(entry);
                 }
                 Err(e) => last = Some(e),
@@ -51,10 +57,19 @@ impl Entry {
         ))
     }
 
-    fn fill(&self, lowers: &[PathBuf]) -> Result<(), RuntimeError> {
-        for d in ["upper", "work", "root", "l"] {
+    fn fill(&self, lowers: &[PathBuf], upper: Option<&Path>) -> Result<(), RuntimeError> {
+        for d in ["work", "root", "l"] {
             let p = self.dir.join(d);
             fs_err::create_dir(&p).map_err(|e| io_err(&p, e))?;
+        }
+        let link = self.dir.join("upper");
+        match upper {
+            // overlayfs resolves upperdir with LOOKUP_FOLLOW: the link is followed.
+            Some(u) => {
+                let target = std::path::absolute(u).map_err(|e| io_err(u, e))?;
+                fs_err::os::unix::fs::symlink(&target, &link).map_err(|e| io_err(&link, e))?;
+            }
+            None => fs_err::create_dir(&link).map_err(|e| io_err(&link, e))?,
         }
         for (i, l) in lowers.iter().enumerate() {
             let link = self.dir.join("l").join(i.to_string());
@@ -157,7 +172,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let layer = t.path().join("layer");
         fs_err::create_dir(&layer).unwrap();
-        let e = Entry::create(&t.path().join("state"), std::slice::from_ref(&layer)).unwrap();
+        let e = Entry::create(&t.path().join("state"), std::slice::from_ref(&layer), None).unwrap();
         assert_eq!(fs_err::read_link(e.dir.join("l/0")).unwrap(), layer);
         assert!(e.dir.join("upper").is_dir() && e.dir.join("work").is_dir());
         let dir = e.dir.clone();
@@ -175,7 +190,7 @@ mod tests {
     fn live_entry_survives_cleaning_dead_one_does_not() {
         let t = tempfile::tempdir().unwrap();
         let state = t.path().join("state");
-        let live = Entry::create(&state, &[]).unwrap();
+        let live = Entry::create(&state, &[], None).unwrap();
         // A crashed entry: its lock file exists but nobody holds it; a locked-down work dir.
         let run = state.join("run");
         fs_err::write(run.join("dead.lock"), "").unwrap();
@@ -186,7 +201,7 @@ mod tests {
         )
         .unwrap();
         fs_err::create_dir_all(run.join("orphan")).unwrap();
-        let second = Entry::create(&state, &[]).unwrap();
+        let second = Entry::create(&state, &[], None).unwrap();
         assert!(live.dir.is_dir(), "a live entry is never cleaned");
         assert!(!run.join("dead").exists() && !run.join("dead.lock").exists());
         assert!(!run.join("orphan").exists());

@@ -34,7 +34,7 @@ fn devenv_bin() -> PathBuf {
 const APPLETS: &[&str] = &[
     "sh", "ls", "cat", "id", "touch", "echo", "sleep", "ifconfig", "true", "false", "test",
     "mkdir", "rm", "kill", "pwd", "whoami", "hostname", "stat", "grep", "mount", "stty", "ps",
-    "vi", "tty",
+    "vi", "tty", "chown",
 ];
 
 struct Fixture {
@@ -92,6 +92,8 @@ impl Fixture {
             network: Network::Host,
             root: false,
             mounts: vec![],
+            upper: None,
+            output: None,
         };
         Fixture {
             _dir: t,
@@ -408,4 +410,80 @@ fn container_many_layers_fit_one_overlay_mount() {
     assert_eq!(f.sh("cat /etc/layer > layer; cat /etc/os-release > osr"), 0);
     assert_eq!(f.read("sub/layer"), "149\n", "the last layer is on top");
     assert_eq!(f.read("sub/osr"), "ID=top\n");
+}
+
+#[test]
+fn container_persistent_upper_keeps_writes_and_whiteouts() {
+    let _g = lock();
+    let f = Fixture::new();
+    let upper = f.spec.state_dir.join("build-upper");
+    fs_err::create_dir_all(&upper).unwrap();
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let spec = Spec {
+        root: true,
+        upper: Some(upper.clone()),
+        output: Some(std::sync::Arc::new(w)),
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "mkdir -p /opt/tool && echo built > /opt/tool/f && rm /etc/os-release && echo out"
+                .into(),
+        ],
+        ..f.spec.clone()
+    };
+    assert_eq!(f.run(&spec), 0);
+    drop(spec);
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut out).unwrap();
+    assert_eq!(
+        out, "out\n",
+        "the command's output goes to the descriptor given"
+    );
+    assert_eq!(
+        fs_err::read_to_string(upper.join("opt/tool/f")).unwrap(),
+        "built\n"
+    );
+    let wh = fs_err::symlink_metadata(upper.join("etc/os-release")).unwrap();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()) && wh.rdev() == 0,
+        "a removed file is a 0/0 whiteout in the upper directory"
+    );
+    let run = f.spec.state_dir.join("run");
+    assert_eq!(fs_err::read_dir(&run).unwrap().count(), 0, "entry cleaned");
+    assert!(
+        upper.join("opt/tool/f").exists(),
+        "the upper directory outlives the entry"
+    );
+    // A second entry on the same layers plus the new one sees the change.
+    let spec = Spec {
+        lowers: [f.spec.lowers.clone(), vec![upper.clone()]].concat(),
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "cat /opt/tool/f > seen; test ! -e /etc/os-release".into(),
+        ],
+        ..f.spec.clone()
+    };
+    assert_eq!(f.run(&spec), 0);
+    assert_eq!(f.read("sub/seen"), "built\n");
+}
+
+#[test]
+fn container_root_chown_to_unmapped_ids_succeeds_without_effect() {
+    let _g = lock();
+    let f = Fixture::new();
+    let spec = Spec {
+        root: true,
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "touch a b && chown 6:12 a && chown 0:0 b && chown -h 1000 a && stat -c '%u:%g' a b > owners"
+                .into(),
+        ],
+        ..f.spec.clone()
+    };
+    assert_eq!(f.run(&spec), 0, "chown to man:man must not fail");
+    assert_eq!(f.read("sub/owners"), "0:0\n0:0\n");
+    // Without --root, chown keeps failing as it would.
+    assert_ne!(f.sh("touch c && chown 6:12 c"), 0);
 }

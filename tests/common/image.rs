@@ -85,11 +85,23 @@ impl RawEntry {
     }
 }
 
-/// A layer as a list of tar entries, in order.
+/// A layer as a list of tar entries, in order, or a whole tar made by a real tool.
 #[derive(Clone, Debug)]
 pub struct Layer {
     pub entries: Vec<RawEntry>,
     pub compression: Compression,
+    /// A complete tar stream (mmdebstrap's root filesystem) used as is instead of `entries`.
+    pub raw_tar: Option<std::sync::Arc<RawTar>>,
+}
+
+/// A tar stream made elsewhere; its Debug shows the size, not hundreds of megabytes.
+#[derive(Clone)]
+pub struct RawTar(pub Vec<u8>);
+
+impl std::fmt::Debug for RawTar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawTar({} bytes)", self.0.len())
+    }
 }
 
 impl Default for Layer {
@@ -103,6 +115,14 @@ impl Layer {
         Layer {
             entries: Vec::new(),
             compression: Compression::Gzip,
+            raw_tar: None,
+        }
+    }
+    /// A layer whose tar stream is `tar` (gzip-compressed when built).
+    pub fn from_tar(tar: Vec<u8>) -> Layer {
+        Layer {
+            raw_tar: Some(std::sync::Arc::new(RawTar(tar))),
+            ..Layer::new()
         }
     }
     pub fn compression(mut self, c: Compression) -> Layer {
@@ -142,6 +162,9 @@ impl Layer {
 
     /// The uncompressed tar stream.
     pub fn tar(&self) -> Vec<u8> {
+        if let Some(raw) = &self.raw_tar {
+            return raw.0.clone();
+        }
         let mut out = Vec::new();
         for (i, e) in self.entries.iter().enumerate() {
             write_entry(&mut out, e, i);

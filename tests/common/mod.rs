@@ -9,7 +9,7 @@
 //!
 //! The harness never skips: a missing registry, user or kernel feature is a panic that says
 //! what to run (`scripts/test`).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod env;
 pub mod fault;
@@ -627,4 +627,38 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// The Debian bookworm root filesystem (python3, python3-venv, python3-pip, ca-certificates)
+/// that `scripts/test` builds with mmdebstrap into `$DEVENV_TEST_CACHE` (default
+/// `/var/cache/devenv-test`).
+pub fn bookworm_tar() -> PathBuf {
+    let dir = std::env::var_os("DEVENV_TEST_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/devenv-test"));
+    let tar = dir.join("bookworm-python.tar");
+    assert!(
+        tar.is_file(),
+        "{} is missing: run scripts/test, which builds it with mmdebstrap",
+        tar.display()
+    );
+    tar
+}
+
+/// [`bookworm_tar`] pushed to the shared registry as a one-layer image (gzip), once per test
+/// process; its reference.
+pub fn bookworm_image() -> String {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let tar = fs_err::read(bookworm_tar()).expect("reading the bookworm image");
+            let image = image::ImageBuilder::new()
+                .layer(image::Layer::from_tar(tar))
+                .env("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("LANG=C.UTF-8")
+                .build();
+            registry::Client::shared().push(&unique("bookworm-python"), "1", &image)
+        })
+        .clone()
 }

@@ -1,0 +1,43 @@
+//! `devenv build`: lock, pull and build the env's tool layers without entering it.
+
+use std::process::ExitCode;
+
+use crate::progress::Reporter;
+
+#[derive(clap::Args, Debug)]
+#[command(
+    long_about = "Materialize the env without entering it: write env.lock when missing or stale, \
+pull the locked image, and build each missing tool layer (apt packages, Python packages into \
+/opt/devenv/venv, [setup].run commands), each cached by its inputs and those before it. Step \
+output goes to the env's build.log (and to stderr with -v)."
+)]
+pub struct BuildArgs {}
+
+pub fn run(_args: BuildArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
+    let loaded = crate::config::find_and_load(&ctx.cwd)?;
+    let m = super::run::materialize(ctx, &loaded)?;
+    let tools = m.lowers.len() - m.pulled.layers.len();
+    ctx.ui.status(
+        "Built",
+        &format!(
+            "{} ({}, {} tool {})",
+            m.project.name,
+            m.pulled.manifest.short(),
+            tools,
+            if tools == 1 { "layer" } else { "layers" }
+        ),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Keep the build error's hint on the way up (until `BuildError` is in `crate::known_hint`).
+pub(super) fn with_hint(e: crate::build::BuildError) -> anyhow::Error {
+    use crate::error::{Hint, Hinted};
+    match e.hint() {
+        Some(hint) => anyhow::Error::new(Hinted {
+            source: e.into(),
+            hint,
+        }),
+        None => e.into(),
+    }
+}
