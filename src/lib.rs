@@ -65,6 +65,9 @@ pub(crate) fn known_hint(cause: &(dyn std::error::Error + 'static)) -> Option<St
     if let Some(e) = cause.downcast_ref::<lock::LockError>() {
         return e.hint();
     }
+    if let Some(e) = cause.downcast_ref::<build::BuildError>() {
+        return e.hint();
+    }
     if let Some(e) = cause.downcast_ref::<build::recipe::RecipeError>() {
         return e.hint();
     }

@@ -38,18 +38,7 @@ const PIP_CACHE: &str = "/root/.cache/pip";
 const APT_ARCHIVES: &str = "/var/cache/apt/archives";
 /// Where a step's input files (requirements) appear, read-only.
 const INPUTS: &str = "/tmp/devenv-build";
-/// Where the host's CA bundle appears (in the container's tmpfs, so never in a layer).
-const HOST_CA: &str = "/tmp/devenv-host-ca.crt";
-/// The host's CA bundle, by distribution: builds trust what the host trusts (a company proxy's
-/// CA, for one), as `devenv run` does.
-const HOST_CA_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
-/// `envs/<id>/tool-layers.json`: the keys (`sha256:…`) of the env's tool layers, in order, so
-/// gc keeps them as it keeps the base image's layers.
-pub const TOOL_LAYERS: &str = "tool-layers.json";
+pub use crate::store::gc::TOOL_LAYERS;
 /// Bumped when steps change in ways their inputs do not show, so old layers are not reused.
 const KEY_VERSION: &str = "devenv-build-v1";
 
@@ -391,8 +380,7 @@ fn run_step(
     mounts.push(bind(&pip, PIP_CACHE, false));
 
     let venv = ctx.venv || step.kind == StepKind::Python;
-    let mut env = step_env(ctx.image_env, venv);
-    trust_host_ca(&mut mounts, &mut env);
+    let env = step_env(ctx.image_env, venv);
     let mut log_file = fs_err::OpenOptions::new()
         .append(true)
         .create(true)
@@ -462,24 +450,6 @@ fn run_step(
         // Someone else's build of the same key won (it ran without our lock: an older devenv).
         Err(_) if dest.exists() => Ok(()),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// Bind the host's CA bundle into the container's tmpfs and point pip, Python and curl at it:
-/// build steps that download trust what the host trusts.
-fn trust_host_ca(mounts: &mut Vec<Mount>, env: &mut Vec<(String, String)>) {
-    let Some(ca) = HOST_CA_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) else {
-        return;
-    };
-    mounts.push(bind(ca, HOST_CA, true));
-    for k in [
-        "PIP_CERT",
-        "SSL_CERT_FILE",
-        "REQUESTS_CA_BUNDLE",
-        "CURL_CA_BUNDLE",
-    ] {
-        env.retain(|(n, _)| n != k);
-        env.push((k.into(), HOST_CA.into()));
     }
 }
 

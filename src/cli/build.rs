@@ -29,15 +29,3 @@ pub fn run(_args: BuildArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
-
-/// Keep the build error's hint on the way up (until `BuildError` is in `crate::known_hint`).
-pub(super) fn with_hint(e: crate::build::BuildError) -> anyhow::Error {
-    use crate::error::{Hint, Hinted};
-    match e.hint() {
-        Some(hint) => anyhow::Error::new(Hinted {
-            source: e.into(),
-            hint,
-        }),
-        None => e.into(),
-    }
-}

@@ -32,7 +32,6 @@ pub fn run(args: LockArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     let path = loaded.project_dir.join(lock::FILE_NAME);
     let before = fs_err::read(&path).ok();
     let lock = lock::ensure(&loaded, &store, &opts, &ctx.ui)
-        .map_err(with_hint)
         .with_context(|| format!("locking {}", loaded.path.display()))?;
     if fs_err::read(&path).ok() == before {
         ctx.ui.status(
@@ -46,17 +45,4 @@ pub fn run(args: LockArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Keep the lock error's hint on the way up (the lead may register `LockError` in
-/// `crate::known_hint` instead).
-pub(super) fn with_hint(e: lock::LockError) -> anyhow::Error {
-    use crate::error::{Hint, Hinted};
-    match e.hint() {
-        Some(hint) => anyhow::Error::new(Hinted {
-            source: e.into(),
-            hint,
-        }),
-        None => e.into(),
-    }
 }

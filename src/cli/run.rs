@@ -77,7 +77,6 @@ pub(super) fn materialize(
         .unwrap_or_else(Platform::host);
     let lock_opts = crate::lock::LockOptions::new(loaded, ctx.locked, ctx.offline);
     let lock = crate::lock::ensure(loaded, &store, &lock_opts, &ctx.ui)
-        .map_err(super::lock::with_hint)
         .with_context(|| format!("locking {}", loaded.path.display()))?;
     let image = match lock.image_for(&platform) {
         Some(pinned) => pinned,
@@ -93,9 +92,10 @@ pub(super) fn materialize(
     let pulled = pull::pull(&image, &opts, &store, &super::pull::client, &ctx.ui)
         .with_context(|| format!("pulling {image}"))?;
     let project = Project::new(&loaded.project_dir)?;
+    // The record names the image as env.toml does; the digests pin what it resolved to.
     let state_dir = project.touch(
         &store,
-        &image.to_string(),
+        &super::base_image(loaded)?.to_string(),
         &pulled.resolved,
         &pulled.manifest,
     )?;
@@ -104,7 +104,6 @@ pub(super) fn materialize(
         offline: ctx.offline,
     };
     let tools = crate::build::build(loaded, &pulled, &lock, &store, &build_opts, &ctx.ui)
-        .map_err(super::build::with_hint)
         .with_context(|| format!("building the tool layers of {}", loaded.path.display()))?;
     drop(gc_lock);
     let mut lowers = pulled.layer_dirs(&store);

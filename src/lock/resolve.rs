@@ -18,28 +18,6 @@ use crate::store::Store;
 const OUT: &str = "/devenv-out";
 /// The shared pip cache, so wheels read while resolving are not fetched again by the build.
 const PIP_CACHE: &str = "/devenv-cache/pip";
-/// Where the host's CA bundle appears inside (for TLS-intercepting proxies the host trusts).
-const HOST_CA: &str = "/devenv-host-ca.crt";
-
-/// The host's CA bundle: `PIP_CERT` or `SSL_CERT_FILE` when set, else the usual places. pip
-/// trusts only its own bundle by default, so a host behind an intercepting proxy (whose CA is in
-/// the host store, not in the image's) would see every index as self-signed.
-pub(super) fn host_ca_bundle() -> Option<PathBuf> {
-    let from_env = ["PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"]
-        .iter()
-        .filter_map(|k| std::env::var_os(k).map(PathBuf::from));
-    let usual = [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-        "/etc/ssl/cert.pem",
-    ]
-    .iter()
-    .map(PathBuf::from);
-    from_env
-        .chain(usual)
-        .filter_map(|p| fs_err::canonicalize(p).ok())
-        .find(|p| p.is_file())
-}
 
 // Exit statuses the scripts use for the failures they recognise.
 const NO_PYTHON: i32 = 90;
@@ -86,8 +64,6 @@ impl Sandbox<'_> {
         }
         let cache = self.store.root().join("cache/pip");
         fs_err::create_dir_all(&cache)?;
-        let ca = host_ca_bundle();
-        let ca_env = ca.as_ref().map(|_| HOST_CA.to_string());
         let ours = [
             ("HOME", "/root".to_string()),
             ("USER", "root".to_string()),
@@ -97,15 +73,6 @@ impl Sandbox<'_> {
             ("PYTHONDONTWRITEBYTECODE", "1".to_string()),
             ("DEBIAN_FRONTEND", "noninteractive".to_string()),
         ];
-        let ca_vars = ["PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"];
-        let ours: Vec<(&str, String)> = ours
-            .into_iter()
-            .chain(
-                ca_env
-                    .iter()
-                    .flat_map(|c| ca_vars.iter().map(|k| (*k, c.clone()))),
-            )
-            .collect();
         let host_names: Vec<String> = std::env::vars_os()
             .filter_map(|(k, _)| k.into_string().ok())
             .collect();
@@ -141,13 +108,7 @@ impl Sandbox<'_> {
                     read_only: false,
                 },
             ]
-            .into_iter()
-            .chain(ca.map(|source| Mount {
-                source,
-                target: PathBuf::from(HOST_CA),
-                read_only: true,
-            }))
-            .collect(),
+            .into(),
             upper: None,
             output: None,
         };

@@ -23,6 +23,7 @@
 //! - Signals sent to devenv by a process (kill, systemd) go inward; those the terminal sends to
 //!   the whole foreground group are not sent twice. A hangup is always forwarded.
 
+pub mod ca;
 mod fsutil;
 mod init;
 mod seccomp;
@@ -315,6 +316,15 @@ fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| format!("user{uid}"));
     let host_shell = host.map(|(_, s)| s).or_else(|| std::env::var("SHELL").ok());
+    let mut mounts: Vec<(PathBuf, PathBuf, bool)> = spec
+        .mounts
+        .iter()
+        .map(|m| (m.source.clone(), m.target.clone(), m.read_only))
+        .collect();
+    let mut env = spec.env.clone();
+    if let Some(bundle) = ca::host_bundle() {
+        ca::trust(bundle, &mut mounts, &mut env);
+    }
     setup::Plan {
         entry: entry.to_path_buf(),
         layers: spec.lowers.len(),
@@ -324,17 +334,13 @@ fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
         cwd: spec.cwd.clone(),
         home: spec.home.clone(),
         home_target: spec.home_target.clone(),
-        env: spec.env.clone(),
+        env,
         argv: spec.argv.clone(),
         shell: spec.shell.clone(),
         hostname: spec.hostname.clone(),
         net_none: spec.network == crate::config::Network::None,
         root: spec.root,
-        mounts: spec
-            .mounts
-            .iter()
-            .map(|m| (m.source.clone(), m.target.clone(), m.read_only))
-            .collect(),
+        mounts,
         host_uid: uid,
         host_gid: gid,
         user_name,

@@ -32,6 +32,10 @@ pub struct EnvRecord {
 
 pub const ENV_RECORD: &str = "env.json";
 
+/// `envs/<id>/tool-layers.json`: the keys (`sha256:…`) of the env's tool layers, in order, so
+/// gc keeps them as it keeps the base image's layers (written by `build`).
+pub const TOOL_LAYERS: &str = "tool-layers.json";
+
 /// One env in the store, with its record when it has a readable one.
 #[derive(Debug)]
 pub struct EnvEntry {
@@ -94,6 +98,18 @@ pub struct Roots {
 }
 
 impl Roots {
+    /// Add what an env uses: its image, and the tool layers built for it.
+    pub fn add_env(&mut self, store: &Store, env: &EnvEntry) {
+        if let Some(r) = &env.record {
+            self.add(store, r);
+        }
+        let tools: Vec<Digest> = fs_err::read(env.dir.join(TOOL_LAYERS))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        self.layers.extend(tools);
+    }
+
     /// Add `record`'s image: its manifests, config and layer blobs, and unpacked layers.
     pub fn add(&mut self, store: &Store, record: &EnvRecord) {
         self.manifests.insert(record.resolved.clone());
@@ -168,9 +184,7 @@ pub fn collect(store: &Store, dry_run: bool) -> Result<Plan, StoreError> {
     let mut roots = Roots::default();
     for env in envs(store)? {
         if env.is_live() {
-            if let Some(r) = &env.record {
-                roots.add(store, r);
-            }
+            roots.add_env(store, &env);
         } else {
             plan.envs.push(env.dir);
         }
@@ -300,10 +314,8 @@ pub fn remove_image(store: &Store, image: &crate::reference::ImageRef) -> Result
     }
     let mut live = Roots::default();
     for env in envs(store)? {
-        if env.is_live()
-            && let Some(r) = &env.record
-        {
-            live.add(store, r);
+        if env.is_live() {
+            live.add_env(store, &env);
         }
     }
     fn unused(
