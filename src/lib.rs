@@ -3,9 +3,12 @@
 //! Data flows one way: `cli` → `config` / `pull` → `registry` / `store` / `unpack` / `runtime`.
 //! Core modules never print; they report through [`progress::Reporter`], which `ui` implements.
 
+pub mod build;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod error;
+pub mod lock;
 pub mod platform;
 pub mod progress;
 pub mod project;
@@ -27,6 +30,16 @@ pub fn main() -> ExitCode {
         .is_some_and(|a| a == runtime::INIT_ARG)
     {
         return runtime::init_main();
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == doctor::PROBE_ARG)
+    {
+        let dir = std::env::args_os()
+            .nth(2)
+            .map(std::path::PathBuf::from)
+            .unwrap_or_default();
+        return doctor::probe_main(&dir);
     }
     cli::main()
 }

@@ -20,6 +20,10 @@ pub trait Reporter: Sync {
     fn warn(&self, message: &str);
     /// A bar for one step of `total` bytes, when known.
     fn bar(&self, label: &str, total: Option<u64>) -> Box<dyn Bar>;
+    /// The bar summing several steps (all layers of a pull); only a terminal shows one.
+    fn total_bar(&self, _total: u64) -> Box<dyn Bar> {
+        Box::new(NoBar)
+    }
 }
 
 /// Reports nothing; for tests and `-q`.

@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::reference::Digest;
+use crate::store::gc::{ENV_RECORD, EnvRecord};
 use crate::store::{Store, StoreError};
 
 /// Host variables passed through to the container; everything else of the host stays out.
@@ -57,16 +59,29 @@ impl Project {
         store.root().join("envs").join(&self.id)
     }
 
-    /// Create the env's directories and record the project path and the time of this use (gc
-    /// reads these to find envs whose project is gone).
-    pub fn touch(&self, store: &Store) -> Result<PathBuf, StoreError> {
+    /// Create the env's directories and record the project, its image and the time of this use:
+    /// gc keeps what live envs' records name.
+    pub fn touch(
+        &self,
+        store: &Store,
+        image: &str,
+        resolved: &Digest,
+        manifest: &Digest,
+    ) -> Result<PathBuf, StoreError> {
         let state = self.state_dir(store);
         fs_err::create_dir_all(state.join("home"))?;
-        let record = serde_json::json!({
-            "project": self.dir,
-            "last_used": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        });
-        store.write_atomic(&state.join("project.json"), record.to_string().as_bytes())?;
+        let record = EnvRecord {
+            project: self.dir.clone(),
+            last_used: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            image: image.to_string(),
+            resolved: resolved.clone(),
+            manifest: manifest.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+        store.write_atomic(&state.join(ENV_RECORD), &bytes)?;
         Ok(state)
     }
 }

@@ -12,6 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::error::Hint;
 use crate::platform::Platform;
 use crate::progress::{Bar, Reporter};
 use crate::reference::{Digest, ImageRef};
@@ -29,7 +30,7 @@ const PARALLEL_LAYERS: usize = 3;
 #[non_exhaustive]
 pub enum PullError {
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Registry(#[from] Box<RegistryError>),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{image}: layer {layer}: {source}")]
@@ -38,11 +39,11 @@ pub enum PullError {
         layer: Digest,
         source: UnpackError,
     },
-    #[error("{image}: layer {layer}: downloading: {source}")]
+    #[error("{image}: layer {layer}: {source}")]
     Download {
         image: String,
         layer: Digest,
-        source: io::Error,
+        source: Box<RegistryError>,
     },
     #[error("{image}: layer {layer}: content hashes to {actual}, the image config says {expected}")]
     DiffIdMismatch {
@@ -76,9 +77,18 @@ pub enum PullError {
     Offline { image: String },
 }
 
-impl crate::error::Hint for PullError {
+impl From<RegistryError> for PullError {
+    fn from(e: RegistryError) -> Self {
+        PullError::Registry(Box::new(e))
+    }
+}
+
+impl Hint for PullError {
     fn hint(&self) -> Option<String> {
         match self {
+            // Transparent and wrapping variants: the inner error knows its fix.
+            PullError::Registry(e) | PullError::Download { source: e, .. } => e.hint(),
+            PullError::Unpack { source, .. } => source.hint(),
             PullError::Offline { .. } => Some("run once without --offline to fetch it".into()),
             PullError::DiffIdMismatch { .. } | PullError::LayerCount { .. } => {
                 Some("the image is corrupt or was tampered with; nothing was kept".into())
@@ -275,6 +285,7 @@ fn fetch_layers(
 ) -> Result<(), PullError> {
     let next = Mutex::new(missing.iter());
     let failed: Mutex<Option<PullError>> = Mutex::new(None);
+    let total = ui.total_bar(missing.iter().map(|(d, _)| d.size).sum());
     std::thread::scope(|scope| {
         for _ in 0..PARALLEL_LAYERS.min(missing.len()) {
             scope.spawn(|| {
@@ -287,7 +298,7 @@ fn fetch_layers(
                     else {
                         return;
                     };
-                    if let Err(e) = fetch_layer(client, store, image, desc, diff_id, ui) {
+                    if let Err(e) = fetch_layer(client, store, image, desc, diff_id, ui, &*total) {
                         if let Ok(mut f) = failed.lock() {
                             f.get_or_insert(e);
                         }
@@ -297,6 +308,7 @@ fn fetch_layers(
             });
         }
     });
+    total.finish("");
     match failed.into_inner() {
         Ok(Some(e)) => Err(e),
         _ => Ok(()),
@@ -311,6 +323,7 @@ fn fetch_layer(
     desc: &Descriptor,
     diff_id: &Digest,
     ui: &dyn Reporter,
+    total: &dyn Bar,
 ) -> Result<(), PullError> {
     let name = image.to_string();
     let dest = store.layer_path(diff_id);
@@ -333,10 +346,10 @@ fn fetch_layer(
     let blob_dest = store.blob_path(&desc.digest);
     let bar = ui.bar(desc.digest.short(), Some(desc.size));
     let layer_error = |e: LayerError| match e {
-        LayerError::Input(source) => PullError::Download {
+        LayerError::Input(e) => PullError::Download {
             image: name.clone(),
             layer: desc.digest.clone(),
-            source,
+            source: Box::new(RegistryError::from_io(e, &image.registry)),
         },
         LayerError::Unpack(source) => PullError::Unpack {
             image: name.clone(),
@@ -348,7 +361,7 @@ fn fetch_layer(
     let applied = if blob_dest.exists() {
         // The compressed blob was verified when it entered the store; unpack from it.
         let file = fs_err::File::open(&blob_dest).map_err(StoreError::from)?;
-        apply(file, compression, staging.path(), &*bar).map_err(layer_error)?
+        apply(file, compression, staging.path(), &Pair(&*bar, total)).map_err(layer_error)?
     } else {
         let body = client.open_blob(image, &desc.digest, Some(desc.size))?;
         let blob_tmp =
@@ -361,7 +374,7 @@ fn fetch_layer(
             },
             compression,
             staging.path(),
-            &*bar,
+            &Pair(&*bar, total),
         )
         .map_err(layer_error)?;
         copy.flush().map_err(StoreError::from)?;
@@ -412,6 +425,19 @@ fn apply(
             Some(source) => LayerError::Input(source),
             None => LayerError::Unpack(e),
         }),
+    }
+}
+
+/// A layer's own bar and the pull's total, advanced together.
+struct Pair<'a>(&'a dyn Bar, &'a dyn Bar);
+
+impl Bar for Pair<'_> {
+    fn inc(&self, n: u64) {
+        self.0.inc(n);
+        self.1.inc(n);
+    }
+    fn finish(&self, message: &str) {
+        self.0.finish(message);
     }
 }
 

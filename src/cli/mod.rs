@@ -1,9 +1,12 @@
 //! Argument definitions and one thin file per command. Each command builds options and calls
 //! one core function; only here do errors become `anyhow` with context.
 
+mod doctor;
+mod gc;
 mod init;
 mod pull;
 mod run;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,14 +45,33 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Write a commented env.toml for a new project
+    #[command(about = "Write a commented env.toml for a new project")]
     Init(init::InitArgs),
-    /// Fetch the env's image (or IMAGE) into the store
+    #[command(about = "Fetch the env's image (or IMAGE) into the store")]
     Pull(pull::PullArgs),
-    /// Enter an interactive shell in the env
+    #[command(about = "Enter an interactive shell in the env")]
     Shell(run::ShellArgs),
-    /// Run a command in the env; its exit status is devenv's
+    #[command(about = "Run a command in the env; its exit status is devenv's")]
     Run(run::RunArgs),
+    #[command(about = "Show the env, what is cached and what would be fetched")]
+    Status(status::StatusArgs),
+    #[command(about = "Remove envs whose project is gone and what no env uses")]
+    Gc(gc::GcArgs),
+    /// Look at the store, remove one image
+    #[command(subcommand)]
+    Cache(gc::CacheCommand),
+    #[command(
+        about = "Check user namespaces, overlay, disk, registry and GPU; say how to fix what fails"
+    )]
+    Doctor(doctor::DoctorArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(
+        long_about = "Print a completion script for SHELL to stdout. For example:\n  \
+bash: devenv completions bash > ~/.local/share/bash-completion/completions/devenv\n  \
+zsh:  devenv completions zsh > ~/.zfunc/_devenv   (with fpath+=~/.zfunc before compinit)\n  \
+fish: devenv completions fish > ~/.config/fish/completions/devenv.fish"
+    )]
+    Completions { shell: clap_complete::Shell },
 }
 
 /// What every command gets: where it runs, the store, and the UI.
@@ -93,9 +115,33 @@ pub fn main() -> ExitCode {
         Command::Pull(args) => pull::run(args, &ctx),
         Command::Shell(args) => run::shell(args, &ctx),
         Command::Run(args) => run::run(args, &ctx),
+        Command::Doctor(args) => doctor::run(args, &ctx),
+        Command::Status(args) => status::run(args, &ctx),
+        Command::Gc(args) => gc::gc(args, &ctx),
+        Command::Cache(cmd) => gc::cache(cmd, &ctx),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "devenv", &mut script);
+            match std::io::stdout().write_all(&script) {
+                // A closed pipe (`| head`) is the reader's choice, not an error.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
     };
     match result {
         Ok(code) => code,
+        // A reader that closed our stdout (`devenv status --json | head`) is not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             ctx.ui.error(&crate::error::render(&e));
             ExitCode::from(1)

@@ -47,6 +47,7 @@ pub fn run(args: PullArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         refresh_tag: true,
     };
     let started = Instant::now();
+    let _gc_lock = store.lock_shared("gc")?;
     let pulled = pull::pull(&image, &opts, &store, &client, &ctx.ui)
         .with_context(|| format!("pulling {image}"))?;
     let what = match pulled.fetched {
@@ -67,4 +68,27 @@ pub fn run(args: PullArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
 /// A registry client with the user's settings, made only when the network is needed.
 pub(super) fn client() -> Result<Client, crate::registry::RegistryError> {
     Client::new(Settings::load()?)
+}
+
+/// Whether `image`'s registry answers with the configured credentials (for `devenv doctor`).
+pub(super) fn check_registry(image: &ImageRef) -> crate::doctor::Check {
+    use crate::doctor::{Check, Status};
+    let result = client().and_then(|c| c.fetch_manifest(image, &image.reference()).map(|_| ()));
+    match result {
+        Ok(()) => Check {
+            name: "registry",
+            status: Status::Ok,
+            detail: format!("{image} is reachable"),
+            fix: None,
+        },
+        Err(e) => Check {
+            name: "registry",
+            status: Status::Fail,
+            detail: format!("{image}: {e}"),
+            fix: Some(
+                crate::error::Hint::hint(&e)
+                    .unwrap_or_else(|| "check the reference and the registry".into()),
+            ),
+        },
+    }
 }

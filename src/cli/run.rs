@@ -64,10 +64,18 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
         offline: ctx.offline,
         refresh_tag: false,
     };
+    // Shared gc lock until the env record names the image, so gc cannot take it in between.
+    let gc_lock = store.lock_shared("gc")?;
     let pulled = pull::pull(&image, &opts, &store, &super::pull::client, &ctx.ui)
         .with_context(|| format!("pulling {image}"))?;
     let project = Project::new(&loaded.project_dir)?;
-    let state_dir = project.touch(&store)?;
+    let state_dir = project.touch(
+        &store,
+        &image.to_string(),
+        &pulled.resolved,
+        &pulled.manifest,
+    )?;
+    drop(gc_lock);
     let lowers = pulled.layer_dirs(&store);
 
     let user = current_user();
@@ -76,7 +84,7 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
     } else {
         image_home(&lowers, &user).unwrap_or_else(|| PathBuf::from("/home").join(&user))
     };
-    let image_env = pulled.config.config.env.clone().unwrap_or_default();
+    let image_env = pulled.config.config.env.clone();
     let host_names: Vec<String> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
         .collect();
@@ -115,7 +123,7 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
 
     let spec = Spec {
         lowers,
-        state_dir: state_dir.join("run"),
+        state_dir: state_dir.join("state"),
         project_dir: project.dir.clone(),
         cwd: fs_err::canonicalize(&ctx.cwd)?,
         home: state_dir.join("home"),
@@ -129,8 +137,10 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
         mounts: loaded.env.container.mounts.clone(),
     };
     if spec.argv.is_empty() {
-        ctx.ui
-            .status("Entering", &format!("{} ({})", project.name, pulled.image));
+        ctx.ui.status(
+            "Entering",
+            &format!("{} ({image}, {})", project.name, pulled.manifest.short()),
+        );
     }
     let code = runtime::run(&spec)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))

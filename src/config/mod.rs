@@ -1,5 +1,18 @@
 //! env.toml: the version-1 schema, its validation, and diagnostics with file, line and column.
-//! STUB — replaced by the config work (see the helper brief).
+//!
+//! Loading is two passes. serde reads the text into raw structs that deny unknown keys and keep
+//! the spans of values checked afterwards (`toml::Spanned`); validation then turns them into an
+//! [`EnvFile`] whose image reference, platform, network, mounts and env names are already parsed.
+//! Every mistake becomes a [`ConfigError::Invalid`] naming `file:line:column` and what was
+//! expected. Invariants: a loaded [`EnvFile`] has a base image ([`EnvFile::base_image`] cannot
+//! fail on it) and absolute, normalized mount paths. This module never prints and never touches
+//! the filesystem beyond finding and reading env.toml (and, for `devenv init`, writing it).
+
+mod diagnose;
+mod error;
+mod mount;
+mod raw;
+mod template;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,19 +20,17 @@ use std::path::{Path, PathBuf};
 use crate::platform::Platform;
 use crate::reference::ImageRef;
 
+pub use error::{ConfigError, DiagnosticKind};
+pub use mount::{Expansion, parse_mount};
+pub use template::{Created, Detected, Template, create};
+
 pub const FILE_NAME: &str = "env.toml";
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("no env.toml in {0} or any parent directory")]
-    NotFound(PathBuf),
-}
+/// The schema's top-level tables, in the order the docs and templates list them.
+pub const SECTIONS: [&str; 6] = ["image", "tools", "packages", "setup", "env", "container"];
 
-impl crate::error::Hint for ConfigError {
-    fn hint(&self) -> Option<String> {
-        Some("run `devenv init` to create one".into())
-    }
-}
+/// The one schema version this devenv reads.
+pub const VERSION: i64 = 1;
 
 #[derive(Clone, Debug)]
 pub struct Loaded {
@@ -30,22 +41,83 @@ pub struct Loaded {
     pub env: EnvFile,
 }
 
-#[derive(Clone, Debug, Default)]
+impl Loaded {
+    /// `[packages].requirements` resolved against the project directory.
+    pub fn requirements_path(&self) -> Option<PathBuf> {
+        self.env
+            .packages
+            .requirements
+            .as_ref()
+            .map(|r| self.project_dir.join(r))
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EnvFile {
     pub image: ImageSection,
+    /// `[tools]`: name → version, as written (recipes check names later).
     pub tools: BTreeMap<String, String>,
+    pub packages: Packages,
+    pub setup: Setup,
+    /// `[env]`: variables set inside the env; names are valid environment variable names.
     pub env: BTreeMap<String, String>,
     pub container: Container,
 }
 
-#[derive(Clone, Debug, Default)]
+impl EnvFile {
+    /// The image the env starts from: `[image].base`, else `python:<[tools].python>-slim`.
+    /// Always `Ok` for a loaded file (loading checks it); `NoBase` carries no path of its own,
+    /// so it names `env.toml`.
+    pub fn base_image(&self) -> Result<ImageRef, ConfigError> {
+        if let Some(base) = &self.image.base {
+            return Ok(base.clone());
+        }
+        match self.tools.get("python") {
+            Some(version) => {
+                python_base(version).map_err(|_| ConfigError::NoBase(FILE_NAME.into()))
+            }
+            None => Err(ConfigError::NoBase(FILE_NAME.into())),
+        }
+    }
+
+    /// Whether the base image comes from `[tools].python` rather than `[image].base`.
+    pub fn base_from_python(&self) -> bool {
+        self.image.base.is_none() && self.tools.contains_key("python")
+    }
+}
+
+/// The base image `[tools] python = "<version>"` stands for when `[image].base` is absent.
+pub fn python_base(version: &str) -> Result<ImageRef, crate::reference::ReferenceError> {
+    format!("python:{version}-slim").parse()
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImageSection {
+    /// As written; `None` when the base comes from `[tools].python` (see [`EnvFile::base_image`]).
     pub base: Option<ImageRef>,
+    /// `None`: the host's platform.
     pub platform: Option<Platform>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Packages {
+    /// Debian packages, installed as root at build time.
+    pub apt: Vec<String>,
+    /// pip requirement specifiers.
+    pub pip: Vec<String>,
+    /// A requirements file, relative to the project directory, as written.
+    pub requirements: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Setup {
+    /// Shell commands run at build time, in order, each a cached step.
+    pub run: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Container {
+    /// `None`: the image's shell (the runtime's default).
     pub shell: Option<String>,
     pub network: Network,
     pub gpu: bool,
@@ -59,6 +131,21 @@ pub enum Network {
     None,
 }
 
+impl Network {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Host => "host",
+            Network::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
     /// Host path, `~` already expanded.
@@ -68,7 +155,74 @@ pub struct Mount {
     pub read_only: bool,
 }
 
-/// Find env.toml in `start` or the nearest parent that has one, and load it.
+/// Find env.toml in `start` or the nearest parent that has one, and load it. The search stops
+/// at the filesystem root.
 pub fn find_and_load(start: &Path) -> Result<Loaded, ConfigError> {
-    Err(ConfigError::NotFound(start.to_path_buf()))
+    let start = if start.is_absolute() {
+        start.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(start)
+    };
+    match find(&start) {
+        Some(path) => load(&path),
+        None => Err(ConfigError::NotFound(start)),
+    }
 }
+
+/// The nearest `env.toml` at or above `start`.
+pub fn find(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .map(|dir| dir.join(FILE_NAME))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Load the env.toml at `path`; its directory is the project.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = fs_err::read_to_string(path)?;
+    let project_dir = project_dir_of(path)?;
+    let env = parse_in(
+        &display_path(path),
+        &text,
+        &Expansion::from_env(&project_dir),
+    )?;
+    Ok(Loaded {
+        path: path.to_path_buf(),
+        project_dir,
+        env,
+    })
+}
+
+/// Parse env.toml text; `file` names it in diagnostics and its directory is the project.
+pub fn parse(file: &Path, text: &str) -> Result<EnvFile, ConfigError> {
+    parse_in(file, text, &Expansion::from_env(&project_dir_of(file)?))
+}
+
+/// The absolute directory holding `file` (lexically: nothing is resolved on disk), so mount
+/// sources relative to the project come out absolute.
+fn project_dir_of(file: &Path) -> Result<PathBuf, ConfigError> {
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(std::path::absolute(dir)?)
+}
+
+/// Parse env.toml text with explicit mount expansion (project directory and `$HOME`).
+pub fn parse_in(file: &Path, text: &str, exp: &Expansion) -> Result<EnvFile, ConfigError> {
+    let src = diagnose::Source { file, text };
+    let raw: raw::RawFile = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
+    raw.validate(&src, exp)
+}
+
+/// `path` relative to the current directory when it is below it, for shorter messages.
+fn display_path(path: &Path) -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests;

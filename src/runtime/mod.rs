@@ -1,49 +1,388 @@
-//! The rootless container: a re-executed single-threaded helper that enters namespaces, mounts
-//! the overlay root and execs. STUB — replaced by the runtime work (see the helper brief).
+//! The rootless container behind `devenv run` and `devenv shell`. [`run`] prepares a per-entry
+//! state directory and re-executes `/proc/self/exe __init` (the helper, single-threaded because
+//! `unshare(CLONE_NEWUSER)` fails with EINVAL in a threaded process); the helper enters new
+//! user, mount, PID, IPC and UTS namespaces (and a network namespace with only `lo` for
+//! `network = "none"`), maps the user's uid/gid to the same ids (or to 0), mounts an overlay of
+//! the image's layers with a fresh upper directory, binds the project, home, a minimal `/dev`,
+//! `/proc`, `/sys` (read-only), `/tmp`, the host's resolv.conf and hosts, pivots into it, and
+//! runs the command under a PID 1 that reaps zombies and forwards signals.
+//!
+//! Invariants: nothing is mounted before `/` is made private, so no mount reaches the host; no
+//! path from the image is followed outside the new root; nothing needs privileges (no setuid
+//! helper, no newuidmap); system directories are fresh at every entry (overlay upper, or a fresh
+//! flattened copy where overlay is refused) while home and project persist. All `unsafe` of the
+//! crate lives here, each block with a `// SAFETY:` line.
+//!
+//! Choices worth knowing:
+//! - Where overlay is refused (EINVAL, EPERM, ENODEV) the layer chain is flattened once into
+//!   `state_dir/flat/<key>` and copied fresh into each entry, so system directories still reset
+//!   at every entry; that costs a copy of the image per entry. `DEVENV_FLATTEN=1` forces it.
+//! - An interactive shell (empty `argv`) on a terminal leads its own foreground process group;
+//!   a command stays in devenv's group, so Ctrl-Z stops devenv and the command as one job.
+//!   The host terminal is bound at `/dev/console` so ttyname(3) works with the private devpts.
+//! - Signals sent to devenv by a process (kill, systemd) go inward; those the terminal sends to
+//!   the whole foreground group are not sent twice. A hangup is always forwarded.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
+mod fsutil;
+mod init;
+mod setup;
+mod state;
+mod sys;
+#[cfg(test)]
+mod tests;
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::errno::Errno;
+use serde::{Deserialize, Serialize};
+
+pub use init::init_main;
 
 /// argv[1] that makes the binary the namespace helper.
 pub const INIT_ARG: &str = "__init";
 
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RuntimeError {
-    #[error("the container runtime is not built yet")]
-    Missing,
-}
-
-impl crate::error::Hint for RuntimeError {
-    fn hint(&self) -> Option<String> {
-        None
-    }
-}
-
-pub fn init_main() -> ExitCode {
-    eprintln!("error: {}", RuntimeError::Missing);
-    ExitCode::from(2)
-}
-
-/// Everything the container needs; built by the CLI from env.toml, the image and the store.
+/// One entry into the container.
 #[derive(Clone, Debug)]
 pub struct Spec {
+    /// Unpacked layer directories, base first (manifest order).
     pub lowers: Vec<PathBuf>,
+    /// The env's state directory in the store (a filesystem with user xattrs): per-entry upper
+    /// and work directories go under `run/`, the flattened fallback under `flat/`.
     pub state_dir: PathBuf,
+    /// Bound read-write at the same path.
     pub project_dir: PathBuf,
+    /// Where the command starts: the project directory or below it.
     pub cwd: PathBuf,
+    /// Host directory mounted as `$HOME`, persistent.
     pub home: PathBuf,
+    /// Where `home` appears inside, e.g. `/home/alice` or `/root`.
     pub home_target: PathBuf,
+    /// The final environment; HOME, USER, LOGNAME and PATH are added when missing.
     pub env: Vec<(String, String)>,
+    /// Empty: an interactive shell.
     pub argv: Vec<String>,
+    /// `[container].shell`; else the user's login shell if the image has it, else bash, else sh.
     pub shell: Option<String>,
     pub hostname: String,
     pub network: crate::config::Network,
+    /// Map the user to uid 0 (build steps, `--root`) instead of the same uid.
     pub root: bool,
+    /// Extra host paths; each source must exist.
     pub mounts: Vec<crate::config::Mount>,
 }
 
+/// A sysctl that, set to `value`, allows unprivileged user namespaces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sysctl {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    #[error("namespace helper: {message}")]
+    Helper { message: String },
+    #[error("creating a user namespace: {}", errno_text(*errno))]
+    UserNamespace {
+        errno: i32,
+        restriction: Option<Sysctl>,
+    },
+    #[error("{step}: {}", errno_text(*errno))]
+    Sys { step: String, errno: i32 },
+    #[error("mounting {what} on {}: {}", target.display(), errno_text(*errno))]
+    Mount {
+        what: String,
+        target: PathBuf,
+        errno: i32,
+    },
+    #[error("making the mount point {} inside the container: {}", target.display(), errno_text(*errno))]
+    MountPoint { target: PathBuf, errno: i32 },
+    #[error("mount source {} does not exist", path.display())]
+    MountSource { path: PathBuf },
+    #[error("overlay refused ({}), and flattening the image failed: {message}", errno_text(*overlay_errno))]
+    Flatten { overlay_errno: i32, message: String },
+    #[error("the image has {layers} layers, too many for one overlay mount")]
+    TooManyLayers { layers: usize },
+    #[error("working directory {} inside the container: {}", path.display(), errno_text(*errno))]
+    Cwd { path: PathBuf, errno: i32 },
+    #[error("{}: {message}", path.display())]
+    Io { path: PathBuf, message: String },
+}
+
+fn errno_text(errno: i32) -> String {
+    let d = Errno::from_raw(errno).desc();
+    let mut c = d.chars();
+    c.next().map_or(String::new(), |f| {
+        f.to_lowercase().chain(c).collect::<String>()
+    })
+}
+
+impl RuntimeError {
+    pub(crate) fn sys(step: impl Into<String>, errno: Errno) -> RuntimeError {
+        RuntimeError::Sys {
+            step: step.into(),
+            errno: errno as i32,
+        }
+    }
+
+    /// unshare(CLONE_NEWUSER) failed: find the sysctl that forbids it, if any.
+    pub(crate) fn user_namespace(errno: Errno) -> RuntimeError {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        let checks = [
+            ("kernel.unprivileged_userns_clone", "0", "1"),
+            ("user.max_user_namespaces", "0", "15000"),
+            ("kernel.apparmor_restrict_unprivileged_userns", "1", "0"),
+        ];
+        let restriction = checks.iter().find_map(|(name, bad, good)| {
+            let path = format!("/proc/sys/{}", name.replace('.', "/"));
+            (read(&path).as_deref() == Some(*bad)).then(|| Sysctl {
+                name: name.to_string(),
+                value: good.to_string(),
+            })
+        });
+        RuntimeError::UserNamespace {
+            errno: errno as i32,
+            restriction,
+        }
+    }
+}
+
+const OVERLAY_HINT: &str = "put the store on ext4, xfs, btrfs or tmpfs (set DEVENV_HOME), where \
+                            overlay works without privileges on Linux 5.11 or later";
+
+impl crate::error::Hint for RuntimeError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            RuntimeError::UserNamespace {
+                restriction: Some(s),
+                ..
+            } => {
+                let mut h = format!(
+                    "unprivileged user namespaces are disabled by {0}; enable them with \
+                     `sudo sysctl -w {0}={1}` (add it to /etc/sysctl.d/ to keep it)",
+                    s.name, s.value
+                );
+                if s.name.contains("apparmor") {
+                    h.push_str(", or give devenv an AppArmor profile with `userns,`");
+                }
+                Some(h)
+            }
+            RuntimeError::UserNamespace { errno, .. } if *errno == libc::ENOSPC => Some(
+                "the limit of user namespaces is reached; raise it with \
+                 `sudo sysctl -w user.max_user_namespaces=15000`"
+                    .into(),
+            ),
+            RuntimeError::UserNamespace { .. } => Some(
+                "devenv needs unprivileged user namespaces; inside a container, its seccomp \
+                 profile may forbid them (docker: --security-opt seccomp=unconfined); \
+                 `devenv doctor` checks the rest"
+                    .into(),
+            ),
+            RuntimeError::Mount { what, errno, .. } if what == "proc" && *errno == libc::EPERM => {
+                Some(
+                    "a fresh /proc cannot be mounted where parts of /proc are hidden, as inside \
+                     another container"
+                        .into(),
+                )
+            }
+            RuntimeError::Mount { what, .. } if what == "overlay" => Some(OVERLAY_HINT.into()),
+            RuntimeError::Flatten { .. } => Some(OVERLAY_HINT.into()),
+            RuntimeError::TooManyLayers { .. } => {
+                Some("use an image with fewer layers, or fewer [setup] steps".into())
+            }
+            RuntimeError::MountSource { .. } => {
+                Some("create it, or fix [container].mounts in env.toml".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Run `spec` in a new container; the command's exit status, 128+signal when it was killed.
+/// Signals sent to this process (not those from the terminal) are forwarded to the command.
+/// `DEVENV_FLATTEN=1` skips overlay for the flattened copy (for filesystems where overlay mounts
+/// but misbehaves).
 pub fn run(spec: &Spec) -> Result<i32, RuntimeError> {
-    let _ = spec;
-    Err(RuntimeError::Missing)
+    let flatten = std::env::var_os("DEVENV_FLATTEN").is_some_and(|v| v == "1");
+    run_with(Path::new("/proc/self/exe"), spec, flatten)
+}
+
+/// [`run`] with a given devenv binary as the helper (tests run from another binary).
+pub(crate) fn run_with(exe: &Path, spec: &Spec, force_flatten: bool) -> Result<i32, RuntimeError> {
+    fs_err::create_dir_all(&spec.home).map_err(|e| RuntimeError::Io {
+        path: spec.home.clone(),
+        message: e.to_string(),
+    })?;
+    let entry = state::Entry::create(&spec.state_dir, &spec.lowers)?;
+    let plan = setup::Plan {
+        force_flatten,
+        ..plan_for(spec, &entry.dir)
+    };
+    let json = serde_json::to_vec(&plan).map_err(|e| RuntimeError::Helper {
+        message: e.to_string(),
+    })?;
+    let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+    let pipe = |what: &str| {
+        nix::unistd::pipe2(cloexec).map_err(|e| RuntimeError::sys(format!("pipe for {what}"), e))
+    };
+    let (spec_r, spec_w) = pipe("the plan")?;
+    let (err_r, err_w) = pipe("errors")?;
+    let fds = [
+        spec_r.as_raw_fd(),
+        err_w.as_raw_fd(),
+        entry.lock_fd().as_raw_fd(),
+    ];
+    let mut cmd = Command::new(exe);
+    cmd.arg(INIT_ARG).args(fds.iter().map(|f| f.to_string()));
+    // SAFETY: the closure runs between fork and exec and only calls fcntl(2).
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in fds {
+                init::inherit(fd)?;
+            }
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().map_err(|e| RuntimeError::Helper {
+        message: format!("starting {}: {e}", exe.display()),
+    })?;
+    drop(spec_r);
+    drop(err_w);
+    let forward = init::Forward::install(child.id());
+    // A helper that died early makes this EPIPE; its status and stderr tell why.
+    let _ = std::fs::File::from(spec_w).write_all(&json);
+    let mut report = Vec::new();
+    let _ = std::fs::File::from(err_r).read_to_end(&mut report);
+    let status = child.wait();
+    drop(forward);
+    drop(entry);
+    let status = status.map_err(|e| RuntimeError::Helper {
+        message: format!("waiting: {e}"),
+    })?;
+    if !report.is_empty() {
+        return Err(
+            serde_json::from_slice(&report).unwrap_or_else(|e| RuntimeError::Helper {
+                message: format!("unreadable error report: {e}"),
+            }),
+        );
+    }
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    let host = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| fsutil::passwd_lookup(&p, uid));
+    let user_name = host
+        .as_ref()
+        .map(|(n, _)| n.clone())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| format!("user{uid}"));
+    let host_shell = host.map(|(_, s)| s).or_else(|| std::env::var("SHELL").ok());
+    setup::Plan {
+        entry: entry.to_path_buf(),
+        layers: spec.lowers.len(),
+        lowers: spec.lowers.clone(),
+        flat_cache: spec.state_dir.join("flat"),
+        project_dir: spec.project_dir.clone(),
+        cwd: spec.cwd.clone(),
+        home: spec.home.clone(),
+        home_target: spec.home_target.clone(),
+        env: spec.env.clone(),
+        argv: spec.argv.clone(),
+        shell: spec.shell.clone(),
+        hostname: spec.hostname.clone(),
+        net_none: spec.network == crate::config::Network::None,
+        root: spec.root,
+        mounts: spec
+            .mounts
+            .iter()
+            .map(|m| (m.source.clone(), m.target.clone(), m.read_only))
+            .collect(),
+        host_uid: uid,
+        host_gid: gid,
+        user_name,
+        host_shell,
+        store_fs: fs_name(&spec.state_dir),
+        force_flatten: false,
+    }
+}
+
+/// The filesystem type of `path`, by name where we know it.
+fn fs_name(path: &Path) -> String {
+    let Ok(st) = nix::sys::statfs::statfs(path) else {
+        return "this filesystem".into();
+    };
+    #[allow(clippy::unnecessary_cast)] // the field's type differs between targets
+    let t = st.filesystem_type().0 as i64;
+    let known: [(i64, &str); 9] = [
+        (0xEF53, "ext4"),
+        (0x5846_5342, "xfs"),
+        (0x9123_683E, "btrfs"),
+        (0x0102_1994, "tmpfs"),
+        (0x6969, "nfs"),
+        (0x2FC1_2FC1, "zfs"),
+        (0x794C_7630, "overlayfs"),
+        (0x6573_5546, "fuse"),
+        (0xFF53_4D42, "cifs"),
+    ];
+    known
+        .iter()
+        .find(|(m, _)| *m == t)
+        .map_or_else(|| format!("filesystem type {t:#x}"), |(_, n)| n.to_string())
+}
+
+#[cfg(test)]
+mod hint_tests {
+    use super::*;
+    use crate::error::Hint;
+
+    #[test]
+    fn userns_hint_names_the_sysctl() {
+        let e = RuntimeError::UserNamespace {
+            errno: libc::EPERM,
+            restriction: Some(Sysctl {
+                name: "kernel.apparmor_restrict_unprivileged_userns".into(),
+                value: "0".into(),
+            }),
+        };
+        let h = e.hint().unwrap();
+        assert!(
+            h.contains("sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"),
+            "{h}"
+        );
+        assert!(h.contains("AppArmor profile"), "{h}");
+        assert_eq!(
+            e.to_string(),
+            "creating a user namespace: operation not permitted"
+        );
+    }
+
+    #[test]
+    fn errors_survive_the_trip_from_the_helper() {
+        let e = RuntimeError::Mount {
+            what: "proc".into(),
+            target: "/x/proc".into(),
+            errno: libc::EPERM,
+        };
+        let back: RuntimeError = serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
+        assert_eq!(
+            back.to_string(),
+            "mounting proc on /x/proc: operation not permitted"
+        );
+        assert!(back.hint().unwrap().contains("/proc"));
+    }
 }

@@ -14,8 +14,9 @@
 //! are built in `tmp/` and renamed into place); a final name, once there, is trusted; paths come
 //! only from [`Digest`]s and parsed [`ImageRef`]s, never from raw strings a registry sent.
 
+pub mod gc;
+
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -85,7 +86,7 @@ impl Store {
         self.root.join("images/manifests").join(digest.hex())
     }
 
-    fn tag_path(&self, image: &ImageRef) -> Option<PathBuf> {
+    pub(crate) fn tag_path(&self, image: &ImageRef) -> Option<PathBuf> {
         let tag = image.tag.as_deref()?;
         Some(
             self.root
@@ -162,22 +163,57 @@ impl Store {
 
     /// Take the exclusive lock named `name`, waiting for another process that holds it.
     pub fn lock(&self, name: &str) -> Result<Lock, StoreError> {
-        let path = self.root.join("locks").join(format!("{name}.lock"));
-        let file = fs_err::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
-        // flock, not fcntl locks: it is per open file, so threads of one process exclude each
-        // other too, and it is released when the holder dies (a killed pull never wedges).
-        loop {
-            // SAFETY: flock on a file descriptor we own for the duration of the call.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok(Lock { _file: file });
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
+        lock_file(
+            &self.root.join("locks").join(format!("{name}.lock")),
+            LockMode::Exclusive,
+        )
+    }
+
+    /// Take the lock named `name` shared: many holders at once, none while it is held exclusive.
+    pub fn lock_shared(&self, name: &str) -> Result<Lock, StoreError> {
+        lock_file(
+            &self.root.join("locks").join(format!("{name}.lock")),
+            LockMode::Shared,
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+    /// Exclusive, or fail at once with `WouldBlock` when someone holds it.
+    TryExclusive,
+}
+
+/// Lock `path` (created if missing). flock, not fcntl locks: it is per open file, so threads of
+/// one process exclude each other too, and it is released when the holder dies, so a killed
+/// process never wedges the store.
+pub fn lock_file(path: &Path, mode: LockMode) -> Result<Lock, StoreError> {
+    use nix::fcntl::{Flock, FlockArg};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| {
+            StoreError::Io(std::io::Error::new(
+                e.kind(),
+                format!("opening lock {}: {e}", path.display()),
+            ))
+        })?;
+    let arg = match mode {
+        LockMode::Shared => FlockArg::LockShared,
+        LockMode::Exclusive => FlockArg::LockExclusive,
+        LockMode::TryExclusive => FlockArg::LockExclusiveNonblock,
+    };
+    let mut file = file;
+    loop {
+        match Flock::lock(file, arg) {
+            Ok(lock) => return Ok(Lock { _lock: lock }),
+            Err((f, nix::errno::Errno::EINTR)) => file = f,
+            Err((_, errno)) => {
+                let err = std::io::Error::from(errno);
                 return Err(StoreError::Io(std::io::Error::new(
                     err.kind(),
                     format!("locking {}: {err}", path.display()),
@@ -189,7 +225,7 @@ impl Store {
 
 /// Held while a lock is taken; released on drop or process death.
 pub struct Lock {
-    _file: fs_err::File,
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 /// A directory being filled under `tmp/`. Dropped without [`Staging::commit`], it is removed.
@@ -230,8 +266,15 @@ impl Drop for Staging {
     }
 }
 
-/// Remove a tree that may hold read-only directories (layers keep 0555 dirs as the image has them).
+/// Remove a file, or a tree that may hold read-only directories (layers keep 0555 dirs as the
+/// image has them). Gone already is fine.
 pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
     match std::fs::remove_dir_all(path) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

@@ -35,6 +35,10 @@ impl Ui {
         }
     }
 
+    pub fn verbose(&self) -> bool {
+        self.verbosity == Verbosity::Verbose
+    }
+
     pub fn quiet(&self) -> bool {
         self.verbosity == Verbosity::Quiet
     }
@@ -85,6 +89,22 @@ impl Ui {
 }
 
 impl Reporter for Ui {
+    fn total_bar(&self, total: u64) -> Box<dyn Bar> {
+        let Some(m) = &self.bars else {
+            return crate::progress::Silent.bar("", None);
+        };
+        let pb = m.add(ProgressBar::new(total));
+        let style = ProgressStyle::with_template(
+            "{prefix:>12.green.bold} [{bar:30}] {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        pb.set_style(style);
+        pb.set_prefix("Total");
+        pb.enable_steady_tick(Duration::from_millis(200));
+        Box::new(TotalBar(pb))
+    }
+
     fn status(&self, verb: &str, message: &str) {
         if !self.quiet() {
             self.line(&format!("{} {message}", self.verb(verb, "1;32")));
@@ -141,6 +161,17 @@ impl Bar for TtyBar {
         let _ = self
             .multi
             .println(format!("{:>12} {} ({message})", "Fetched", self.label));
+    }
+}
+
+struct TotalBar(ProgressBar);
+
+impl Bar for TotalBar {
+    fn inc(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn finish(&self, _: &str) {
+        self.0.finish_and_clear();
     }
 }
 

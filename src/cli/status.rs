@@ -1,0 +1,196 @@
+//! `devenv status`: what the env is, what is cached, what a `devenv shell` would still fetch.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::platform::Platform;
+use crate::project::Project;
+use crate::pull::{self, PullOptions};
+use crate::reference::Digest;
+use crate::store::gc::disk_usage;
+
+#[derive(clap::Args, Debug)]
+#[command(
+    long_about = "Show the env: its name and project, the base image with the digest it is pinned \
+to, each layer and whether it is cached (with its size), the state of env.lock, the store's size, and \
+what `devenv shell` would still pull. Makes no network request."
+)]
+pub struct StatusArgs {
+    /// Print JSON (shape documented in docs/cli.md)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The `--json` document. Field names are a stable interface: add, never rename.
+#[derive(Serialize)]
+pub struct Status {
+    pub env: EnvInfo,
+    pub image: ImageInfo,
+    pub layers: Vec<LayerInfo>,
+    /// `missing`, or `present` (drift detection arrives with tool layers).
+    pub lock: &'static str,
+    pub store: StoreInfo,
+    /// What `devenv shell` would fetch: empty when everything is cached.
+    pub pending: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct EnvInfo {
+    pub name: String,
+    pub id: String,
+    pub project: std::path::PathBuf,
+    pub env_toml: std::path::PathBuf,
+}
+
+#[derive(Serialize)]
+pub struct ImageInfo {
+    pub reference: String,
+    pub platform: String,
+    /// What the reference resolved to when last pulled; null when never pulled.
+    pub resolved: Option<Digest>,
+    /// The platform's image manifest; null when not in the store.
+    pub manifest: Option<Digest>,
+}
+
+#[derive(Serialize)]
+pub struct LayerInfo {
+    pub diff_id: Digest,
+    pub cached: bool,
+    pub bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct StoreInfo {
+    pub root: std::path::PathBuf,
+    pub bytes: u64,
+}
+
+pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
+    let loaded = crate::config::find_and_load(&ctx.cwd)?;
+    let image = super::base_image(&loaded)?;
+    let store = ctx.store()?;
+    let project = Project::new(&loaded.project_dir)?;
+    let platform = loaded
+        .env
+        .image
+        .platform
+        .clone()
+        .unwrap_or_else(Platform::host);
+    // Offline: status only looks at the store.
+    let opts = PullOptions {
+        platform: platform.clone(),
+        offline: true,
+        refresh_tag: false,
+    };
+    let cached = pull::pull(
+        &image,
+        &opts,
+        &store,
+        &super::pull::client,
+        &crate::progress::Silent,
+    )
+    .ok();
+    let layers: Vec<LayerInfo> = cached
+        .as_ref()
+        .map(|p| {
+            p.layers
+                .iter()
+                .map(|d| {
+                    let path = store.layer_path(d);
+                    LayerInfo {
+                        diff_id: d.clone(),
+                        cached: path.exists(),
+                        bytes: disk_usage(&path),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let pending = if cached.is_some() {
+        Vec::new()
+    } else {
+        vec![format!("pull {image}")]
+    };
+    let status = Status {
+        env: EnvInfo {
+            name: project.name.clone(),
+            id: project.id.clone(),
+            project: project.dir.clone(),
+            env_toml: loaded.path.clone(),
+        },
+        image: ImageInfo {
+            reference: image.to_string(),
+            platform: platform.to_string(),
+            resolved: cached
+                .as_ref()
+                .map(|p| p.resolved.clone())
+                .or_else(|| image.digest.clone())
+                .or_else(|| store.tag(&image)),
+            manifest: cached.as_ref().map(|p| p.manifest.clone()),
+        },
+        layers,
+        lock: if loaded.project_dir.join("env.lock").is_file() {
+            "present"
+        } else {
+            "missing"
+        },
+        store: StoreInfo {
+            root: store.root().to_path_buf(),
+            bytes: disk_usage(store.root()),
+        },
+        pending,
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let human = super::gc::human_bytes;
+    writeln!(
+        out,
+        "env      {} ({})",
+        status.env.name,
+        status.env.project.display()
+    )?;
+    writeln!(
+        out,
+        "image    {} [{}]",
+        status.image.reference, status.image.platform
+    )?;
+    match &status.image.manifest {
+        Some(m) => writeln!(out, "pinned   {m}")?,
+        None => writeln!(out, "pinned   not pulled yet")?,
+    }
+    for l in &status.layers {
+        writeln!(
+            out,
+            "layer    {}  {}",
+            l.diff_id.short(),
+            if l.cached {
+                human(l.bytes)
+            } else {
+                "missing".into()
+            }
+        )?;
+    }
+    writeln!(out, "lock     env.lock {}", status.lock)?;
+    writeln!(
+        out,
+        "store    {} ({})",
+        status.store.root.display(),
+        human(status.store.bytes)
+    )?;
+    if status.pending.is_empty() {
+        writeln!(
+            out,
+            "ready    nothing to fetch: `devenv shell` starts from the store"
+        )?;
+    } else {
+        for p in &status.pending {
+            writeln!(out, "pending  {p}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,333 @@
+//! The file as serde reads it, and its validation into [`EnvFile`].
+//!
+//! Every struct denies unknown keys. Values checked after reading keep their span
+//! (`toml::Spanned`) so a bad one is reported where it is written.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::diagnose::Source;
+use super::error::{ConfigError, DiagnosticKind as Kind};
+use super::mount::{Expansion, parse_mount};
+use super::{Container, EnvFile, ImageSection, Network, Packages, Setup, VERSION};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    version: Option<Spanned<i64>>,
+    #[serde(default)]
+    image: RawImage,
+    #[serde(default)]
+    tools: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    packages: RawPackages,
+    #[serde(default)]
+    setup: RawSetup,
+    #[serde(default)]
+    env: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    container: RawContainer,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    base: Option<Spanned<String>>,
+    platform: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPackages {
+    #[serde(default)]
+    apt: Vec<Spanned<String>>,
+    #[serde(default)]
+    pip: Vec<Spanned<String>>,
+    requirements: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSetup {
+    #[serde(default)]
+    run: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawContainer {
+    shell: Option<Spanned<String>>,
+    network: Option<Spanned<String>>,
+    gpu: Option<bool>,
+    #[serde(default)]
+    mounts: Vec<Spanned<String>>,
+}
+
+impl RawFile {
+    pub(super) fn validate(
+        self,
+        src: &Source<'_>,
+        exp: &Expansion,
+    ) -> Result<EnvFile, ConfigError> {
+        if let Some(v) = &self.version
+            && *v.get_ref() != VERSION
+        {
+            return Err(src.error(
+                v.span(),
+                Kind::Version,
+                format!(
+                    "unsupported env.toml version {}, expected {VERSION}",
+                    v.get_ref()
+                ),
+                Some(format!(
+                    "this devenv reads version {VERSION}; a newer file needs a newer devenv"
+                )),
+            ));
+        }
+        // Sections in the order the schema lists them, so the first mistake reported is usually
+        // the first in the file.
+        let image = self.image.validate(src)?;
+        let mut tools = BTreeMap::new();
+        for (name, version) in self.tools {
+            if name.get_ref().trim().is_empty() {
+                return Err(src.error(
+                    name.span(),
+                    Kind::Value,
+                    "empty tool name in [tools]",
+                    None,
+                ));
+            }
+            non_empty(
+                src,
+                &version,
+                &format!("the version of `{}` in [tools]", name.get_ref()),
+            )?;
+            tools.insert(name.into_inner(), version);
+        }
+        if image.base.is_none() {
+            match tools.get("python") {
+                Some(version) => {
+                    super::python_base(version.get_ref()).map_err(|e| {
+                        src.error(
+                            version.span(),
+                            Kind::ImageRef,
+                            format!("`python = \"{}\"` in [tools] does not make a base image: {e}", version.get_ref()),
+                            Some("a Python version is like \"3.12\" or \"3.11.9\"; or set [image].base".into()),
+                        )
+                    })?;
+                }
+                None => return Err(ConfigError::NoBase(src.file.to_path_buf())),
+            }
+        }
+        Ok(EnvFile {
+            image,
+            tools: tools
+                .into_iter()
+                .map(|(k, v)| (k, v.into_inner()))
+                .collect(),
+            packages: self.packages.validate(src)?,
+            setup: Setup {
+                run: list(src, self.setup.run, "a run command in [setup]", |_| None)?,
+            },
+            env: validate_env(src, self.env)?,
+            container: self.container.validate(src, exp)?,
+        })
+    }
+}
+
+impl RawImage {
+    fn validate(self, src: &Source<'_>) -> Result<ImageSection, ConfigError> {
+        let base = match self.base {
+            None => None,
+            Some(b) => Some(b.get_ref().parse().map_err(|e| {
+                src.error(
+                    b.span(),
+                    Kind::ImageRef,
+                    format!("{e}"),
+                    Some("an image reference looks like python:3.12-slim, ghcr.io/org/app:1.0 or debian@sha256:…".into()),
+                )
+            })?),
+        };
+        let platform = match self.platform {
+            None => None,
+            Some(p) => Some(p.get_ref().parse().map_err(|e| {
+                src.error(
+                    p.span(),
+                    Kind::Platform,
+                    format!("{e}"),
+                    Some("leave `platform` out to use this machine's".into()),
+                )
+            })?),
+        };
+        Ok(ImageSection { base, platform })
+    }
+}
+
+impl RawPackages {
+    fn validate(self, src: &Source<'_>) -> Result<Packages, ConfigError> {
+        Ok(Packages {
+            apt: list(src, self.apt, "an apt package in [packages]", apt_problem)?,
+            pip: list(
+                src,
+                self.pip,
+                "a pip requirement in [packages]",
+                pip_problem,
+            )?,
+            requirements: match self.requirements {
+                None => None,
+                Some(r) => {
+                    non_empty(src, &r, "`requirements` in [packages]")?;
+                    let path = PathBuf::from(r.get_ref());
+                    if path.is_absolute() {
+                        return Err(src.error(
+                            r.span(),
+                            Kind::Value,
+                            format!("`requirements` in [packages] is an absolute path: {}", r.get_ref()),
+                            Some("write it relative to the directory of env.toml, so it works on every machine".into()),
+                        ));
+                    }
+                    Some(path)
+                }
+            },
+        })
+    }
+}
+
+impl RawContainer {
+    fn validate(self, src: &Source<'_>, exp: &Expansion) -> Result<Container, ConfigError> {
+        if let Some(shell) = &self.shell {
+            non_empty(src, shell, "`shell` in [container]")?;
+        }
+        let network = match &self.network {
+            None => Network::default(),
+            Some(n) => {
+                match n.get_ref().as_str() {
+                    "host" => Network::Host,
+                    "none" => Network::None,
+                    other => {
+                        return Err(src.error(
+                        n.span(),
+                        Kind::Network,
+                        format!("invalid network `{other}` in [container], expected one of: host, none"),
+                        Some("\"host\" shares this machine's network; \"none\" leaves only loopback".into()),
+                    ));
+                    }
+                }
+            }
+        };
+        let mut mounts = Vec::with_capacity(self.mounts.len());
+        for m in &self.mounts {
+            let mount = parse_mount(m.get_ref(), exp).map_err(|reason| {
+                src.error(
+                    m.span(),
+                    Kind::Mount,
+                    format!("invalid mount in [container]: {reason}"),
+                    Some("mounts are \"path\", \"path:ro\", \"src:dst\" or \"src:dst:ro\"; dst is absolute".into()),
+                )
+            })?;
+            mounts.push(mount);
+        }
+        Ok(Container {
+            shell: self.shell.map(Spanned::into_inner),
+            network,
+            gpu: self.gpu.unwrap_or(false),
+            mounts,
+        })
+    }
+}
+
+fn validate_env(
+    src: &Source<'_>,
+    env: BTreeMap<Spanned<String>, Spanned<String>>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (name, value) in env {
+        if !is_env_name(name.get_ref()) {
+            return Err(src.error(
+                name.span(),
+                Kind::EnvName,
+                format!(
+                    "`{}` in [env] is not an environment variable name",
+                    name.get_ref()
+                ),
+                Some("names are letters, digits and `_`, not starting with a digit".into()),
+            ));
+        }
+        if value.get_ref().contains('\0') {
+            return Err(src.error(
+                value.span(),
+                Kind::Value,
+                format!(
+                    "the value of `{}` in [env] contains a NUL character",
+                    name.get_ref()
+                ),
+                None,
+            ));
+        }
+        out.insert(name.into_inner(), value.into_inner());
+    }
+    Ok(out)
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`, what POSIX shells accept.
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn non_empty(src: &Source<'_>, value: &Spanned<String>, what: &str) -> Result<(), ConfigError> {
+    if value.get_ref().trim().is_empty() {
+        return Err(src.error(value.span(), Kind::Value, format!("{what} is empty"), None));
+    }
+    Ok(())
+}
+
+/// List items: non-empty, and whatever `problem` finds wrong with one (a reason and a hint).
+fn list(
+    src: &Source<'_>,
+    items: Vec<Spanned<String>>,
+    what: &str,
+    problem: fn(&str) -> Option<(String, String)>,
+) -> Result<Vec<String>, ConfigError> {
+    items
+        .into_iter()
+        .map(|item| {
+            non_empty(src, &item, what)?;
+            if let Some((reason, hint)) = problem(item.get_ref()) {
+                return Err(src.error(item.span(), Kind::Value, reason, Some(hint)));
+            }
+            Ok(item.into_inner())
+        })
+        .collect()
+}
+
+fn apt_problem(name: &str) -> Option<(String, String)> {
+    if name.starts_with('-') {
+        Some((
+            format!("`{name}` in [packages].apt is an option, not a package"),
+            "apt options are not supported; list package names".into(),
+        ))
+    } else if name.contains(char::is_whitespace) {
+        Some((
+            format!("`{name}` in [packages].apt has a space"),
+            "write one package per string: [\"git\", \"curl\"]".into(),
+        ))
+    } else {
+        None
+    }
+}
+
+fn pip_problem(req: &str) -> Option<(String, String)> {
+    req.starts_with('-').then(|| {
+        (
+            format!("`{req}` in [packages].pip is a pip option, not a requirement"),
+            "put pip options in a requirements file (`requirements` in [packages]) or a [setup] run command".into(),
+        )
+    })
+}

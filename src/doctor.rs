@@ -1,0 +1,364 @@
+//! `devenv doctor`: what this machine needs for devenv, each check ok, warn or fail, with the
+//! fix for each failure.
+//!
+//! Checks are plain data ([`Check`]); printing them is the CLI's job. The user-namespace and
+//! overlay checks run for real in a child process (`devenv __probe DIR`), because sysctls alone
+//! do not tell (AppArmor, seccomp and container runtimes can forbid what the sysctls allow).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Serialize;
+
+/// argv[1] of the probe child.
+pub const PROBE_ARG: &str = "__probe";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    /// Stable identifier, e.g. `userns`, `overlay`, `disk`.
+    pub name: &'static str,
+    pub status: Status,
+    /// What was found.
+    pub detail: String,
+    /// How to fix it, for warn and fail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &'static str, detail: impl Into<String>) -> Check {
+        Check {
+            name,
+            status: Status::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+    fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            name,
+            status: Status::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+    fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            name,
+            status: Status::Fail,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+fn read_sysctl(path: &str) -> Option<String> {
+    fs_err::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The sysctls that gate unprivileged user namespaces, and what each says.
+pub fn check_userns_sysctls() -> Check {
+    if read_sysctl("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Check::fail(
+            "userns-sysctl",
+            "user.max_user_namespaces is 0",
+            "sudo sysctl -w user.max_user_namespaces=15000 (and persist it in /etc/sysctl.d/)",
+        );
+    }
+    if read_sysctl("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        return Check::fail(
+            "userns-sysctl",
+            "kernel.unprivileged_userns_clone is 0",
+            "sudo sysctl -w kernel.unprivileged_userns_clone=1 (and persist it in /etc/sysctl.d/)",
+        );
+    }
+    if read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1")
+    {
+        return Check::warn(
+            "userns-sysctl",
+            "AppArmor restricts unprivileged user namespaces (Ubuntu 23.10+)",
+            "add an AppArmor profile allowing `userns` for devenv's path, or sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0",
+        );
+    }
+    Check::ok("userns-sysctl", "unprivileged user namespaces are allowed")
+}
+
+/// Run the probe child against a scratch directory on the store's filesystem.
+pub fn probe(store_tmp: &Path) -> (Check, Check) {
+    let scratch = match tempfile::Builder::new()
+        .prefix("probe-")
+        .tempdir_in(store_tmp)
+    {
+        Ok(d) => d,
+        Err(e) => {
+            let fail = Check::fail(
+                "userns",
+                format!(
+                    "cannot create a scratch dir in {}: {e}",
+                    store_tmp.display()
+                ),
+                "make the store writable",
+            );
+            return (
+                fail.clone(),
+                Check {
+                    name: "overlay",
+                    ..fail
+                },
+            );
+        }
+    };
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let out = Command::new(exe)
+        .arg(PROBE_ARG)
+        .arg(scratch.path())
+        .output();
+    let _ = crate::store::remove_tree(scratch.path());
+    let text = match &out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => format!("userns fail cannot run the probe: {e}\n"),
+    };
+    let line = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|r| r.trim().to_string()))
+    };
+    let userns = match line("userns") {
+        Some(r) if r == "ok" => Check::ok("userns", "a user and mount namespace can be created"),
+        Some(r) => Check::fail(
+            "userns",
+            format!(
+                "unshare(CLONE_NEWUSER) failed: {}",
+                r.trim_start_matches("fail ")
+            ),
+            "allow unprivileged user namespaces (see the userns-sysctl check); inside a container, run it with --privileged or a seccomp profile that allows unshare",
+        ),
+        None => Check::fail(
+            "userns",
+            "the probe did not report",
+            "run `devenv -v doctor` and report the output",
+        ),
+    };
+    let overlay = match line("overlay") {
+        Some(r) if r == "ok" => Check::ok(
+            "overlay",
+            format!("overlay with userxattr mounts on {}", store_tmp.display()),
+        ),
+        Some(r) => Check::fail(
+            "overlay",
+            format!(
+                "overlay with userxattr failed on {}: {}",
+                store_tmp.display(),
+                r.trim_start_matches("fail ")
+            ),
+            "put the store on ext4, xfs or btrfs (DEVENV_HOME=/path/on/such/fs); Linux 5.11+ is needed for userxattr. devenv falls back to a flattened copy, which is slower and uses more disk",
+        ),
+        None => Check::fail(
+            "overlay",
+            "not tried: no user namespace",
+            "fix the userns check first",
+        ),
+    };
+    (userns, overlay)
+}
+
+/// The probe child: create a user and mount namespace, then mount overlay with userxattr.
+/// Prints `userns ok|fail …` and `overlay ok|fail …`. Single-threaded: dispatched from main.
+pub fn probe_main(dir: &Path) -> std::process::ExitCode {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+    let uid = nix::unistd::getuid();
+    let gid = nix::unistd::getgid();
+    // unshare(2): CLONE_NEWUSER needs a single-threaded caller; main dispatches us first.
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS) {
+        println!("userns fail {e}");
+        return std::process::ExitCode::from(1);
+    }
+    let maps = [
+        ("/proc/self/setgroups", "deny".to_string()),
+        ("/proc/self/uid_map", format!("0 {uid} 1")),
+        ("/proc/self/gid_map", format!("0 {gid} 1")),
+    ];
+    for (path, text) in maps {
+        if let Err(e) = fs_err::write(path, text) {
+            println!("userns fail {e}");
+            return std::process::ExitCode::from(1);
+        }
+    }
+    println!("userns ok");
+    let dirs = ["lower", "upper", "work", "merged"].map(|d| dir.join(d));
+    for d in &dirs {
+        if let Err(e) = fs_err::create_dir_all(d) {
+            println!("overlay fail {e}");
+            return std::process::ExitCode::from(1);
+        }
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        dirs[0].display(),
+        dirs[1].display(),
+        dirs[2].display()
+    );
+    match mount(
+        Some("overlay"),
+        &dirs[3],
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    ) {
+        Ok(()) => println!("overlay ok"),
+        Err(e) => println!("overlay fail {e}"),
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+/// Extended attributes in the `user.` namespace: overlay's userxattr mode and opaque
+/// directories need them on the store's filesystem.
+pub fn check_user_xattrs(store_tmp: &Path) -> Check {
+    let result = tempfile::NamedTempFile::new_in(store_tmp)
+        .and_then(|f| xattr::set(f.path(), "user.devenv.probe", b"y").map(|_| f));
+    match result {
+        Ok(_) => Check::ok("xattr", "user.* extended attributes work in the store"),
+        Err(e) => Check::fail(
+            "xattr",
+            format!(
+                "cannot set user.* extended attributes in {}: {e}",
+                store_tmp.display()
+            ),
+            "put the store on a filesystem with user xattrs (ext4, xfs, btrfs; not vfat, not some network filesystems): DEVENV_HOME=/path",
+        ),
+    }
+}
+
+pub fn check_store_writable(root: &Path) -> Check {
+    match tempfile::NamedTempFile::new_in(root.join("tmp")) {
+        Ok(_) => Check::ok("store", format!("{} is writable", root.display())),
+        Err(e) => Check::fail(
+            "store",
+            format!("{} is not writable: {e}", root.display()),
+            "fix its permissions or point DEVENV_HOME elsewhere",
+        ),
+    }
+}
+
+pub fn check_disk(root: &Path) -> Check {
+    let Ok(st) = nix::sys::statvfs::statvfs(root) else {
+        return Check::warn(
+            "disk",
+            format!("cannot read free space of {}", root.display()),
+            "check the store path",
+        );
+    };
+    let free = st.blocks_available() * st.fragment_size();
+    let gib = free as f64 / (1u64 << 30) as f64;
+    let detail = format!("{gib:.1} GiB free for the store");
+    if free < 1 << 30 {
+        Check::fail(
+            "disk",
+            detail,
+            "free space or move the store (DEVENV_HOME); `devenv gc` removes what no env uses",
+        )
+    } else if free < 10 << 30 {
+        Check::warn(
+            "disk",
+            detail,
+            "ML images are large: 10 GiB or more is comfortable; `devenv gc` frees unused layers",
+        )
+    } else {
+        Check::ok("disk", detail)
+    }
+}
+
+/// Proxy and CA settings as registry traffic will see them.
+pub fn check_network_settings() -> Vec<Check> {
+    let mut out = Vec::new();
+    let proxy = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().map(|v| (k, v)));
+    out.push(match proxy {
+        Some((k, v)) => Check::ok(
+            "proxy",
+            format!(
+                "{k}={v} (NO_PROXY={})",
+                std::env::var("NO_PROXY")
+                    .or_else(|_| std::env::var("no_proxy"))
+                    .unwrap_or_default()
+            ),
+        ),
+        None => Check::ok("proxy", "no proxy configured"),
+    });
+    out.push(match std::env::var_os("SSL_CERT_FILE") {
+        None => Check::ok("ca", "system CA store"),
+        Some(f) if Path::new(&f).is_file() => Check::ok(
+            "ca",
+            format!(
+                "system CA store plus SSL_CERT_FILE={}",
+                Path::new(&f).display()
+            ),
+        ),
+        Some(f) => Check::fail(
+            "ca",
+            format!("SSL_CERT_FILE={} does not exist", Path::new(&f).display()),
+            "point SSL_CERT_FILE at a PEM file or unset it",
+        ),
+    });
+    out
+}
+
+/// NVIDIA driver presence; only a warning, and only relevant with `[container].gpu = true`.
+pub fn check_gpu(wanted: bool) -> Check {
+    let devices = Path::new("/dev/nvidiactl").exists();
+    let smi = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("nvidia-smi").is_file()))
+        .unwrap_or(false);
+    match (devices, wanted) {
+        (true, _) => Check::ok(
+            "gpu",
+            format!(
+                "NVIDIA driver present (/dev/nvidiactl{})",
+                if smi { ", nvidia-smi" } else { "" }
+            ),
+        ),
+        (false, false) => Check::ok(
+            "gpu",
+            "no NVIDIA driver (not needed: [container].gpu is off)",
+        ),
+        (false, true) => Check::warn(
+            "gpu",
+            "env.toml asks for a GPU but no NVIDIA driver is loaded",
+            "install the NVIDIA driver on the host; devenv brings no driver into the container",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_serialize_with_stable_names() {
+        let c = Check::fail("disk", "0.1 GiB free", "free space");
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["name"], "disk");
+        assert_eq!(v["status"], "fail");
+        assert_eq!(v["fix"], "free space");
+        let ok = serde_json::to_value(Check::ok("store", "x")).unwrap();
+        assert!(ok.get("fix").is_none());
+    }
+
+    #[test]
+    fn xattr_check_passes_on_this_filesystem() {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        // /tmp may be tmpfs (user xattrs since 6.6) or ext4; either way this machine has them.
+        assert_eq!(check_user_xattrs(dir.path()).status, Status::Ok);
+    }
+}

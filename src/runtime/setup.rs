@@ -1,0 +1,676 @@
+//! The container's namespaces and root, step by step in bubblewrap's order, written against
+//! [`Syscalls`] so the order is a unit test. `enter_namespaces` runs in the helper before it
+//! forks PID 1; `build_root` and `finish` run in PID 1.
+//!
+//! Invariants: `/` is made private before anything is mounted, so nothing propagates to the host;
+//! every mount point inside the root is resolved inside it; home is mounted before the project
+//! and extra mounts, so a project under the home directory stays visible; the old root is
+//! detached before the command runs. This module never forks or execs.
+
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use serde::{Deserialize, Serialize};
+
+use super::RuntimeError;
+use super::fsutil::{self, User};
+use super::sys::{Kind, Syscalls};
+
+/// Everything the helper needs, sent from `run` as JSON.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    /// The per-entry directory: `upper/`, `work/`, `root/`, `l/<i>` links to the layers.
+    pub entry: PathBuf,
+    pub layers: usize,
+    pub lowers: Vec<PathBuf>,
+    /// Where the flattened fallback copy is cached.
+    pub flat_cache: PathBuf,
+    pub project_dir: PathBuf,
+    pub cwd: PathBuf,
+    pub home: PathBuf,
+    pub home_target: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub argv: Vec<String>,
+    pub shell: Option<String>,
+    pub hostname: String,
+    pub net_none: bool,
+    pub root: bool,
+    pub mounts: Vec<(PathBuf, PathBuf, bool)>,
+    pub host_uid: u32,
+    pub host_gid: u32,
+    pub user_name: String,
+    pub host_shell: Option<String>,
+    /// The store's filesystem type, for the fallback notice.
+    pub store_fs: String,
+    /// Skip overlay and use the flattened copy (`DEVENV_FLATTEN=1`, and tests).
+    pub force_flatten: bool,
+}
+
+impl Plan {
+    fn inside_ids(&self) -> (u32, u32) {
+        if self.root {
+            (0, 0)
+        } else {
+            (self.host_uid, self.host_gid)
+        }
+    }
+}
+
+/// Host files bound read-only into the same place inside.
+const HOST_FILES: [&str; 2] = ["/etc/resolv.conf", "/etc/hosts"];
+/// Host devices bound into the fresh `/dev`.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// Overlay options must fit in one page (fs/namespace.c copies mount data by the page).
+const OPTIONS_LIMIT: usize = 4095;
+
+/// unshare and write the id maps; in the helper, which must be single-threaded.
+pub fn enter_namespaces<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), RuntimeError> {
+    let mut flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
+    if plan.net_none {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    sys.unshare(flags).map_err(RuntimeError::user_namespace)?;
+    let (uid, gid) = plan.inside_ids();
+    // user_namespaces(7): setgroups must be denied before an unprivileged gid_map write.
+    let maps = [
+        ("/proc/self/setgroups", "deny".to_string()),
+        ("/proc/self/uid_map", format!("{uid} {} 1\n", plan.host_uid)),
+        ("/proc/self/gid_map", format!("{gid} {} 1\n", plan.host_gid)),
+    ];
+    for (path, text) in maps {
+        sys.write_proc(Path::new(path), &text)
+            .map_err(|errno| RuntimeError::sys(format!("writing {path}"), errno))?;
+    }
+    if plan.net_none {
+        sys.loopback_up()
+            .map_err(|errno| RuntimeError::sys("bringing up the loopback interface", errno))?;
+    }
+    Ok(())
+}
+
+/// The overlay options for `layers` links under `l/`, top layer first, relative to the entry.
+pub fn overlay_options(layers: usize) -> Result<String, RuntimeError> {
+    let lower: Vec<String> = (0..layers).rev().map(|i| format!("l/{i}")).collect();
+    let opts = format!(
+        "lowerdir={},upperdir=upper,workdir=work,userxattr",
+        lower.join(":")
+    );
+    if opts.len() > OPTIONS_LIMIT {
+        return Err(RuntimeError::TooManyLayers { layers });
+    }
+    Ok(opts)
+}
+
+fn mount<S: Syscalls>(
+    sys: &mut S,
+    what: &str,
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), RuntimeError> {
+    sys.mount(source, target, fstype, flags, data)
+        .map_err(|errno| RuntimeError::Mount {
+            what: what.to_string(),
+            target: target.to_path_buf(),
+            errno: errno as i32,
+        })
+}
+
+fn point<S: Syscalls>(
+    sys: &mut S,
+    root: &Path,
+    target: &Path,
+    kind: Kind,
+) -> Result<PathBuf, RuntimeError> {
+    sys.mountpoint(root, target, kind)
+        .map_err(|errno| RuntimeError::MountPoint {
+            target: target.to_path_buf(),
+            errno: errno as i32,
+        })
+}
+
+/// Bind `source` onto `target` (recursively), read-only on request: the remount keeps the
+/// locked flags and covers each submount.
+fn bind<S: Syscalls>(
+    sys: &mut S,
+    source: &Path,
+    target: &Path,
+    read_only: bool,
+) -> Result<(), RuntimeError> {
+    let what = source.display().to_string();
+    mount(
+        sys,
+        &what,
+        Some(source),
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    if read_only {
+        let mut all = vec![target.to_path_buf()];
+        all.extend(sys.submounts(target));
+        for m in all {
+            let locked = sys.locked_flags(&m).unwrap_or(MsFlags::empty());
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked;
+            mount(sys, &what, None, &m, None, flags, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// What the root turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RootFs {
+    Overlay,
+    /// Overlay failed with this errno; the root is a flattened copy.
+    Flattened(i32),
+}
+
+/// Mount everything under the new root and pivot into it. In PID 1 of the new PID namespace.
+/// `console`: the host terminal on stdin, bound at `/dev/console` so that ttyname(3) finds it
+/// (the new devpts instance does not show the host's ptys; podman does the same).
+pub fn build_root<S: Syscalls>(
+    sys: &mut S,
+    plan: &Plan,
+    console: Option<&Path>,
+) -> Result<RootFs, RuntimeError> {
+    let root = plan.entry.join("root");
+    // Nothing we mount may propagate back to the host's mount namespace.
+    mount(
+        sys,
+        "/",
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    let fs = mount_rootfs(sys, plan, &root)?;
+
+    let dev = point(sys, &root, Path::new("/dev"), Kind::Dir)?;
+    let data = "mode=0755";
+    let nosuid = MsFlags::MS_NOSUID;
+    mount(sys, "tmpfs", None, &dev, Some("tmpfs"), nosuid, Some(data))?;
+    for d in DEVICES {
+        let host = Path::new("/dev").join(d);
+        if sys.kind_of(&host).is_none() {
+            continue; // no /dev/tty without a controlling terminal on some hosts
+        }
+        let p = point(sys, &root, &host, Kind::File)?;
+        bind(sys, &host, &p, false)?;
+    }
+    let pts = point(sys, &root, Path::new("/dev/pts"), Kind::Dir)?;
+    // devpts(5): a private instance; without gid=, which needs gid 5 mapped.
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    let data = "newinstance,ptmxmode=0666,mode=620";
+    mount(sys, "devpts", None, &pts, Some("devpts"), flags, Some(data))?;
+    let shm = point(sys, &root, Path::new("/dev/shm"), Kind::Dir)?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        sys,
+        "tmpfs",
+        None,
+        &shm,
+        Some("tmpfs"),
+        flags,
+        Some("mode=1777"),
+    )?;
+    if let Some(tty) = console {
+        let p = point(sys, &root, Path::new("/dev/console"), Kind::File)?;
+        bind(sys, tty, &p, false)?;
+    }
+    let links = [
+        ("pts/ptmx", "ptmx"),
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ];
+    for (target, name) in links {
+        sys.symlink(Path::new(target), &dev.join(name))
+            .map_err(|errno| RuntimeError::sys(format!("linking /dev/{name}"), errno))?;
+    }
+
+    // proc(5): needs our own PID namespace, which PID 1 is in.
+    let proc = point(sys, &root, Path::new("/proc"), Kind::Dir)?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(sys, "proc", None, &proc, Some("proc"), flags, None)?;
+    let sysfs = point(sys, &root, Path::new("/sys"), Kind::Dir)?;
+    bind(sys, Path::new("/sys"), &sysfs, true)?;
+    let tmp = point(sys, &root, Path::new("/tmp"), Kind::Dir)?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        sys,
+        "tmpfs",
+        None,
+        &tmp,
+        Some("tmpfs"),
+        flags,
+        Some("mode=1777"),
+    )?;
+    for f in HOST_FILES {
+        let host = Path::new(f);
+        if sys.kind_of(host) == Some(Kind::File) {
+            let p = point(sys, &root, host, Kind::File)?;
+            bind(sys, host, &p, true)?;
+        }
+    }
+
+    let home = point(sys, &root, &plan.home_target, Kind::Dir)?;
+    bind(sys, &plan.home, &home, false)?;
+    let project = point(sys, &root, &plan.project_dir, Kind::Dir)?;
+    bind(sys, &plan.project_dir, &project, false)?;
+    for (source, target, read_only) in &plan.mounts {
+        let kind = sys
+            .kind_of(source)
+            .ok_or_else(|| RuntimeError::MountSource {
+                path: source.clone(),
+            })?;
+        let p = point(sys, &root, target, kind)?;
+        bind(sys, source, &p, *read_only)?;
+    }
+
+    // pivot_root(2) with new_root == put_old (as runc does): the old root ends up stacked on
+    // the new one and is detached right away, so no directory for it is needed.
+    sys.chdir(&root)
+        .map_err(|e| RuntimeError::sys("entering the new root", e))?;
+    sys.pivot_root(Path::new("."), Path::new("."))
+        .map_err(|e| RuntimeError::sys("pivot_root", e))?;
+    sys.umount(Path::new("."), MntFlags::MNT_DETACH)
+        .map_err(|e| RuntimeError::sys("detaching the old root", e))?;
+    sys.chdir(Path::new("/"))
+        .map_err(|e| RuntimeError::sys("entering /", e))?;
+    Ok(fs)
+}
+
+/// Overlay of the layer chain on `root`, or the flattened copy bound there when the kernel or
+/// the store's filesystem refuses overlay.
+fn mount_rootfs<S: Syscalls>(
+    sys: &mut S,
+    plan: &Plan,
+    root: &Path,
+) -> Result<RootFs, RuntimeError> {
+    let res = if plan.force_flatten {
+        Err(Errno::EINVAL)
+    } else {
+        mount_overlay(sys, plan)?
+    };
+    match res {
+        Ok(()) => Ok(RootFs::Overlay),
+        // EINVAL: no userxattr or no unprivileged overlay in this kernel (< 5.11) or on this
+        // filesystem; EPERM: overlay not allowed in a user namespace here; ENODEV: no overlay.
+        Err(refused @ (Errno::EINVAL | Errno::EPERM | Errno::ENODEV)) => {
+            sys.flatten(&plan.lowers, &plan.flat_cache, root)
+                .map_err(|e| RuntimeError::Flatten {
+                    overlay_errno: refused as i32,
+                    message: e.to_string(),
+                })?;
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+            mount(
+                sys,
+                "the flattened image",
+                Some(root),
+                root,
+                None,
+                flags,
+                None,
+            )?;
+            Ok(RootFs::Flattened(refused as i32))
+        }
+        Err(errno) => Err(RuntimeError::Mount {
+            what: "overlay".into(),
+            target: root.to_path_buf(),
+            errno: errno as i32,
+        }),
+    }
+}
+
+/// The overlay mount itself; the mount's errno is the caller's to judge.
+fn mount_overlay<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<Result<(), Errno>, RuntimeError> {
+    let opts = overlay_options(plan.layers)?;
+    // overlayfs resolves relative lowerdir/upperdir/workdir against our cwd: short options.
+    sys.chdir(&plan.entry)
+        .map_err(|e| RuntimeError::sys(format!("entering {}", plan.entry.display()), e))?;
+    let res = sys.mount(
+        Some(Path::new("overlay")),
+        Path::new("root"),
+        Some("overlay"),
+        MsFlags::MS_NOSUID,
+        Some(&opts),
+    );
+    sys.chdir(Path::new("/"))
+        .map_err(|e| RuntimeError::sys("entering /", e))?;
+    Ok(res)
+}
+
+/// After the pivot: the user's passwd/group entries, hostname, working directory and
+/// no-new-privs. Returns the command line to run.
+pub fn finish<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<Vec<String>, RuntimeError> {
+    let argv = if plan.argv.is_empty() {
+        vec![pick_shell(sys, plan)]
+    } else {
+        plan.argv.clone()
+    };
+    let (uid, gid) = plan.inside_ids();
+    let user = User {
+        name: if plan.root {
+            "root".into()
+        } else {
+            plan.user_name.clone()
+        },
+        uid,
+        gid,
+        home: plan.home_target.display().to_string(),
+        shell: pick_shell(sys, plan),
+    };
+    // Written after the pivot, into the fresh upper layer, through the container's own view.
+    type Add = fn(&str, &User) -> Option<String>;
+    let files: [(&str, Add); 2] = [
+        ("/etc/passwd", fsutil::passwd_with),
+        ("/etc/group", fsutil::group_with),
+    ];
+    for (path, add) in files {
+        let path = Path::new(path);
+        let old = sys
+            .read_file(path)
+            .map_err(|e| RuntimeError::sys(format!("reading {}", path.display()), e))?;
+        if let Some(new) = add(old.as_deref().unwrap_or(""), &user) {
+            sys.write_file(path, &new)
+                .map_err(|e| RuntimeError::sys(format!("writing {}", path.display()), e))?;
+        }
+    }
+    sys.sethostname(&hostname(&plan.hostname))
+        .map_err(|e| RuntimeError::sys("setting the hostname", e))?;
+    sys.chdir(&plan.cwd).map_err(|errno| RuntimeError::Cwd {
+        path: plan.cwd.clone(),
+        errno: errno as i32,
+    })?;
+    sys.no_new_privs()
+        .map_err(|e| RuntimeError::sys("setting no-new-privs", e))?;
+    Ok(argv)
+}
+
+/// A valid hostname from a project name: letters, digits and `-`, at most 63 bytes.
+fn hostname(name: &str) -> String {
+    let h: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let h = h.trim_matches('-');
+    if h.is_empty() {
+        "devenv".into()
+    } else {
+        h.to_string()
+    }
+}
+
+/// `[container].shell`, else the user's host shell when the image has it, else bash, else sh.
+fn pick_shell<S: Syscalls>(sys: &mut S, plan: &Plan) -> String {
+    if let Some(s) = &plan.shell {
+        return s.clone();
+    }
+    let candidates = plan
+        .host_shell
+        .iter()
+        .map(String::as_str)
+        .chain(["/bin/bash", "/usr/bin/bash"]);
+    for c in candidates {
+        if sys.kind_of(Path::new(c)) == Some(Kind::File) {
+            return c.to_string();
+        }
+    }
+    "/bin/sh".into()
+}
+
+/// The environment the command gets: the plan's, with HOME, USER, LOGNAME and PATH filled in
+/// when missing.
+pub fn environment(plan: &Plan) -> Vec<(String, String)> {
+    let mut env = plan.env.clone();
+    let user = if plan.root { "root" } else { &plan.user_name };
+    let defaults = [
+        ("HOME", plan.home_target.display().to_string()),
+        ("USER", user.to_string()),
+        ("LOGNAME", user.to_string()),
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        ),
+    ];
+    for (k, v) in defaults {
+        if !env.iter().any(|(ek, _)| ek == k) {
+            env.push((k.to_string(), v));
+        }
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::sys::Recorder;
+
+    fn plan() -> Plan {
+        Plan {
+            entry: "/s/run/e".into(),
+            layers: 3,
+            lowers: vec!["/s/l0".into(), "/s/l1".into(), "/s/l2".into()],
+            flat_cache: "/s/flat".into(),
+            project_dir: "/home/alice/proj".into(),
+            cwd: "/home/alice/proj/sub".into(),
+            home: "/s/home".into(),
+            home_target: "/home/alice".into(),
+            env: vec![("PATH".into(), "/bin".into())],
+            argv: vec![],
+            shell: None,
+            hostname: "proj".into(),
+            net_none: false,
+            root: false,
+            mounts: vec![("/data".into(), "/data".into(), true)],
+            host_uid: 1000,
+            host_gid: 100,
+            user_name: "alice".into(),
+            host_shell: Some("/bin/zsh".into()),
+            store_fs: "ext4".into(),
+            force_flatten: false,
+        }
+    }
+
+    #[test]
+    fn namespaces_then_setgroups_then_maps() {
+        let mut r = Recorder::default();
+        enter_namespaces(&mut r, &plan()).unwrap();
+        assert_eq!(
+            r.calls,
+            [
+                "unshare CloneFlags(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID)",
+                "write /proc/self/setgroups deny",
+                "write /proc/self/uid_map 1000 1000 1",
+                "write /proc/self/gid_map 100 100 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn root_maps_to_zero_and_network_none_brings_lo_up() {
+        let mut r = Recorder::default();
+        let p = Plan {
+            root: true,
+            net_none: true,
+            ..plan()
+        };
+        enter_namespaces(&mut r, &p).unwrap();
+        assert!(r.calls[0].contains("CLONE_NEWNET"), "{:?}", r.calls);
+        assert_eq!(r.calls[2], "write /proc/self/uid_map 0 1000 1");
+        assert_eq!(r.calls[3], "write /proc/self/gid_map 0 100 1");
+        assert_eq!(r.calls[4], "loopback_up");
+    }
+
+    #[test]
+    fn unshare_eperm_is_a_user_namespace_error() {
+        let mut r = Recorder {
+            fail_unshare: Some(Errno::EPERM),
+            ..Default::default()
+        };
+        let e = enter_namespaces(&mut r, &plan()).unwrap_err();
+        assert!(matches!(e, RuntimeError::UserNamespace { errno, .. } if errno == libc::EPERM));
+        assert_eq!(r.calls.len(), 1, "nothing after a failed unshare");
+    }
+
+    #[test]
+    fn mounts_in_order_then_pivot() {
+        let mut r = Recorder::default();
+        let tty = Path::new("/dev/pts/7");
+        assert_eq!(
+            build_root(&mut r, &plan(), Some(tty)).unwrap(),
+            RootFs::Overlay
+        );
+        let c = &r.calls;
+        let private = r.pos("mount - - / MsFlags(MS_REC | MS_PRIVATE)");
+        let overlay = r.pos("mount overlay overlay root");
+        assert!(c[overlay].ends_with("lowerdir=l/2:l/1:l/0,upperdir=upper,workdir=work,userxattr"));
+        assert_eq!(
+            c[overlay - 1],
+            "chdir /s/run/e",
+            "overlay options are relative"
+        );
+        let dev = r.pos("mount tmpfs - /s/run/e/root/dev ");
+        let null = r.pos("mount - /dev/null /s/run/e/root/dev/null");
+        let pts = r.pos("mount devpts - /s/run/e/root/dev/pts");
+        assert!(c[pts].contains("newinstance,ptmxmode=0666"));
+        let console = r.pos("mount - /dev/pts/7 /s/run/e/root/dev/console ");
+        let ptmx = r.pos("symlink pts/ptmx /s/run/e/root/dev/ptmx");
+        let proc = r.pos("mount proc - /s/run/e/root/proc");
+        let sys_ro = r.pos(
+            "mount - - /s/run/e/root/sys MsFlags(MS_RDONLY | MS_NOSUID | MS_REMOUNT | MS_BIND)",
+        );
+        let sys_sub = r.pos("mount - - /s/run/e/root/sys/sub MsFlags(MS_RDONLY");
+        let tmp = r.pos("mount tmpfs - /s/run/e/root/tmp ");
+        let resolv = r.pos("mount - /etc/resolv.conf /s/run/e/root/etc/resolv.conf");
+        let home = r.pos("mount - /s/home /s/run/e/root/home/alice ");
+        let project = r.pos("mount - /home/alice/proj /s/run/e/root/home/alice/proj ");
+        let extra = r.pos("mount - /data /s/run/e/root/data ");
+        let extra_ro = r.pos("mount - - /s/run/e/root/data MsFlags(MS_RDONLY");
+        let pivot = r.pos("pivot_root . .");
+        let umount = r.pos("umount .");
+        let order = [
+            private, overlay, dev, null, pts, console, ptmx, proc, sys_ro, sys_sub, tmp, resolv,
+            home, project, extra, extra_ro, pivot, umount,
+        ];
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}\n{c:#?}");
+        assert_eq!(c[pivot - 1], "chdir /s/run/e/root");
+        assert_eq!(c.last().unwrap(), "chdir /");
+    }
+
+    #[test]
+    fn overlay_einval_falls_back_to_flattened_copy() {
+        let mut r = Recorder {
+            fail_fstype: Some(("overlay", Errno::EINVAL)),
+            ..Default::default()
+        };
+        let fs = build_root(&mut r, &plan(), None).unwrap();
+        assert_eq!(fs, RootFs::Flattened(libc::EINVAL));
+        let flat = r.pos("flatten 3 /s/run/e/root");
+        let bind = r.pos("mount - /s/run/e/root /s/run/e/root MsFlags(MS_BIND | MS_REC)");
+        assert!(r.pos("mount overlay") < flat && flat < bind);
+        assert!(bind < r.pos("mount tmpfs - /s/run/e/root/dev "));
+    }
+
+    #[test]
+    fn overlay_other_errors_are_reported() {
+        let mut r = Recorder {
+            fail_fstype: Some(("overlay", Errno::ENOENT)),
+            ..Default::default()
+        };
+        let e = build_root(&mut r, &plan(), None).unwrap_err();
+        assert!(matches!(e, RuntimeError::Mount { ref what, .. } if what == "overlay"));
+    }
+
+    #[test]
+    fn missing_extra_mount_source_is_an_error() {
+        let mut r = Recorder {
+            missing: vec!["/data".into()],
+            ..Default::default()
+        };
+        let e = build_root(&mut r, &plan(), None).unwrap_err();
+        assert!(matches!(e, RuntimeError::MountSource { .. }));
+        assert!(!r.calls.iter().any(|c| c.starts_with("pivot_root")));
+    }
+
+    #[test]
+    fn too_many_layers_is_an_error_not_a_truncated_mount() {
+        assert!(overlay_options(100).is_ok());
+        assert!(matches!(
+            overlay_options(1000),
+            Err(RuntimeError::TooManyLayers { layers: 1000 })
+        ));
+    }
+
+    #[test]
+    fn finish_writes_passwd_then_hostname_cwd_no_new_privs() {
+        let mut r = Recorder {
+            file: Some("root:x:0:0:root:/root:/bin/sh\n".into()),
+            ..Default::default()
+        };
+        let argv = finish(&mut r, &plan()).unwrap();
+        assert_eq!(argv, ["/bin/zsh"], "the host shell, which the image has");
+        let passwd = r.pos("write /etc/passwd");
+        let group = r.pos("write /etc/group");
+        let host = r.pos("sethostname proj");
+        let cwd = r.pos("chdir /home/alice/proj/sub");
+        let nnp = r.pos("no_new_privs");
+        assert!(passwd < group && group < host && host < cwd && cwd < nnp);
+        assert_eq!(nnp, r.calls.len() - 1);
+    }
+
+    #[test]
+    fn finish_as_root_keeps_an_existing_root_entry() {
+        let mut r = Recorder {
+            file: Some("root:x:0:0:root:/root:/bin/sh\n".into()),
+            missing: vec![
+                "/bin/zsh".into(),
+                "/bin/bash".into(),
+                "/usr/bin/bash".into(),
+            ],
+            ..Default::default()
+        };
+        let p = Plan {
+            root: true,
+            argv: vec!["true".into()],
+            ..plan()
+        };
+        assert_eq!(finish(&mut r, &p).unwrap(), ["true"]);
+        assert!(!r.calls.iter().any(|c| c.starts_with("write /etc/")));
+    }
+
+    #[test]
+    fn hostname_is_sanitised() {
+        assert_eq!(hostname("my_proj.v2"), "my-proj-v2");
+        assert_eq!(hostname("__"), "devenv");
+        assert_eq!(hostname(&"a".repeat(100)).len(), 63);
+    }
+
+    #[test]
+    fn environment_fills_home_user_keeps_given_path() {
+        let env = environment(&plan());
+        assert!(env.contains(&("PATH".into(), "/bin".into())));
+        assert!(env.contains(&("HOME".into(), "/home/alice".into())));
+        assert!(env.contains(&("USER".into(), "alice".into())));
+        assert_eq!(env.iter().filter(|(k, _)| k == "PATH").count(), 1);
+    }
+}

@@ -1,0 +1,195 @@
+//! Per-entry state under the env's state directory: `run/<name>/` holds the overlay's upper and
+//! work directories, the root mount point and short links to the layers; `run/<name>.lock` is
+//! held (flock) for as long as the entry lives, by `run` and by the helper it starts.
+//!
+//! Invariants: a lock file is locked before it gets its final name and before its directory
+//! exists, so an unlocked lock file or a directory without one is a dead entry's leftover and
+//! the next entry removes it. A live entry's files are never touched by another.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::RuntimeError;
+use super::fsutil::remove_tree;
+
+/// One container entry's directories, removed when dropped.
+pub struct Entry {
+    pub dir: PathBuf,
+    lock_path: PathBuf,
+    lock: Flock<std::fs::File>,
+}
+
+fn io_err(path: &Path, e: io::Error) -> RuntimeError {
+    RuntimeError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+impl Entry {
+    /// Clean up dead entries, then create and lock a fresh one with `l/<i>` linking `lowers[i]`.
+    pub fn create(state_dir: &Path, lowers: &[PathBuf]) -> Result<Entry, RuntimeError> {
+        let run = state_dir.join("run");
+        fs_err::create_dir_all(&run).map_err(|e| io_err(&run, e))?;
+        clean_dead(&run);
+        let mut last = None;
+        for attempt in 0..8 {
+            match try_create(&run, attempt) {
+                Ok(entry) => {
+                    entry.fill(lowers)?;
+                    return Ok(entry);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(io_err(
+            &run,
+            last.unwrap_or_else(|| io::Error::other("no attempt made")),
+        ))
+    }
+
+    fn fill(&self, lowers: &[PathBuf]) -> Result<(), RuntimeError> {
+        for d in ["upper", "work", "root", "l"] {
+            let p = self.dir.join(d);
+            fs_err::create_dir(&p).map_err(|e| io_err(&p, e))?;
+        }
+        for (i, l) in lowers.iter().enumerate() {
+            let link = self.dir.join("l").join(i.to_string());
+            let target = std::path::absolute(l).map_err(|e| io_err(l, e))?;
+            fs_err::os::unix::fs::symlink(&target, &link).map_err(|e| io_err(&link, e))?;
+        }
+        Ok(())
+    }
+
+    /// The lock, for the helper to inherit so a killed `devenv` does not free a live entry.
+    pub fn lock_fd(&self) -> BorrowedFd<'_> {
+        self.lock.as_fd()
+    }
+}
+
+fn try_create(run: &Path, attempt: u32) -> io::Result<Entry> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!("{}-{nanos:08x}{attempt}", std::process::id());
+    let tmp = run.join(format!(".{name}.lock.tmp"));
+    let lock_path = run.join(format!("{name}.lock"));
+    let f = fs_err::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?
+        .into_parts()
+        .0;
+    let lock =
+        Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| io::Error::from(e))?;
+    // A cleaner may have taken and unlinked the temporary before we locked it: then this fails.
+    fs_err::rename(&tmp, &lock_path)?;
+    let dir = run.join(&name);
+    fs_err::create_dir(&dir)?;
+    Ok(Entry {
+        dir,
+        lock_path,
+        lock,
+    })
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // Still holding the lock: nobody else can be cleaning this entry.
+        if let Err(e) = remove_tree(&self.dir) {
+            tracing::warn!("removing {}: {e}", self.dir.display());
+        }
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
+
+/// Remove entries whose lock nobody holds. Errors are logged, not fatal: a leftover costs
+/// disk space, not correctness.
+fn clean_dead(run: &Path) {
+    let Ok(rd) = std::fs::read_dir(run) else {
+        return;
+    };
+    let names: Vec<String> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    for name in &names {
+        let path = run.join(name);
+        if let Some(base) = name.strip_suffix(".lock") {
+            let Ok(f) = std::fs::OpenOptions::new().write(true).open(&path) else {
+                continue;
+            };
+            if let Ok(_held) = Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                tracing::debug!("removing dead entry {base}");
+                if let Err(e) = remove_tree(&run.join(base)) {
+                    tracing::warn!("{e}");
+                }
+                let _ = std::fs::remove_file(&path);
+            }
+        } else if name.ends_with(".lock.tmp") {
+            let unlocked = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .is_ok_and(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok());
+            if unlocked {
+                let _ = std::fs::remove_file(&path);
+            }
+        } else if !names.contains(&format!("{name}.lock"))
+            && !run.join(format!("{name}.lock")).exists()
+        {
+            // A directory whose lock is gone: a cleaner died halfway.
+            if let Err(e) = remove_tree(&path) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_has_links_and_is_removed_on_drop() {
+        let t = tempfile::tempdir().unwrap();
+        let layer = t.path().join("layer");
+        fs_err::create_dir(&layer).unwrap();
+        let e = Entry::create(&t.path().join("state"), std::slice::from_ref(&layer)).unwrap();
+        assert_eq!(fs_err::read_link(e.dir.join("l/0")).unwrap(), layer);
+        assert!(e.dir.join("upper").is_dir() && e.dir.join("work").is_dir());
+        let dir = e.dir.clone();
+        drop(e);
+        assert!(!dir.exists());
+        assert_eq!(
+            fs_err::read_dir(t.path().join("state/run"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn live_entry_survives_cleaning_dead_one_does_not() {
+        let t = tempfile::tempdir().unwrap();
+        let state = t.path().join("state");
+        let live = Entry::create(&state, &[]).unwrap();
+        // A crashed entry: its lock file exists but nobody holds it; a locked-down work dir.
+        let run = state.join("run");
+        fs_err::write(run.join("dead.lock"), "").unwrap();
+        fs_err::create_dir_all(run.join("dead/work/work")).unwrap();
+        std::fs::set_permissions(
+            run.join("dead/work/work"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o000),
+        )
+        .unwrap();
+        fs_err::create_dir_all(run.join("orphan")).unwrap();
+        let second = Entry::create(&state, &[]).unwrap();
+        assert!(live.dir.is_dir(), "a live entry is never cleaned");
+        assert!(!run.join("dead").exists() && !run.join("dead.lock").exists());
+        assert!(!run.join("orphan").exists());
+        assert_ne!(live.dir, second.dir);
+    }
+}

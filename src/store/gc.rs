@@ -1,0 +1,429 @@
+//! Garbage collection: remove envs whose project is gone, then every layer, blob and manifest
+//! no live env references.
+//!
+//! Safety against concurrent work: gc holds the store's `gc` lock exclusively while it plans
+//! and deletes; pulls and env entries hold it shared from the first fetch until their env record
+//! is written, so gc never sees a half-registered env or deletes under a pull. A running
+//! container keeps its env live through its per-entry lock even when the project is gone.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{LockMode, Store, StoreError, lock_file};
+use crate::reference::Digest;
+use crate::registry::manifest::{self, ImageConfig, ManifestKind};
+
+/// `envs/<id>/env.json`: what an env is and what it uses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnvRecord {
+    /// The project directory (where env.toml is).
+    pub project: PathBuf,
+    /// Seconds since the epoch of the last `devenv shell`/`run`.
+    pub last_used: u64,
+    /// The image reference env.toml names.
+    pub image: String,
+    /// The digest that reference resolved to (an index for multi-platform images).
+    pub resolved: Digest,
+    /// The platform's image manifest.
+    pub manifest: Digest,
+}
+
+pub const ENV_RECORD: &str = "env.json";
+
+/// One env in the store, with its record when it has a readable one.
+#[derive(Debug)]
+pub struct EnvEntry {
+    pub id: String,
+    pub dir: PathBuf,
+    pub record: Option<EnvRecord>,
+}
+
+impl EnvEntry {
+    /// Live: its project still has an env.toml, or a container of it is running.
+    pub fn is_live(&self) -> bool {
+        let project_there = self
+            .record
+            .as_ref()
+            .is_some_and(|r| r.project.join("env.toml").is_file());
+        project_there || running(&self.dir)
+    }
+}
+
+/// Whether a container of the env is running: the runtime keeps `state/run/<entry>.lock`
+/// flocked for the life of each entry.
+pub fn running(env_dir: &Path) -> bool {
+    let Ok(entries) = fs_err::read_dir(env_dir.join("state/run")) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let lock = e.path();
+        lock.extension().is_some_and(|x| x == "lock")
+            && lock_file(&lock, LockMode::TryExclusive).is_err()
+    })
+}
+
+pub fn envs(store: &Store) -> Result<Vec<EnvEntry>, StoreError> {
+    let mut out = Vec::new();
+    for e in fs_err::read_dir(store.root().join("envs"))? {
+        let e = e?;
+        if !e.file_type()?.is_dir() {
+            continue;
+        }
+        let dir = e.path();
+        let record = fs_err::read(dir.join(ENV_RECORD))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        out.push(EnvEntry {
+            id: e.file_name().to_string_lossy().into_owned(),
+            dir,
+            record,
+        });
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// What an image manifest keeps alive.
+#[derive(Debug, Default)]
+pub struct Roots {
+    pub manifests: BTreeSet<Digest>,
+    pub blobs: BTreeSet<Digest>,
+    pub layers: BTreeSet<Digest>,
+}
+
+impl Roots {
+    /// Add `record`'s image: its manifests, config and layer blobs, and unpacked layers.
+    pub fn add(&mut self, store: &Store, record: &EnvRecord) {
+        self.manifests.insert(record.resolved.clone());
+        self.manifests.insert(record.manifest.clone());
+        let Some(bytes) = store.manifest(&record.manifest) else {
+            return;
+        };
+        let Ok(ManifestKind::Image(m)) = manifest::parse_manifest("", &bytes) else {
+            return;
+        };
+        self.blobs.insert(m.config.digest.clone());
+        self.blobs.extend(m.layers.iter().map(|l| l.digest.clone()));
+        if let Some(config) = store
+            .blob(&m.config.digest)
+            .and_then(|b| serde_json::from_slice::<ImageConfig>(&b).ok())
+        {
+            self.layers.extend(config.rootfs.diff_ids);
+        }
+    }
+}
+
+/// What a collection removes.
+#[derive(Debug, Default, Serialize)]
+pub struct Plan {
+    pub envs: Vec<PathBuf>,
+    pub layers: Vec<PathBuf>,
+    pub blobs: Vec<PathBuf>,
+    pub manifests: Vec<PathBuf>,
+    pub other: Vec<PathBuf>,
+    /// Bytes the removal frees (apparent sizes).
+    pub bytes: u64,
+}
+
+impl Plan {
+    /// Everything the plan removes.
+    pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        [
+            &self.envs,
+            &self.layers,
+            &self.blobs,
+            &self.manifests,
+            &self.other,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Size the removal frees, and then the removal (unless `dry_run`).
+    fn carry_out(&mut self, dry_run: bool) -> Result<(), StoreError> {
+        self.bytes = self.paths().map(|p| disk_usage(p)).sum();
+        if !dry_run {
+            for p in self.paths() {
+                super::remove_tree(p)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.envs.is_empty()
+            && self.layers.is_empty()
+            && self.blobs.is_empty()
+            && self.manifests.is_empty()
+            && self.other.is_empty()
+    }
+}
+
+/// Collect: plan under the exclusive gc lock and, unless `dry_run`, remove.
+pub fn collect(store: &Store, dry_run: bool) -> Result<Plan, StoreError> {
+    let _gc = store.lock("gc")?;
+    let mut plan = Plan::default();
+    let mut roots = Roots::default();
+    for env in envs(store)? {
+        if env.is_live() {
+            if let Some(r) = &env.record {
+                roots.add(store, r);
+            }
+        } else {
+            plan.envs.push(env.dir);
+        }
+    }
+    let unreferenced = |dir: &Path, keep: &BTreeSet<Digest>| -> Result<Vec<PathBuf>, StoreError> {
+        let mut out = Vec::new();
+        for e in fs_err::read_dir(dir)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            match format!("sha256:{name}").parse::<Digest>() {
+                Ok(d) if keep.contains(&d) => {}
+                _ => out.push(e.path()),
+            }
+        }
+        out.sort();
+        Ok(out)
+    };
+    plan.layers = unreferenced(&store.root().join("layers"), &roots.layers)?;
+    plan.blobs = unreferenced(&store.root().join("blobs/sha256"), &roots.blobs)?;
+    plan.manifests = unreferenced(&store.root().join("images/manifests"), &roots.manifests)?;
+    // With the gc lock held no pull is staging anything: all of tmp/ is leftovers.
+    for e in fs_err::read_dir(store.root().join("tmp"))? {
+        plan.other.push(e?.path());
+    }
+    plan.carry_out(dry_run)?;
+    if !dry_run {
+        remove_dangling_tags(store)?;
+    }
+    Ok(plan)
+}
+
+/// Tags whose manifest is gone only cost a registry round trip; remove them.
+fn remove_dangling_tags(store: &Store) -> Result<(), StoreError> {
+    fn walk(store: &Store, dir: &Path) -> Result<(), StoreError> {
+        for e in fs_err::read_dir(dir)? {
+            let e = e?;
+            let path = e.path();
+            if e.file_type()?.is_dir() {
+                walk(store, &path)?;
+                let _ = fs_err::remove_dir(&path); // only succeeds when empty
+            } else {
+                let target = fs_err::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<Digest>().ok());
+                if target.is_none_or(|d| store.manifest(&d).is_none()) {
+                    fs_err::remove_file(&path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+    walk(store, &store.root().join("images/tags"))
+}
+
+/// Apparent size of a file or tree (symlinks not followed).
+pub fn disk_usage(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries.flatten().map(|e| disk_usage(&e.path())).sum()
+}
+
+/// The store's images: every tag it resolved, with what it points to.
+pub fn tags(store: &Store) -> Vec<(String, Digest)> {
+    fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, Digest)>) {
+        let Ok(entries) = fs_err::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            if path.is_dir() {
+                let p = if prefix.is_empty() {
+                    name
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                walk(&path, &p, out);
+            } else if let Some(d) = fs_err::read_to_string(&path)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                out.push((format!("{prefix}:{name}"), d));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&store.root().join("images/tags"), "", &mut out);
+    out.sort();
+    out
+}
+
+/// Remove one image: its tag, and its manifests, configs, blobs and layers that no live env
+/// uses. Returns what was removed.
+pub fn remove_image(store: &Store, image: &crate::reference::ImageRef) -> Result<Plan, StoreError> {
+    let _gc = store.lock("gc")?;
+    let mut plan = Plan::default();
+    let top = match &image.digest {
+        Some(d) => Some(d.clone()),
+        None => store.tag(image),
+    };
+    let Some(top) = top else { return Ok(plan) };
+    let mut mine = Roots::default();
+    let mut manifests = vec![top.clone()];
+    if let Some(bytes) = store.manifest(&top)
+        && let Ok(ManifestKind::Index(index)) = manifest::parse_manifest("", &bytes)
+    {
+        manifests.extend(index.manifests.iter().map(|d| d.digest.clone()));
+    }
+    for m in manifests {
+        mine.add(
+            store,
+            &EnvRecord {
+                project: PathBuf::new(),
+                last_used: 0,
+                image: String::new(),
+                resolved: top.clone(),
+                manifest: m,
+            },
+        );
+    }
+    let mut live = Roots::default();
+    for env in envs(store)? {
+        if env.is_live()
+            && let Some(r) = &env.record
+        {
+            live.add(store, r);
+        }
+    }
+    fn unused(
+        mine: &BTreeSet<Digest>,
+        live: &BTreeSet<Digest>,
+        path: impl Fn(&Digest) -> PathBuf,
+    ) -> Vec<PathBuf> {
+        mine.difference(live)
+            .map(path)
+            .filter(|p| p.exists())
+            .collect()
+    }
+    plan.layers = unused(&mine.layers, &live.layers, |d| store.layer_path(d));
+    plan.blobs = unused(&mine.blobs, &live.blobs, |d| store.blob_path(d));
+    plan.manifests = unused(&mine.manifests, &live.manifests, |d| store.manifest_path(d));
+    plan.carry_out(false)?;
+    if let Some(tag) = store.tag_path(image) {
+        let _ = fs_err::remove_file(tag);
+    }
+    remove_dangling_tags(store)?;
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(s: &str) -> Digest {
+        Digest::of(s.as_bytes())
+    }
+
+    /// A store holding one image (manifest, config, one layer) and an env using it.
+    fn image(store: &Store, name: &str, project: &Path) -> (EnvRecord, Digest) {
+        let diff_id = digest(&format!("{name}-layer"));
+        let layer_blob = digest(&format!("{name}-blob"));
+        let config = serde_json::json!({"rootfs": {"type": "layers", "diff_ids": [diff_id]}});
+        let config_bytes = serde_json::to_vec(&config).unwrap();
+        let config_digest = Digest::of(&config_bytes);
+        store.put_blob(&config_digest, &config_bytes).unwrap();
+        store.put_blob(&layer_blob, b"x").unwrap();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_bytes.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_blob, "size": 1}],
+        });
+        let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+        let manifest_digest = Digest::of(&manifest_bytes);
+        store
+            .put_manifest(&manifest_digest, &manifest_bytes)
+            .unwrap();
+        fs_err::create_dir_all(store.layer_path(&diff_id).join("etc")).unwrap();
+        let record = EnvRecord {
+            project: project.to_path_buf(),
+            last_used: 0,
+            image: name.into(),
+            resolved: manifest_digest.clone(),
+            manifest: manifest_digest,
+        };
+        let env_dir = store.root().join("envs").join(name);
+        fs_err::create_dir_all(env_dir.join("home")).unwrap();
+        fs_err::write(
+            env_dir.join(ENV_RECORD),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+        (record, diff_id)
+    }
+
+    #[test]
+    fn gc_removes_envs_of_gone_projects_and_what_only_they_used() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path().join("store")).unwrap();
+        let live = root.path().join("live");
+        fs_err::create_dir_all(&live).unwrap();
+        fs_err::write(live.join("env.toml"), "").unwrap();
+        let (_, kept_layer) = image(&store, "a", &live);
+        let (_, gone_layer) = image(&store, "b", &root.path().join("deleted"));
+        fs_err::create_dir_all(store.root().join("tmp/layer-leftover")).unwrap();
+
+        let dry = collect(&store, true).unwrap();
+        assert_eq!(dry.envs, vec![store.root().join("envs/b")]);
+        assert_eq!(dry.layers, vec![store.layer_path(&gone_layer)]);
+        assert_eq!(
+            dry.blobs.len(),
+            2,
+            "config and layer blob of b: {:?}",
+            dry.blobs
+        );
+        assert_eq!(dry.manifests.len(), 1);
+        assert_eq!(dry.other.len(), 1);
+        assert!(
+            store.layer_path(&gone_layer).exists(),
+            "dry run removes nothing"
+        );
+
+        let plan = collect(&store, false).unwrap();
+        assert!(plan.bytes > 0);
+        assert!(!store.layer_path(&gone_layer).exists());
+        assert!(!store.root().join("envs/b").exists());
+        assert!(store.layer_path(&kept_layer).exists());
+        assert!(store.root().join("envs/a/home").exists());
+        assert!(
+            collect(&store, false).unwrap().is_empty(),
+            "a second gc finds nothing"
+        );
+    }
+
+    #[test]
+    fn a_running_env_is_live_without_its_project() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path().join("store")).unwrap();
+        let (_, layer) = image(&store, "a", &root.path().join("deleted"));
+        let run = store.root().join("envs/a/state/run");
+        fs_err::create_dir_all(run.join("1")).unwrap();
+        let held = lock_file(&run.join("1.lock"), LockMode::Exclusive).unwrap();
+        assert!(collect(&store, false).unwrap().envs.is_empty());
+        assert!(store.layer_path(&layer).exists());
+        drop(held);
+        assert_eq!(collect(&store, false).unwrap().envs.len(), 1);
+        assert!(!store.layer_path(&layer).exists());
+    }
+}
