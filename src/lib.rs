@@ -62,6 +62,12 @@ pub(crate) fn known_hint(cause: &(dyn std::error::Error + 'static)) -> Option<St
     if let Some(e) = cause.downcast_ref::<pull::PullError>() {
         return e.hint();
     }
+    if let Some(e) = cause.downcast_ref::<lock::LockError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<build::recipe::RecipeError>() {
+        return e.hint();
+    }
     if let Some(e) = cause.downcast_ref::<std::io::Error>() {
         // io::Error hides a wrapped error from source(): look inside for ours.
         if let Some(inner) = e

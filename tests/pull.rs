@@ -1046,6 +1046,29 @@ fn second_pull_fetches_no_blob_again() {
 }
 
 #[test]
+fn pinned_digest_in_the_store_makes_no_registry_request() {
+    let home = TestHome::new();
+    let srv = FaultServer::start();
+    let (reference, img, tree) = served(&srv, "pinned");
+    let pinned = format!(
+        "{}@{}",
+        reference.rsplit_once(':').unwrap().0,
+        img.manifest_digest
+    );
+    pull(&home, &pinned).success();
+    let before = srv.requests().len();
+    assert!(before > 0);
+    pull(&home, &pinned).success();
+    assert_eq!(
+        srv.requests().len(),
+        before,
+        "a cached pinned digest went to the registry: {:?}",
+        &srv.requests()[before..]
+    );
+    assert_layer(&home, &img.layers[0], &tree);
+}
+
+#[test]
 fn pull_killed_mid_download_leaves_nothing_trusted_and_next_pull_succeeds() {
     let home = TestHome::new();
     let srv = FaultServer::start();

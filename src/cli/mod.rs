@@ -4,6 +4,7 @@
 mod doctor;
 mod gc;
 mod init;
+mod lock;
 mod pull;
 mod run;
 mod status;
@@ -39,6 +40,9 @@ pub struct Cli {
     /// Use only what is cached; never contact a registry
     #[arg(long, global = true)]
     pub offline: bool,
+    /// Fail instead of changing env.lock (CI): a drifted or missing lock is an error
+    #[arg(long, global = true)]
+    pub locked: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -53,6 +57,8 @@ pub enum Command {
     Shell(run::ShellArgs),
     #[command(about = "Run a command in the env; its exit status is devenv's")]
     Run(run::RunArgs),
+    #[command(about = "Resolve env.toml and write env.lock (--update moves pins)")]
+    Lock(lock::LockArgs),
     #[command(about = "Show the env, what is cached and what would be fetched")]
     Status(status::StatusArgs),
     #[command(about = "Remove envs whose project is gone and what no env uses")]
@@ -79,6 +85,8 @@ pub struct Context {
     pub cwd: PathBuf,
     pub ui: Ui,
     pub offline: bool,
+    /// `--locked`: env.lock must already match env.toml; never write it.
+    pub locked: bool,
 }
 
 impl Context {
@@ -109,6 +117,7 @@ pub fn main() -> ExitCode {
         cwd,
         ui,
         offline: cli.offline,
+        locked: cli.locked,
     };
     let result = match cli.command {
         Command::Init(args) => init::run(args, &ctx),
@@ -116,6 +125,7 @@ pub fn main() -> ExitCode {
         Command::Shell(args) => run::shell(args, &ctx),
         Command::Run(args) => run::run(args, &ctx),
         Command::Doctor(args) => doctor::run(args, &ctx),
+        Command::Lock(args) => lock::run(args, &ctx),
         Command::Status(args) => status::run(args, &ctx),
         Command::Gc(args) => gc::gc(args, &ctx),
         Command::Cache(cmd) => gc::cache(cmd, &ctx),

@@ -57,6 +57,8 @@ pub struct EnvFile {
     pub image: ImageSection,
     /// `[tools]`: name → version, as written (recipes check names later).
     pub tools: BTreeMap<String, String>,
+    /// `[tools]` entries written as `name = { version = "…", variant = "…" }`: name → variant.
+    pub tool_variants: BTreeMap<String, String>,
     pub packages: Packages,
     pub setup: Setup,
     /// `[env]`: variables set inside the env; names are valid environment variable names.

@@ -21,7 +21,7 @@ pub(super) struct RawFile {
     #[serde(default)]
     image: RawImage,
     #[serde(default)]
-    tools: BTreeMap<Spanned<String>, Spanned<String>>,
+    tools: BTreeMap<Spanned<String>, RawTool>,
     #[serde(default)]
     packages: RawPackages,
     #[serde(default)]
@@ -30,6 +30,69 @@ pub(super) struct RawFile {
     env: BTreeMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     container: RawContainer,
+}
+
+/// A `[tools]` value: `"2.5.1"`, or `{ version = "2.5.1", variant = "cu124" }`.
+enum RawTool {
+    Version(Spanned<String>),
+    Table(RawToolTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToolTable {
+    version: Spanned<String>,
+    variant: Option<Spanned<String>>,
+}
+
+impl RawTool {
+    fn version(&self) -> &Spanned<String> {
+        match self {
+            RawTool::Version(v) | RawTool::Table(RawToolTable { version: v, .. }) => v,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawTool {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spanned = Spanned::<ToolValue>::deserialize(d)?;
+        let span = spanned.span();
+        Ok(match spanned.into_inner() {
+            ToolValue::Str(s) => RawTool::Version(Spanned::new(span, s)),
+            ToolValue::Table(t) => RawTool::Table(t),
+        })
+    }
+}
+
+/// What a `[tools]` value holds before its span is attached. A visitor rather than
+/// `#[serde(untagged)]`: untagged buffers the value and loses the spans toml attaches.
+enum ToolValue {
+    Str(String),
+    Table(RawToolTable),
+}
+
+impl<'de> Deserialize<'de> for ToolValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ToolValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                // The common form; diagnose makes this "expected a string" with a hint.
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ToolValue, E> {
+                Ok(ToolValue::Str(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ToolValue, A::Error> {
+                RawToolTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ToolValue::Table)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -91,7 +154,21 @@ impl RawFile {
         // the first in the file.
         let image = self.image.validate(src)?;
         let mut tools = BTreeMap::new();
-        for (name, version) in self.tools {
+        let mut tool_variants = BTreeMap::new();
+        for (name, tool) in self.tools {
+            if let RawTool::Table(RawToolTable {
+                variant: Some(variant),
+                ..
+            }) = &tool
+            {
+                non_empty(
+                    src,
+                    variant,
+                    &format!("the variant of `{}` in [tools]", name.get_ref()),
+                )?;
+                tool_variants.insert(name.get_ref().clone(), variant.get_ref().clone());
+            }
+            let version = tool.version().clone();
             if name.get_ref().trim().is_empty() {
                 return Err(src.error(
                     name.span(),
@@ -128,6 +205,7 @@ impl RawFile {
                 .into_iter()
                 .map(|(k, v)| (k, v.into_inner()))
                 .collect(),
+            tool_variants,
             packages: self.packages.validate(src)?,
             setup: Setup {
                 run: list(src, self.setup.run, "a run command in [setup]", |_| None)?,

@@ -447,3 +447,22 @@ fn wrong_type_names_dates_and_big_numbers_as_written() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_tool_may_name_a_variant_in_a_table() {
+    let env = load_str(
+        "[tools]\npython = \"3.11\"\ntorch = { version = \"2.5.1\", variant = \"cu124\" }\n",
+    )
+    .expect("valid");
+    assert_eq!(env.tools["torch"], "2.5.1");
+    assert_eq!(env.tool_variants["torch"], "cu124");
+    assert!(!env.tool_variants.contains_key("python"));
+    let (kind, line, col, msg, _) =
+        fail("[tools]\npython = \"3.11\"\ntorch = { version = \"2.5.1\", flavour = \"x\" }\n");
+    assert_eq!((kind, line, col), (DiagnosticKind::UnknownKey, 3, 30));
+    assert!(msg.starts_with("unknown key `flavour`"), "{msg}");
+    let (kind, line, col, msg, _) =
+        fail("[tools]\npython = \"3.11\"\ntorch = { version = \"\" }\n");
+    assert_eq!((kind, line, col), (DiagnosticKind::Value, 3, 21));
+    assert!(msg.contains("is empty"), "{msg}");
+}

@@ -1,7 +1,53 @@
 //! env.lock: everything needed to rebuild the same env, sorted and stable.
-//! STUB — being written (see the lock brief); the types below are the interface.
+//!
+//! The entry point is [`ensure`]: read `env.lock` beside env.toml, compare each part with what
+//! env.toml asks for now, re-resolve only the stale parts, and write the file (atomically) when
+//! its text changed. The parts:
+//!
+//! - `[image]`: the reference and, per platform, the image manifest digest. A locked digest is
+//!   never re-resolved: the pull goes by digest (`devenv lock --update image` moves it).
+//! - `[python]`: every distribution, dependencies included, with the URL and sha256 of the exact
+//!   file, resolved by the base image's own pip (`pip install --dry-run --report`) in a throwaway
+//!   container, for the image's interpreter and platform.
+//! - `[apt]`: every Debian package an install would add (the requested ones and their
+//!   dependencies) with its version, from `apt-get install --dry-run` after `apt-get update` in
+//!   the image; requested packages the image already has keep the version `dpkg-query` reports.
+//!
+//! Each resolved part records `inputs`, a sha256 over what it was resolved from (image
+//! reference, platform, requirements, indexes), and `requested`, the same in words for drift
+//! messages. A part whose `inputs` differ is stale; a part resolved against an image digest that
+//! moved is stale too. With `locked`, any staleness is an error listing it and nothing is written.
+//!
+//! For the build: [`Lock::python_requirements`] (the `--require-hashes --no-deps` file) and
+//! [`Lock::apt_pins`] (`name=version`); [`Lock::image_for`] (the reference pinned by digest).
+//!
+//! Invariants: same inputs → byte-identical file (no timestamps, packages sorted); a failed
+//! resolution writes nothing; env.lock is replaced by rename, never rewritten in place. This
+//! module never prints: it reports through [`Reporter`].
 
-use crate::reference::Digest;
+mod file;
+mod resolve;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::build::recipe::{self, Inputs, RecipeError};
+use crate::config::{ConfigError, Loaded};
+use crate::error::Hint;
+use crate::platform::Platform;
+use crate::progress::Reporter;
+use crate::pull::{self, PullError, PullOptions};
+use crate::reference::{Digest, ImageRef};
+use crate::registry::{Client, Settings};
+use crate::runtime::RuntimeError;
+use crate::store::{Store, StoreError};
+
+pub use file::{parse, render};
+
+pub const FILE_NAME: &str = "env.lock";
 
 /// The whole lock file. Same inputs → byte-identical file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -13,7 +59,7 @@ pub struct Lock {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImageLock {
-    /// The reference env.toml names, as written there.
+    /// The reference env.toml names, fully qualified (`docker.io/library/python:3.11-slim`).
     pub reference: String,
     /// Platform (`linux/amd64`) → the image manifest digest for it.
     pub platforms: std::collections::BTreeMap<String, Digest>,
@@ -25,6 +71,10 @@ pub struct PythonLock {
     /// Hash of what this part was resolved from (requirements, base manifest): a mismatch means
     /// only this part needs resolving again.
     pub inputs: Option<Digest>,
+    /// The base image's interpreter version (`3.11.2`) the packages were resolved for.
+    pub interpreter: Option<String>,
+    /// What env.toml asked for, in its words (requirements, `-r FILE`), for drift messages.
+    pub requested: Vec<String>,
     pub packages: Vec<PythonPackage>,
 }
 
@@ -41,6 +91,8 @@ pub struct PythonPackage {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AptLock {
     pub inputs: Option<Digest>,
+    /// The package names env.toml asked for (dependencies are only in `packages`).
+    pub requested: Vec<String>,
     pub packages: Vec<AptPackage>,
 }
 
@@ -48,4 +100,691 @@ pub struct AptLock {
 pub struct AptPackage {
     pub name: String,
     pub version: String,
+}
+
+impl PythonLock {
+    fn is_empty(&self) -> bool {
+        self.inputs.is_none() && self.requested.is_empty() && self.packages.is_empty()
+    }
+}
+
+impl AptLock {
+    fn is_empty(&self) -> bool {
+        self.inputs.is_none() && self.requested.is_empty() && self.packages.is_empty()
+    }
+}
+
+impl Lock {
+    /// The requirements file the build installs with
+    /// `pip install --require-hashes --no-deps --no-compile -r FILE`: one line per distribution,
+    /// `name @ URL --hash=sha256:HEX`, so pip fetches exactly the locked file. Empty when there
+    /// are no Python packages.
+    pub fn python_requirements(&self) -> String {
+        let mut packages = self.python.packages.clone();
+        packages.sort();
+        packages
+            .iter()
+            .map(|p| format!("{} @ {} --hash=sha256:{}\n", p.name, p.url, p.sha256))
+            .collect()
+    }
+
+    /// `name=version` for every locked apt package (dependencies included), sorted.
+    pub fn apt_pins(&self) -> Vec<String> {
+        let mut pins: Vec<String> = self
+            .apt
+            .packages
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.version))
+            .collect();
+        pins.sort();
+        pins
+    }
+
+    /// The locked image for `platform`: the reference pinned to its manifest digest.
+    pub fn image_for(&self, platform: &Platform) -> Option<ImageRef> {
+        let digest = self.image.platforms.get(&platform.to_string())?;
+        let image: ImageRef = self.image.reference.parse().ok()?;
+        Some(image.with_digest(digest.clone()))
+    }
+}
+
+/// What to move on purpose (`devenv lock --update [NAME]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// Everything: the image tag is resolved again, every part re-resolved.
+    All,
+    /// `image`, or one Python or apt package by name; the other pins stay where they are.
+    Name(String),
+}
+
+pub struct LockOptions {
+    /// Fail listing what differs instead of resolving and writing (`--locked`, CI).
+    pub locked: bool,
+    pub update: Option<Update>,
+    /// Use only the store: resolution that needs the network fails.
+    pub offline: bool,
+    /// The platform to lock (env.toml's `[image].platform`, else the host's).
+    pub platform: Platform,
+}
+
+impl LockOptions {
+    /// Options for `loaded`: its platform, nothing to update.
+    pub fn new(loaded: &Loaded, locked: bool, offline: bool) -> LockOptions {
+        LockOptions {
+            locked,
+            update: None,
+            offline,
+            platform: loaded
+                .env
+                .image
+                .platform
+                .clone()
+                .unwrap_or_else(Platform::host),
+        }
+    }
+}
+
+/// One way env.lock differs from env.toml.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Drift {
+    /// There is no env.lock.
+    Missing,
+    /// `[image]` names another reference.
+    Image {
+        locked: String,
+        wanted: String,
+    },
+    /// The image is not locked for this platform.
+    Platform {
+        platform: String,
+    },
+    /// A part env.toml asks for that env.lock lacks, or one env.lock has that env.toml dropped.
+    PartAdded {
+        part: Part,
+    },
+    PartRemoved {
+        part: Part,
+    },
+    /// A part whose inputs changed: entries added and removed, in env.toml's words. Both empty
+    /// when what changed has no words of its own (an index URL, a requirements file's content).
+    Changed {
+        part: Part,
+        added: Vec<String>,
+        removed: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Python,
+    Apt,
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Part::Python => "[python] (Python packages)",
+            Part::Apt => "[apt] (Debian packages)",
+        })
+    }
+}
+
+impl fmt::Display for Drift {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Drift::Missing => write!(f, "there is no {FILE_NAME}"),
+            Drift::Image { locked, wanted } => {
+                write!(f, "[image]: env.toml names {wanted}, env.lock has {locked}")
+            }
+            Drift::Platform { platform } => {
+                write!(f, "[image]: not locked for platform {platform}")
+            }
+            Drift::PartAdded { part } => write!(f, "{part}: in env.toml, not in env.lock"),
+            Drift::PartRemoved { part } => {
+                write!(f, "{part}: in env.lock, no longer in env.toml")
+            }
+            Drift::Changed {
+                part,
+                added,
+                removed,
+            } => {
+                if added.is_empty() && removed.is_empty() {
+                    return write!(
+                        f,
+                        "{part}: its inputs changed (platform, package index or requirements file)"
+                    );
+                }
+                let mut words = Vec::new();
+                words.extend(added.iter().map(|a| format!("+ {a}")));
+                words.extend(removed.iter().map(|r| format!("- {r}")));
+                write!(f, "{part}: {}", words.join(", "))
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{} has format version {version}; this devenv reads version {}", path.display(), file::VERSION)]
+    Version { path: PathBuf, version: i64 },
+    #[error("{} does not match env.toml, and --locked forbids changing it:\n{}", path.display(), list_drift(drift))]
+    Drift { path: PathBuf, drift: Vec<Drift> },
+    #[error("--locked and --update contradict each other")]
+    LockedUpdate,
+    #[error("`{name}` is neither `image` nor a package in {FILE_NAME}")]
+    UnknownUpdate { name: String },
+    #[error("resolving {part} needs the network, and --offline forbids it")]
+    Offline { part: Part },
+    #[error("the image {image} has no python3")]
+    NoPython { image: String },
+    #[error("the image {image} cannot make a virtual environment:\n{log}")]
+    NoVenv { image: String, log: String },
+    #[error("[tools] python = \"{wanted}\", but the image {image} has Python {found}")]
+    PythonMismatch {
+        wanted: String,
+        found: String,
+        image: String,
+    },
+    #[error("pip could not resolve the Python requirements:\n{log}")]
+    Pip { log: String },
+    #[error("pip reports `{name}` from {url} without a sha256, so it cannot be locked")]
+    Unhashed { name: String, url: String },
+    #[error("`{name}` comes from {source_kind}, which cannot be locked by hash")]
+    Unlockable { name: String, source_kind: String },
+    #[error("pip's resolution report is unreadable: {message}")]
+    Report { message: String },
+    #[error("the image {image} has no apt-get")]
+    NoApt { image: String },
+    #[error("apt-get update failed in {image}:\n{log}")]
+    AptUpdate { image: String, log: String },
+    #[error("{image}'s Debian release has no package {}", names.join(", "))]
+    AptUnknown { image: String, names: Vec<String> },
+    #[error("apt-get could not resolve the Debian packages:\n{log}")]
+    Apt { log: String },
+    #[error("`{name}` in [packages].apt is not a Debian package name")]
+    AptName { name: String },
+    #[error("reading {}: {source}", path.display())]
+    Requirements {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the resolver container exited with status {status}:\n{log}")]
+    Container { status: i32, log: String },
+}
+
+fn list_drift(drift: &[Drift]) -> String {
+    drift
+        .iter()
+        .map(|d| format!("  {d}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Hint for LockError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            LockError::Recipe(e) => e.hint(),
+            LockError::Config(e) => e.hint(),
+            LockError::Pull(e) => e.hint(),
+            LockError::Runtime(e) => e.hint(),
+            LockError::Parse { .. } => {
+                Some("fix the file, or delete it and run `devenv lock` to write a new one".into())
+            }
+            LockError::Version { .. } => {
+                Some("upgrade devenv, or delete env.lock and run `devenv lock`".into())
+            }
+            LockError::Drift { .. } => {
+                Some("run `devenv lock` and commit env.lock, or undo the change to env.toml".into())
+            }
+            LockError::LockedUpdate => Some("drop --locked to move pins".into()),
+            LockError::UnknownUpdate { .. } => Some(
+                "name `image`, a package from env.lock, or nothing to update everything".into(),
+            ),
+            LockError::Offline { .. } => {
+                Some("run `devenv lock` once with the network, then commit env.lock".into())
+            }
+            LockError::NoPython { .. } => Some(
+                "Python tools and [packages].pip need an image with python3: set \
+                 [tools] python = \"3.12\" (python:3.12-slim) or pick another [image].base"
+                    .into(),
+            ),
+            LockError::NoVenv { .. } => Some(
+                "install the venv module in the image (Debian: the python3-venv package)".into(),
+            ),
+            LockError::PythonMismatch { found, .. } => Some(format!(
+                "set [tools] python = \"{}\", or pick an [image].base with the Python you want",
+                found.splitn(3, '.').take(2).collect::<Vec<_>>().join(".")
+            )),
+            LockError::Pip { .. } => Some(
+                "check the names and versions in [packages].pip and [tools] (pip's words above); \
+                 versions must exist for the image's Python and platform"
+                    .into(),
+            ),
+            LockError::Unhashed { .. } => Some(
+                "the package index must publish sha256 hashes (PyPI does); use another index"
+                    .into(),
+            ),
+            LockError::Unlockable { .. } => Some(
+                "name a released version (name==1.2.3) or an archive URL instead of a \
+                 directory or VCS checkout"
+                    .into(),
+            ),
+            LockError::NoApt { .. } => {
+                Some("[packages].apt needs a Debian or Ubuntu based image".into())
+            }
+            LockError::AptUpdate { .. } => {
+                Some("check the network and the image's /etc/apt sources".into())
+            }
+            LockError::AptUnknown { .. } => Some(
+                "check the name with `apt-cache search` on the same Debian release, or drop it \
+                 from [packages].apt"
+                    .into(),
+            ),
+            LockError::Requirements { .. } => {
+                Some("fix `requirements` in [packages] (a path relative to env.toml)".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What env.toml asks for now, per part, in the form env.lock records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Wanted {
+    reference: String,
+    platform: String,
+    python: Option<WantedPart>,
+    apt: Option<WantedPart>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct WantedPart {
+    inputs: Digest,
+    requested: Vec<String>,
+}
+
+impl Wanted {
+    /// `requirements` is the content of `[packages].requirements`, read by the caller.
+    fn new(
+        reference: &str,
+        platform: &Platform,
+        inputs: &Inputs,
+        requirements: Option<&str>,
+    ) -> Wanted {
+        let platform = platform.to_string();
+        let python = inputs.has_python().then(|| {
+            let mut text =
+                format!("devenv-lock python 1\nimage {reference}\nplatform {platform}\n");
+            let mut requested = inputs.pip.clone();
+            if let Some(v) = &inputs.python {
+                text.push_str(&format!("python {v}\n"));
+            }
+            if let Some(u) = &inputs.index_url {
+                text.push_str(&format!("index-url {u}\n"));
+            }
+            for u in &inputs.extra_index_urls {
+                text.push_str(&format!("extra-index-url {u}\n"));
+            }
+            for p in &inputs.pip {
+                text.push_str(&format!("pip {p}\n"));
+            }
+            if let (Some(path), Some(content)) = (&inputs.requirements, requirements) {
+                text.push_str(&format!(
+                    "requirements {}\n",
+                    Digest::of(content.as_bytes())
+                ));
+                let name = path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into(),
+                );
+                requested.push(format!("-r {name}"));
+            }
+            WantedPart {
+                inputs: Digest::of(text.as_bytes()),
+                requested,
+            }
+        });
+        let apt = (!inputs.apt.is_empty()).then(|| {
+            let mut text = format!("devenv-lock apt 1\nimage {reference}\nplatform {platform}\n");
+            for a in &inputs.apt {
+                text.push_str(&format!("apt {a}\n"));
+            }
+            WantedPart {
+                inputs: Digest::of(text.as_bytes()),
+                requested: inputs.apt.clone(),
+            }
+        });
+        Wanted {
+            reference: reference.to_string(),
+            platform,
+            python,
+            apt,
+        }
+    }
+}
+
+/// Every way `lock` differs from `wanted`; empty when the lock is current.
+fn drift(lock: Option<&Lock>, wanted: &Wanted) -> Vec<Drift> {
+    let Some(lock) = lock else {
+        return vec![Drift::Missing];
+    };
+    let mut out = Vec::new();
+    if lock.image.reference != wanted.reference {
+        out.push(Drift::Image {
+            locked: lock.image.reference.clone(),
+            wanted: wanted.reference.clone(),
+        });
+    } else if !lock.image.platforms.contains_key(&wanted.platform) {
+        out.push(Drift::Platform {
+            platform: wanted.platform.clone(),
+        });
+    }
+    let parts = [
+        (
+            Part::Python,
+            wanted.python.as_ref(),
+            lock.python.inputs.as_ref(),
+            &lock.python.requested,
+        ),
+        (
+            Part::Apt,
+            wanted.apt.as_ref(),
+            lock.apt.inputs.as_ref(),
+            &lock.apt.requested,
+        ),
+    ];
+    for (part, want, have, have_requested) in parts {
+        match (want, have) {
+            (None, None) => {}
+            (Some(_), None) => out.push(Drift::PartAdded { part }),
+            (None, Some(_)) => out.push(Drift::PartRemoved { part }),
+            (Some(w), Some(h)) if &w.inputs != h => {
+                let old: BTreeSet<&String> = have_requested.iter().collect();
+                let new: BTreeSet<&String> = w.requested.iter().collect();
+                out.push(Drift::Changed {
+                    part,
+                    added: new.difference(&old).map(|s| s.to_string()).collect(),
+                    removed: old.difference(&new).map(|s| s.to_string()).collect(),
+                });
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Read env.lock from `project_dir`; `None` when there is none.
+pub fn read(project_dir: &Path) -> Result<Option<Lock>, LockError> {
+    let path = project_dir.join(FILE_NAME);
+    match fs_err::read_to_string(&path) {
+        Ok(text) => Ok(Some(parse(&path, &text)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// PEP 503: lowercase, runs of `-`, `_`, `.` become one `-`.
+pub(crate) fn normalize(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut sep = false;
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            sep = true;
+        } else {
+            if sep && !out.is_empty() {
+                out.push('-');
+            }
+            sep = false;
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// Make env.lock current for `loaded` and return it: read it, re-resolve only the parts that
+/// are stale (or that `opts.update` names), and write it when its text changed. With
+/// `opts.locked`, a stale part is [`LockError::Drift`] and nothing is resolved or written.
+/// When nothing is stale this contacts no registry and runs no container.
+pub fn ensure(
+    loaded: &Loaded,
+    store: &Store,
+    opts: &LockOptions,
+    ui: &dyn Reporter,
+) -> Result<Lock, LockError> {
+    let inputs = recipe::expand(&loaded.env, &loaded.project_dir)?;
+    let image = loaded.env.base_image()?;
+    let requirements = match &inputs.requirements {
+        Some(path) => {
+            Some(
+                fs_err::read_to_string(path).map_err(|source| LockError::Requirements {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+        None => None,
+    };
+    let wanted = Wanted::new(
+        &image.to_string(),
+        &opts.platform,
+        &inputs,
+        requirements.as_deref(),
+    );
+    let path = loaded.project_dir.join(FILE_NAME);
+    let old_text = match fs_err::read_to_string(&path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    let old = old_text.as_deref().map(|t| parse(&path, t)).transpose()?;
+    let stale = drift(old.as_ref(), &wanted);
+    if opts.locked {
+        if opts.update.is_some() {
+            return Err(LockError::LockedUpdate);
+        }
+        return match (stale.is_empty(), old) {
+            (true, Some(lock)) => Ok(lock),
+            _ => Err(LockError::Drift { path, drift: stale }),
+        };
+    }
+    if let Some(Update::Name(name)) = &opts.update {
+        let known = name == "image"
+            || old.as_ref().is_some_and(|l| {
+                l.python.packages.iter().any(|p| p.name == normalize(name))
+                    || l.apt.packages.iter().any(|p| &p.name == name)
+            });
+        if !known {
+            return Err(LockError::UnknownUpdate { name: name.clone() });
+        }
+    }
+    if stale.is_empty() && opts.update.is_none() {
+        // Current: no registry round trip, no container.
+        return Ok(old.unwrap_or_default());
+    }
+
+    let update_all = opts.update == Some(Update::All);
+    let update_name = match &opts.update {
+        Some(Update::Name(n)) => Some(n.as_str()),
+        _ => None,
+    };
+    let mut lock = old.clone().unwrap_or_default();
+    // The image: by its locked digest unless the reference changed or the update names it.
+    let same_reference = lock.image.reference == wanted.reference;
+    let refresh = update_all || update_name == Some("image");
+    let pinned = lock
+        .image
+        .platforms
+        .get(&wanted.platform)
+        .filter(|_| same_reference && !refresh)
+        .cloned();
+    let pull_ref = match &pinned {
+        Some(d) => image.with_digest(d.clone()),
+        None => image.clone(),
+    };
+    let pull_opts = PullOptions {
+        platform: opts.platform.clone(),
+        offline: opts.offline,
+        refresh_tag: refresh,
+    };
+    let client = || Client::new(Settings::load()?);
+    let _gc_lock = store.lock_shared("gc")?;
+    let pulled = pull::pull(&pull_ref, &pull_opts, store, &client, ui)?;
+    if !same_reference {
+        lock.image.platforms.clear();
+        lock.image.reference = wanted.reference.clone();
+    }
+    let before = lock
+        .image
+        .platforms
+        .insert(wanted.platform.clone(), pulled.manifest.clone());
+    // Parts resolved against another image digest are stale with it.
+    let image_moved = !same_reference || before.is_some_and(|d| d != pulled.manifest);
+
+    let sandbox = resolve::Sandbox {
+        store,
+        lowers: pulled.layer_dirs(store),
+        image_env: pulled.config.config.env.clone(),
+        image: wanted.reference.clone(),
+    };
+    let part_stale = |part: Part| {
+        stale.iter().any(|d| match d {
+            Drift::Missing | Drift::Platform { .. } => true,
+            Drift::PartAdded { part: p } | Drift::Changed { part: p, .. } => *p == part,
+            _ => false,
+        })
+    };
+
+    match &wanted.apt {
+        None => lock.apt = AptLock::default(),
+        Some(w) => {
+            let named = update_name.is_some_and(|n| lock.apt.packages.iter().any(|p| p.name == n));
+            if image_moved
+                || update_all
+                || named
+                || part_stale(Part::Apt)
+                || lock.apt.inputs.is_none()
+            {
+                if opts.offline {
+                    return Err(LockError::Offline { part: Part::Apt });
+                }
+                ui.status(
+                    "Resolving",
+                    &format!("apt packages: {}", w.requested.join(" ")),
+                );
+                let packages = resolve::apt(&sandbox, &w.requested)?;
+                lock.apt = AptLock {
+                    inputs: Some(w.inputs.clone()),
+                    requested: w.requested.clone(),
+                    packages,
+                };
+            }
+        }
+    }
+
+    match &wanted.python {
+        None => lock.python = PythonLock::default(),
+        Some(w) => {
+            let named = update_name
+                .map(normalize)
+                .filter(|n| lock.python.packages.iter().any(|p| &p.name == n));
+            if image_moved
+                || update_all
+                || named.is_some()
+                || part_stale(Part::Python)
+                || lock.python.inputs.is_none()
+            {
+                if opts.offline {
+                    return Err(LockError::Offline { part: Part::Python });
+                }
+                // `--update NAME` moves NAME alone: every other locked version is a constraint.
+                let constraints: Vec<String> = match &named {
+                    Some(n) if !part_stale(Part::Python) && !image_moved => lock
+                        .python
+                        .packages
+                        .iter()
+                        .filter(|p| &p.name != n)
+                        .map(|p| format!("{}=={}", p.name, p.version))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                ui.status(
+                    "Resolving",
+                    &format!("Python packages for {}", wanted.platform),
+                );
+                let request = resolve::PythonRequest {
+                    pip: &inputs.pip,
+                    requirements: requirements.as_deref(),
+                    index_url: inputs.index_url.as_deref(),
+                    extra_index_urls: &inputs.extra_index_urls,
+                    constraints: &constraints,
+                };
+                let resolved = resolve::python(&sandbox, &request)?;
+                if let Some(want) = &inputs.python {
+                    let found = &resolved.interpreter;
+                    if found != want && !found.starts_with(&format!("{want}.")) {
+                        return Err(LockError::PythonMismatch {
+                            wanted: want.clone(),
+                            found: found.clone(),
+                            image: wanted.reference.clone(),
+                        });
+                    }
+                }
+                lock.python = PythonLock {
+                    inputs: Some(w.inputs.clone()),
+                    interpreter: Some(resolved.interpreter),
+                    requested: w.requested.clone(),
+                    packages: resolved.packages,
+                };
+            }
+        }
+    }
+
+    let text = render(&lock);
+    if old_text.as_deref() != Some(text.as_str()) {
+        write_atomic(&path, &text)?;
+        ui.status(
+            "Locked",
+            &format!(
+                "{} ({} Python, {} apt packages)",
+                path.display(),
+                lock.python.packages.len(),
+                lock.apt.packages.len()
+            ),
+        );
+    }
+    Ok(lock)
+}
+
+/// Replace `path` by rename from a temp file beside it, so a reader sees the old or the new
+/// file, never half of one.
+fn write_atomic(path: &Path, text: &str) -> Result<(), LockError> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".env.lock.")
+        .tempfile_in(dir)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file().sync_data()?;
+    // A new file is 0600; env.lock is committed and read by others: the usual 0644.
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }

@@ -141,6 +141,7 @@ fn helper(plan: &Plan, err: OwnedFd) -> i32 {
     // An interactive shell leads its own foreground group (it runs job control for its jobs);
     // a command stays in devenv's group, so Ctrl-Z stops devenv and the command as one job
     // and the user's shell can `fg` them. Either way the terminal comes back to our group.
+    let parent = nix::unistd::getppid();
     let foreground = foreground_tty();
     let take_tty = foreground && plan.argv.is_empty();
     // Blocked before fork so that no signal or child exit slips past the sigwaitinfo loops.
@@ -150,6 +151,17 @@ fn helper(plan: &Plan, err: OwnedFd) -> i32 {
     }
     if let Err(e) = setup::enter_namespaces(&mut Real, plan) {
         report(err, &e);
+        return SETUP_FAILED;
+    }
+    // A `devenv` killed with SIGKILL cannot forward anything: die with it, so no container
+    // outlives it (and its entry lock frees). prctl(2): the kernel clears the parent-death
+    // signal when credentials change, which entering the user namespace does, so set it here;
+    // then make sure the parent did not die before it took effect.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        report(err, &RuntimeError::sys("prctl(PR_SET_PDEATHSIG)", e));
+        return SETUP_FAILED;
+    }
+    if nix::unistd::getppid() != parent {
         return SETUP_FAILED;
     }
     // fork(2) after unshare(CLONE_NEWPID): the child is PID 1 of the new namespace.
@@ -177,6 +189,11 @@ fn helper(plan: &Plan, err: OwnedFd) -> i32 {
 
 /// PID 1: build the root, start the command, reap until it ends.
 fn pid1(plan: &Plan, err: OwnedFd, take_tty: bool) -> i32 {
+    // The helper dying (with devenv) takes PID 1, and with it the whole PID namespace.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        report(err, &RuntimeError::sys("prctl(PR_SET_PDEATHSIG)", e));
+        return SETUP_FAILED;
+    }
     let mut sys = Real;
     // Still the host's view: /proc/self/fd/0 names the terminal's device in the host's /dev.
     let console = std::fs::read_link("/proc/self/fd/0").ok().filter(|p| {

@@ -320,7 +320,11 @@ pub fn remove_image(store: &Store, image: &crate::reference::ImageRef) -> Result
     plan.blobs = unused(&mine.blobs, &live.blobs, |d| store.blob_path(d));
     plan.manifests = unused(&mine.manifests, &live.manifests, |d| store.manifest_path(d));
     plan.carry_out(false)?;
-    if let Some(tag) = store.tag_path(image) {
+    // A live env still using the image keeps its tag too: `devenv --offline run` must go on
+    // resolving it from the store.
+    if !live.manifests.contains(&top)
+        && let Some(tag) = store.tag_path(image)
+    {
         let _ = fs_err::remove_file(tag);
     }
     remove_dangling_tags(store)?;

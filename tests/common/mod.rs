@@ -11,6 +11,7 @@
 //! what to run (`scripts/test`).
 #![allow(dead_code)]
 
+pub mod env;
 pub mod fault;
 pub mod image;
 pub mod registry;
@@ -24,6 +25,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)] // not every test binary starts a registry of its own
 pub use registry::{Registry, registry};
 
 /// The unprivileged user devenv runs as when the tests run as root.
