@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::platform::Platform;
 use crate::progress::Reporter;
 use crate::project::{self, Project};
 use crate::pull::{self, PullOptions};
@@ -69,12 +68,7 @@ pub(super) fn materialize(
     loaded: &crate::config::Loaded,
 ) -> anyhow::Result<Materialized> {
     let store = ctx.store()?;
-    let platform = loaded
-        .env
-        .image
-        .platform
-        .clone()
-        .unwrap_or_else(Platform::host);
+    let platform = loaded.env.platform();
     let lock_opts = crate::lock::LockOptions::new(loaded, ctx.locked, ctx.offline);
     let lock = crate::lock::ensure(loaded, &store, &lock_opts, &ctx.ui)
         .with_context(|| format!("locking {}", loaded.path.display()))?;

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use crate::platform::Platform;
 use crate::project::Project;
 use crate::pull::{self, PullOptions};
 use crate::reference::Digest;
@@ -72,12 +71,7 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     let image = super::base_image(&loaded)?;
     let store = ctx.store()?;
     let project = Project::new(&loaded.project_dir)?;
-    let platform = loaded
-        .env
-        .image
-        .platform
-        .clone()
-        .unwrap_or_else(Platform::host);
+    let platform = loaded.env.platform();
     // Offline: status only looks at the store.
     let opts = PullOptions {
         platform: platform.clone(),

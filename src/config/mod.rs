@@ -82,6 +82,14 @@ impl EnvFile {
         }
     }
 
+    /// The platform to run: `[image].platform`, else this machine's.
+    pub fn platform(&self) -> crate::platform::Platform {
+        self.image
+            .platform
+            .clone()
+            .unwrap_or_else(crate::platform::Platform::host)
+    }
+
     /// Whether the base image comes from `[tools].python` rather than `[image].base`.
     pub fn base_from_python(&self) -> bool {
         self.image.base.is_none() && self.tools.contains_key("python")

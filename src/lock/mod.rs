@@ -174,12 +174,7 @@ impl LockOptions {
             locked,
             update: None,
             offline,
-            platform: loaded
-                .env
-                .image
-                .platform
-                .clone()
-                .unwrap_or_else(Platform::host),
+            platform: loaded.env.platform(),
         }
     }
 }
