@@ -236,11 +236,24 @@ pub(crate) fn run_with(exe: &Path, spec: &Spec, force_flatten: bool) -> Result<i
         path: spec.home.clone(),
         message: e.to_string(),
     })?;
-    let entry = state::Entry::create(&spec.state_dir, &spec.lowers, spec.upper.as_deref())?;
-    let plan = setup::Plan {
+    // A fresh upper: the helper makes the entry's directories, in a tmpfs where it can.
+    let scratch = spec.upper.is_none();
+    let entry = if scratch {
+        state::Entry::create_bare(&spec.state_dir)?
+    } else {
+        state::Entry::create(&spec.state_dir, &spec.lowers, spec.upper.as_deref())?
+    };
+    let mut plan = setup::Plan {
         force_flatten,
+        scratch,
         ..plan_for(spec, &entry.dir)
     };
+    for l in &mut plan.lowers {
+        *l = std::path::absolute(&*l).map_err(|e| RuntimeError::Io {
+            path: l.clone(),
+            message: e.to_string(),
+        })?;
+    }
     let json = serde_json::to_vec(&plan).map_err(|e| RuntimeError::Helper {
         message: e.to_string(),
     })?;
@@ -348,6 +361,7 @@ fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
         store_fs: fs_name(&spec.state_dir),
         force_flatten: false,
         keep_upper: spec.upper.is_some(),
+        scratch: false,
     }
 }
 

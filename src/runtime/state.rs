@@ -38,16 +38,22 @@ impl Entry {
         lowers: &[PathBuf],
         upper: Option<&Path>,
     ) -> Result<Entry, RuntimeError> {
+        let entry = Entry::create_bare(state_dir)?;
+        entry.fill(lowers, upper)?;
+        Ok(entry)
+    }
+
+    /// Clean up dead entries, then create and lock a fresh, empty entry directory: the helper
+    /// makes the overlay's directories itself, in a tmpfs mounted on it where it can (see
+    /// `setup`), so a warm start writes and removes almost nothing on the store's disk.
+    pub fn create_bare(state_dir: &Path) -> Result<Entry, RuntimeError> {
         let run = state_dir.join("run");
         fs_err::create_dir_all(&run).map_err(|e| io_err(&run, e))?;
         clean_dead(&run);
         let mut last = None;
         for attempt in 0..8 {
             match try_create(&run, attempt) {
-                Ok(entry) => {
-                    entry.fill(lowers, upper)?;
-                    return Ok(entry);
-                }
+                Ok(entry) => return Ok(entry),
                 Err(e) => last = Some(e),
             }
         }
@@ -184,6 +190,19 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn bare_entry_is_an_empty_locked_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let state = t.path().join("state");
+        let e = Entry::create_bare(&state).unwrap();
+        assert_eq!(fs_err::read_dir(&e.dir).unwrap().count(), 0);
+        assert!(crate::store::gc::running(t.path()), "gc sees it live");
+        let dir = e.dir.clone();
+        drop(e);
+        assert!(!dir.exists());
+        assert!(!crate::store::gc::running(t.path()));
     }
 
     #[test]
