@@ -49,9 +49,10 @@ pub struct Plan {
     /// `upper` links to a persistent upper directory (a build step): no flattened fallback.
     #[serde(default)]
     pub keep_upper: bool,
-    /// The entry directory is empty: make `upper/`, `work/`, `root/` and `l/<i>` in a tmpfs
-    /// mounted on it (nothing to write to or remove from the store's disk), or on disk where
-    /// tmpfs lacks user xattrs (Linux < 6.6) or overlay refuses it. `lowers` are absolute.
+    /// The entry directory does not exist yet: make it with `upper/`, `work/`, `root/` and
+    /// `l/<i>` in a tmpfs mounted on its parent, `run/` (nothing to write to or remove from the
+    /// store's disk, and only this mount namespace sees it), or on the disk where tmpfs lacks
+    /// user xattrs (Linux < 6.6) or overlay refuses it. `lowers` are absolute.
     #[serde(default)]
     pub scratch: bool,
 }
@@ -316,6 +317,7 @@ fn mount_rootfs<S: Syscalls>(
         if !plan.force_flatten && scratch_overlay(sys, plan)? {
             return Ok(RootFs::Overlay);
         }
+        make_entry(sys, plan)?;
         in_entry(sys, plan, |sys| make_entry_dirs(sys, plan))?;
     }
     let res = if plan.force_flatten && !plan.keep_upper {
@@ -377,6 +379,12 @@ fn in_entry<S: Syscalls, T>(
     res
 }
 
+/// The entry directory itself.
+fn make_entry<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), RuntimeError> {
+    sys.mkdir(&plan.entry)
+        .map_err(|e| RuntimeError::sys(format!("making {}", plan.entry.display()), e))
+}
+
 /// `upper`, `work`, `root` and `l/<i>` linking `lowers[i]`, in the working directory.
 fn make_entry_dirs<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), Errno> {
     for d in ["upper", "work", "root", "l"] {
@@ -388,34 +396,38 @@ fn make_entry_dirs<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), Errno> {
     Ok(())
 }
 
-/// The overlay with its upper and work directories in a tmpfs on the (empty) entry directory,
-/// private to this mount namespace: it vanishes with the container, so the store's disk sees no
-/// copy-up, no mount points, no removal. False (and the tmpfs gone) where tmpfs cannot hold
-/// overlay's user xattrs or overlay refuses it: the caller falls back to the disk.
+/// The overlay with the entry, its upper and work directories in a tmpfs on `run/`, private to
+/// this mount namespace: it vanishes with the container, so the store's disk sees no entry
+/// directory, no copy-up, no mount points, no removal. False (and the tmpfs gone) where tmpfs
+/// cannot hold overlay's user xattrs or overlay refuses it: the caller falls back to the disk.
 fn scratch_overlay<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<bool, RuntimeError> {
     let opts = overlay_options(plan.layers)?;
+    let Some(run) = plan.entry.parent() else {
+        return Ok(false);
+    };
     let flags = MsFlags::MS_NOSUID;
     if sys
-        .mount(None, &plan.entry, Some("tmpfs"), flags, Some("mode=0700"))
+        .mount(None, run, Some("tmpfs"), flags, Some("mode=0700"))
         .is_err()
     {
         return Ok(false);
     }
-    // After the mount, so that the working directory is the tmpfs, not the directory under it.
-    let made = in_entry(sys, plan, |sys| {
-        make_entry_dirs(sys, plan)?;
-        sys.user_xattr(Path::new("upper"))?;
-        sys.mount(
-            Some(Path::new("overlay")),
-            Path::new("root"),
-            Some("overlay"),
-            MsFlags::MS_NOSUID,
-            Some(&opts),
-        )
+    let made = make_entry(sys, plan).and_then(|()| {
+        in_entry(sys, plan, |sys| {
+            make_entry_dirs(sys, plan)?;
+            sys.user_xattr(Path::new("upper"))?;
+            sys.mount(
+                Some(Path::new("overlay")),
+                Path::new("root"),
+                Some("overlay"),
+                MsFlags::MS_NOSUID,
+                Some(&opts),
+            )
+        })
     });
     if let Err(e) = made {
         tracing::debug!("no overlay in a tmpfs, using the disk: {e}");
-        sys.umount(&plan.entry, MntFlags::MNT_DETACH)
+        sys.umount(run, MntFlags::MNT_DETACH)
             .map_err(|e| RuntimeError::sys("unmounting the scratch tmpfs", e))?;
         return Ok(false);
     }
@@ -676,10 +688,11 @@ mod tests {
         };
         assert_eq!(build_root(&mut r, &p, None).unwrap(), RootFs::Overlay);
         let c = &r.calls;
-        let tmpfs = r.pos("mount tmpfs - /s/run/e MsFlags(MS_NOSUID) mode=0700");
+        let tmpfs = r.pos("mount tmpfs - /s/run MsFlags(MS_NOSUID) mode=0700");
         assert_eq!(
-            c[tmpfs + 1..tmpfs + 11],
+            c[tmpfs + 1..tmpfs + 12],
             [
+                "mkdir /s/run/e",
                 "chdir /s/run/e",
                 "mkdir upper",
                 "mkdir work",
@@ -693,10 +706,10 @@ mod tests {
                  lowerdir=l/2:l/1:l/0,upperdir=upper,workdir=work,userxattr",
             ]
         );
-        assert_eq!(c[tmpfs + 11], "chdir /");
+        assert_eq!(c[tmpfs + 12], "chdir /");
         assert!(r.pos("mount - - / MsFlags(MS_REC | MS_PRIVATE)") < tmpfs);
         assert!(tmpfs < r.pos("mount tmpfs - /s/run/e/root/dev "));
-        assert!(!c.iter().any(|c| c.starts_with("umount /s/run/e")));
+        assert!(!c.iter().any(|c| c.starts_with("umount /s/run")));
         assert_eq!(
             c.iter().filter(|c| c.starts_with("mount overlay")).count(),
             1
@@ -716,15 +729,16 @@ mod tests {
         assert_eq!(build_root(&mut r, &p, None).unwrap(), RootFs::Overlay);
         let c = &r.calls;
         let probe = r.pos("xattr upper");
-        let umount = r.pos("umount /s/run/e");
+        let umount = r.pos("umount /s/run");
         assert_eq!(
             c[umount - 1],
             "chdir /",
             "leave the tmpfs before unmounting it"
         );
         // Again on the disk, then the overlay there.
-        assert_eq!(c[umount + 1], "chdir /s/run/e");
-        assert_eq!(c[umount + 2], "mkdir upper");
+        assert_eq!(c[umount + 1], "mkdir /s/run/e");
+        assert_eq!(c[umount + 2], "chdir /s/run/e");
+        assert_eq!(c[umount + 3], "mkdir upper");
         let overlay = umount
             + r.calls[umount..]
                 .iter()
@@ -749,8 +763,9 @@ mod tests {
         assert!(
             !r.calls
                 .iter()
-                .any(|c| c.starts_with("mount tmpfs - /s/run/e "))
+                .any(|c| c.starts_with("mount tmpfs - /s/run "))
         );
+        assert!(r.pos("mkdir /s/run/e") < r.pos("mkdir root"));
         assert!(r.pos("mkdir root") < r.pos("flatten 3 /s/run/e/root"));
     }
 
