@@ -3,9 +3,10 @@
 //! `unshare(CLONE_NEWUSER)` fails with EINVAL in a threaded process); the helper enters new
 //! user, mount, PID, IPC and UTS namespaces (and a network namespace with only `lo` for
 //! `network = "none"`), maps the user's uid/gid to the same ids (or to 0), mounts an overlay of
-//! the image's layers with a fresh upper directory, binds the project, home, a minimal `/dev`,
-//! `/proc`, `/sys` (read-only), `/tmp`, the host's resolv.conf and hosts, pivots into it, and
-//! runs the command under a PID 1 that reaps zombies and forwards signals.
+//! the image's layers with a fresh upper directory (in a tmpfs that only the container's mount
+//! namespace sees, so a warm start barely touches the store's disk), binds the project, home, a
+//! minimal `/dev`, `/proc`, `/sys` (read-only), `/tmp`, the host's resolv.conf and hosts, pivots
+//! into it, and runs the command under a PID 1 that reaps zombies and forwards signals.
 //!
 //! Invariants: nothing is mounted before `/` is made private, so no mount reaches the host; no
 //! path from the image is followed outside the new root; nothing needs privileges (no setuid
@@ -14,6 +15,11 @@
 //! crate lives here, each block with a `// SAFETY:` line.
 //!
 //! Choices worth knowing:
+//! - A fresh upper directory lives in a tmpfs mounted on `state_dir/run` inside the container:
+//!   nothing to create, copy up or remove on the store's disk, but what the command writes to
+//!   system directories takes memory until it exits (as bubblewrap's `--tmp-overlay` and
+//!   ch-run's `--write-fake`). Where tmpfs lacks user xattrs (Linux < 6.6) or overlay refuses
+//!   it, the directories go on the disk as before.
 //! - Where overlay is refused (EINVAL, EPERM, ENODEV) the layer chain is flattened once into
 //!   `state_dir/flat/<key>` and copied fresh into each entry, so system directories still reset
 //!   at every entry; that costs a copy of the image per entry. `DEVENV_FLATTEN=1` forces it.
@@ -52,8 +58,9 @@ pub const INIT_ARG: &str = "__init";
 pub struct Spec {
     /// Unpacked layer directories, base first (manifest order).
     pub lowers: Vec<PathBuf>,
-    /// The env's state directory in the store (a filesystem with user xattrs): per-entry upper
-    /// and work directories go under `run/`, the flattened fallback under `flat/`.
+    /// The env's state directory in the store (a filesystem with user xattrs): per-entry lock
+    /// files go under `run/` (with the upper and work directories where they cannot live in a
+    /// tmpfs: a persistent `upper`, Linux < 6.6), the flattened fallback under `flat/`.
     pub state_dir: PathBuf,
     /// Bound read-write at the same path.
     pub project_dir: PathBuf,
