@@ -3,9 +3,10 @@
 //! `unshare(CLONE_NEWUSER)` fails with EINVAL in a threaded process); the helper enters new
 //! user, mount, PID, IPC and UTS namespaces (and a network namespace with only `lo` for
 //! `network = "none"`), maps the user's uid/gid to the same ids (or to 0), mounts an overlay of
-//! the image's layers with a fresh upper directory, binds the project, home, a minimal `/dev`,
-//! `/proc`, `/sys` (read-only), `/tmp`, the host's resolv.conf and hosts, pivots into it, and
-//! runs the command under a PID 1 that reaps zombies and forwards signals.
+//! the image's layers with a fresh upper directory (in a tmpfs that only the container's mount
+//! namespace sees, so a warm start barely touches the store's disk), binds the project, home, a
+//! minimal `/dev`, `/proc`, `/sys` (read-only), `/tmp`, the host's resolv.conf and hosts, pivots
+//! into it, and runs the command under a PID 1 that reaps zombies and forwards signals.
 //!
 //! Invariants: nothing is mounted before `/` is made private, so no mount reaches the host; no
 //! path from the image is followed outside the new root; nothing needs privileges (no setuid
@@ -14,6 +15,11 @@
 //! crate lives here, each block with a `// SAFETY:` line.
 //!
 //! Choices worth knowing:
+//! - A fresh upper directory lives in a tmpfs mounted on `state_dir/run` inside the container:
+//!   nothing to create, copy up or remove on the store's disk, but what the command writes to
+//!   system directories takes memory until it exits (as bubblewrap's `--tmp-overlay` and
+//!   ch-run's `--write-fake`). Where tmpfs lacks user xattrs (Linux < 6.6) or overlay refuses
+//!   it, the directories go on the disk as before.
 //! - Where overlay is refused (EINVAL, EPERM, ENODEV) the layer chain is flattened once into
 //!   `state_dir/flat/<key>` and copied fresh into each entry, so system directories still reset
 //!   at every entry; that costs a copy of the image per entry. `DEVENV_FLATTEN=1` forces it.
@@ -52,8 +58,9 @@ pub const INIT_ARG: &str = "__init";
 pub struct Spec {
     /// Unpacked layer directories, base first (manifest order).
     pub lowers: Vec<PathBuf>,
-    /// The env's state directory in the store (a filesystem with user xattrs): per-entry upper
-    /// and work directories go under `run/`, the flattened fallback under `flat/`.
+    /// The env's state directory in the store (a filesystem with user xattrs): per-entry lock
+    /// files go under `run/` (with the upper and work directories where they cannot live in a
+    /// tmpfs: a persistent `upper`, Linux < 6.6), the flattened fallback under `flat/`.
     pub state_dir: PathBuf,
     /// Bound read-write at the same path.
     pub project_dir: PathBuf,
@@ -236,11 +243,24 @@ pub(crate) fn run_with(exe: &Path, spec: &Spec, force_flatten: bool) -> Result<i
         path: spec.home.clone(),
         message: e.to_string(),
     })?;
-    let entry = state::Entry::create(&spec.state_dir, &spec.lowers, spec.upper.as_deref())?;
-    let plan = setup::Plan {
+    // A fresh upper: the helper makes the entry's directories, in a tmpfs where it can.
+    let scratch = spec.upper.is_none();
+    let entry = if scratch {
+        state::Entry::create_bare(&spec.state_dir)?
+    } else {
+        state::Entry::create(&spec.state_dir, &spec.lowers, spec.upper.as_deref())?
+    };
+    let mut plan = setup::Plan {
         force_flatten,
+        scratch,
         ..plan_for(spec, &entry.dir)
     };
+    for l in &mut plan.lowers {
+        *l = std::path::absolute(&*l).map_err(|e| RuntimeError::Io {
+            path: l.clone(),
+            message: e.to_string(),
+        })?;
+    }
     let json = serde_json::to_vec(&plan).map_err(|e| RuntimeError::Helper {
         message: e.to_string(),
     })?;
@@ -348,6 +368,7 @@ fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
         store_fs: fs_name(&spec.state_dir),
         force_flatten: false,
         keep_upper: spec.upper.is_some(),
+        scratch: false,
     }
 }
 

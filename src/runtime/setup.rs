@@ -49,6 +49,12 @@ pub struct Plan {
     /// `upper` links to a persistent upper directory (a build step): no flattened fallback.
     #[serde(default)]
     pub keep_upper: bool,
+    /// The entry directory does not exist yet: make it with `upper/`, `work/`, `root/` and
+    /// `l/<i>` in a tmpfs mounted on its parent, `run/` (nothing to write to or remove from the
+    /// store's disk, and only this mount namespace sees it), or on the disk where tmpfs lacks
+    /// user xattrs (Linux < 6.6) or overlay refuses it. `lowers` are absolute.
+    #[serde(default)]
+    pub scratch: bool,
 }
 
 impl Plan {
@@ -159,6 +165,11 @@ fn bind<S: Syscalls>(
         None,
     )?;
     if read_only {
+        match sys.readonly_tree(target) {
+            Ok(()) => return Ok(()),
+            // ENOSYS: before Linux 5.12; EINVAL/EPERM: refused here. Then one remount each.
+            Err(errno) => tracing::debug!("mount_setattr on {}: {errno}", target.display()),
+        }
         let mut all = vec![target.to_path_buf()];
         all.extend(sys.submounts(target));
         for m in all {
@@ -302,6 +313,13 @@ fn mount_rootfs<S: Syscalls>(
     plan: &Plan,
     root: &Path,
 ) -> Result<RootFs, RuntimeError> {
+    if plan.scratch {
+        if !plan.force_flatten && scratch_overlay(sys, plan)? {
+            return Ok(RootFs::Overlay);
+        }
+        make_entry(sys, plan)?;
+        in_entry(sys, plan, |sys| make_entry_dirs(sys, plan))?;
+    }
     let res = if plan.force_flatten && !plan.keep_upper {
         Err(Errno::EINVAL)
     } else {
@@ -341,6 +359,79 @@ fn mount_rootfs<S: Syscalls>(
             errno: errno as i32,
         }),
     }
+}
+
+/// `f` with the entry as the working directory: paths in it are short and relative.
+fn in_entry<S: Syscalls, T>(
+    sys: &mut S,
+    plan: &Plan,
+    f: impl FnOnce(&mut S) -> Result<T, Errno>,
+) -> Result<T, RuntimeError> {
+    let step = |what: String| move |e| RuntimeError::sys(what, e);
+    sys.chdir(&plan.entry)
+        .map_err(step(format!("entering {}", plan.entry.display())))?;
+    let res = f(sys).map_err(step(format!(
+        "making the overlay's directories in {}",
+        plan.entry.display()
+    )));
+    sys.chdir(Path::new("/"))
+        .map_err(|e| RuntimeError::sys("entering /", e))?;
+    res
+}
+
+/// The entry directory itself.
+fn make_entry<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), RuntimeError> {
+    sys.mkdir(&plan.entry)
+        .map_err(|e| RuntimeError::sys(format!("making {}", plan.entry.display()), e))
+}
+
+/// `upper`, `work`, `root` and `l/<i>` linking `lowers[i]`, in the working directory.
+fn make_entry_dirs<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), Errno> {
+    for d in ["upper", "work", "root", "l"] {
+        sys.mkdir(Path::new(d))?;
+    }
+    for (i, l) in plan.lowers.iter().enumerate() {
+        sys.symlink(l, &Path::new("l").join(i.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The overlay with the entry, its upper and work directories in a tmpfs on `run/`, private to
+/// this mount namespace: it vanishes with the container, so the store's disk sees no entry
+/// directory, no copy-up, no mount points, no removal. False (and the tmpfs gone) where tmpfs
+/// cannot hold overlay's user xattrs or overlay refuses it: the caller falls back to the disk.
+fn scratch_overlay<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<bool, RuntimeError> {
+    let opts = overlay_options(plan.layers)?;
+    let Some(run) = plan.entry.parent() else {
+        return Ok(false);
+    };
+    let flags = MsFlags::MS_NOSUID;
+    if sys
+        .mount(None, run, Some("tmpfs"), flags, Some("mode=0700"))
+        .is_err()
+    {
+        return Ok(false);
+    }
+    let made = make_entry(sys, plan).and_then(|()| {
+        in_entry(sys, plan, |sys| {
+            make_entry_dirs(sys, plan)?;
+            sys.user_xattr(Path::new("upper"))?;
+            sys.mount(
+                Some(Path::new("overlay")),
+                Path::new("root"),
+                Some("overlay"),
+                MsFlags::MS_NOSUID,
+                Some(&opts),
+            )
+        })
+    });
+    if let Err(e) = made {
+        tracing::debug!("no overlay in a tmpfs, using the disk: {e}");
+        sys.umount(run, MntFlags::MNT_DETACH)
+            .map_err(|e| RuntimeError::sys("unmounting the scratch tmpfs", e))?;
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// The overlay mount itself; the mount's errno is the caller's to judge.
@@ -498,6 +589,7 @@ mod tests {
             store_fs: "ext4".into(),
             force_flatten: false,
             keep_upper: false,
+            scratch: false,
         }
     }
 
@@ -585,6 +677,111 @@ mod tests {
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}\n{c:#?}");
         assert_eq!(c[pivot - 1], "chdir /s/run/e/root");
         assert_eq!(c.last().unwrap(), "chdir /");
+    }
+
+    #[test]
+    fn scratch_overlay_lives_in_a_tmpfs_on_the_entry() {
+        let mut r = Recorder::default();
+        let p = Plan {
+            scratch: true,
+            ..plan()
+        };
+        assert_eq!(build_root(&mut r, &p, None).unwrap(), RootFs::Overlay);
+        let c = &r.calls;
+        let tmpfs = r.pos("mount tmpfs - /s/run MsFlags(MS_NOSUID) mode=0700");
+        assert_eq!(
+            c[tmpfs + 1..tmpfs + 12],
+            [
+                "mkdir /s/run/e",
+                "chdir /s/run/e",
+                "mkdir upper",
+                "mkdir work",
+                "mkdir root",
+                "mkdir l",
+                "symlink /s/l0 l/0",
+                "symlink /s/l1 l/1",
+                "symlink /s/l2 l/2",
+                "xattr upper",
+                "mount overlay overlay root MsFlags(MS_NOSUID) \
+                 lowerdir=l/2:l/1:l/0,upperdir=upper,workdir=work,userxattr",
+            ]
+        );
+        assert_eq!(c[tmpfs + 12], "chdir /");
+        assert!(r.pos("mount - - / MsFlags(MS_REC | MS_PRIVATE)") < tmpfs);
+        assert!(tmpfs < r.pos("mount tmpfs - /s/run/e/root/dev "));
+        assert!(!c.iter().any(|c| c.starts_with("umount /s/run")));
+        assert_eq!(
+            c.iter().filter(|c| c.starts_with("mount overlay")).count(),
+            1
+        );
+    }
+
+    #[test]
+    fn scratch_without_user_xattrs_in_tmpfs_uses_the_disk() {
+        let mut r = Recorder {
+            fail_xattr: Some(Errno::EOPNOTSUPP),
+            ..Default::default()
+        };
+        let p = Plan {
+            scratch: true,
+            ..plan()
+        };
+        assert_eq!(build_root(&mut r, &p, None).unwrap(), RootFs::Overlay);
+        let c = &r.calls;
+        let probe = r.pos("xattr upper");
+        let umount = r.pos("umount /s/run");
+        assert_eq!(
+            c[umount - 1],
+            "chdir /",
+            "leave the tmpfs before unmounting it"
+        );
+        // Again on the disk, then the overlay there.
+        assert_eq!(c[umount + 1], "mkdir /s/run/e");
+        assert_eq!(c[umount + 2], "chdir /s/run/e");
+        assert_eq!(c[umount + 3], "mkdir upper");
+        let overlay = umount
+            + r.calls[umount..]
+                .iter()
+                .position(|c| c.starts_with("mount overlay"))
+                .unwrap();
+        assert!(probe < umount && umount < overlay);
+        assert!(!c[overlay..].iter().any(|c| c.starts_with("xattr")));
+    }
+
+    #[test]
+    fn scratch_forced_flat_copies_onto_the_disk() {
+        let mut r = Recorder::default();
+        let p = Plan {
+            scratch: true,
+            force_flatten: true,
+            ..plan()
+        };
+        assert_eq!(
+            build_root(&mut r, &p, None).unwrap(),
+            RootFs::Flattened(libc::EINVAL)
+        );
+        assert!(
+            !r.calls
+                .iter()
+                .any(|c| c.starts_with("mount tmpfs - /s/run "))
+        );
+        assert!(r.pos("mkdir /s/run/e") < r.pos("mkdir root"));
+        assert!(r.pos("mkdir root") < r.pos("flatten 3 /s/run/e/root"));
+    }
+
+    #[test]
+    fn read_only_binds_take_one_mount_setattr_where_the_kernel_has_it() {
+        let mut r = Recorder {
+            setattr: true,
+            ..Default::default()
+        };
+        build_root(&mut r, &plan(), None).unwrap();
+        let c = &r.calls;
+        let sys_bind = r.pos("mount - /sys /s/run/e/root/sys MsFlags(MS_BIND | MS_REC)");
+        assert_eq!(c[sys_bind + 1], "setattr_ro /s/run/e/root/sys");
+        let extra = r.pos("mount - /data /s/run/e/root/data ");
+        assert_eq!(c[extra + 1], "setattr_ro /s/run/e/root/data");
+        assert!(!c.iter().any(|c| c.contains("MS_REMOUNT")), "{c:#?}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Per-entry state under the env's state directory: `run/<name>/` holds the overlay's upper and
 //! work directories, the root mount point and short links to the layers; `run/<name>.lock` is
-//! held (flock) for as long as the entry lives, by `run` and by the helper it starts.
+//! held (flock) for as long as the entry lives, by `run` and by the helper it starts. A bare
+//! entry's directory is made by the helper, in a tmpfs private to the container where it can,
+//! so on the store's disk such an entry is its lock file alone.
 //!
 //! Invariants: a lock file is locked before it gets its final name and before its directory
 //! exists, so an unlocked lock file or a directory without one is a dead entry's leftover and
@@ -38,16 +40,24 @@ impl Entry {
         lowers: &[PathBuf],
         upper: Option<&Path>,
     ) -> Result<Entry, RuntimeError> {
+        let entry = Entry::create_bare(state_dir)?;
+        fs_err::create_dir(&entry.dir).map_err(|e| io_err(&entry.dir, e))?;
+        entry.fill(lowers, upper)?;
+        Ok(entry)
+    }
+
+    /// Clean up dead entries, then create and lock a fresh entry whose directory does not
+    /// exist yet: the helper makes it and the overlay's directories, in a tmpfs over `run/`
+    /// that only the container sees where it can (see `setup`), on the disk otherwise. A warm
+    /// start then writes to the store's disk only the lock file's creation, rename and removal.
+    pub fn create_bare(state_dir: &Path) -> Result<Entry, RuntimeError> {
         let run = state_dir.join("run");
         fs_err::create_dir_all(&run).map_err(|e| io_err(&run, e))?;
         clean_dead(&run);
         let mut last = None;
         for attempt in 0..8 {
             match try_create(&run, attempt) {
-                Ok(entry) => {
-                    entry.fill(lowers, upper)?;
-                    return Ok(entry);
-                }
+                Ok(entry) => return Ok(entry),
                 Err(e) => last = Some(e),
             }
         }
@@ -103,7 +113,6 @@ fn try_create(run: &Path, attempt: u32) -> io::Result<Entry> {
     // A cleaner may have taken and unlinked the temporary before we locked it: then this fails.
     fs_err::rename(&tmp, &lock_path)?;
     let dir = run.join(&name);
-    fs_err::create_dir(&dir)?;
     Ok(Entry {
         dir,
         lock_path,
@@ -113,7 +122,8 @@ fn try_create(run: &Path, attempt: u32) -> io::Result<Entry> {
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        // Still holding the lock: nobody else can be cleaning this entry.
+        // Still holding the lock: nobody else can be cleaning this entry. A bare entry's
+        // directory is often not there at all (it lived in the container's tmpfs).
         if let Err(e) = remove_tree(&self.dir) {
             tracing::warn!("removing {}: {e}", self.dir.display());
         }
@@ -184,6 +194,24 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn bare_entry_is_a_lock_alone_and_leaves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let state = t.path().join("state");
+        let e = Entry::create_bare(&state).unwrap();
+        assert!(!e.dir.exists(), "the helper makes it");
+        assert!(crate::store::gc::running(t.path()), "gc sees it live");
+        // The helper's fallback on the disk.
+        fs_err::create_dir_all(e.dir.join("upper/etc")).unwrap();
+        let dir = e.dir.clone();
+        drop(e);
+        assert!(!dir.exists());
+        assert!(!crate::store::gc::running(t.path()));
+        assert_eq!(fs_err::read_dir(state.join("run")).unwrap().count(), 0);
+        drop(Entry::create_bare(&state).unwrap());
+        assert_eq!(fs_err::read_dir(state.join("run")).unwrap().count(), 0);
     }
 
     #[test]

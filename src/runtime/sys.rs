@@ -43,6 +43,10 @@ pub trait Syscalls {
     fn chdir(&mut self, path: &Path) -> Result<(), Errno>;
     fn sethostname(&mut self, name: &str) -> Result<(), Errno>;
     fn symlink(&mut self, target: &Path, link: &Path) -> Result<(), Errno>;
+    fn mkdir(&mut self, path: &Path) -> Result<(), Errno>;
+    /// Whether `path`'s filesystem stores `user.*` extended attributes (overlay's `userxattr`
+    /// needs them on the upper directory): set one and remove it.
+    fn user_xattr(&mut self, path: &Path) -> Result<(), Errno>;
     /// `target` resolved inside `root` (symlinks cannot leave it), created as `kind` when
     /// missing; the host path to mount on.
     fn mountpoint(&mut self, root: &Path, target: &Path, kind: Kind) -> Result<PathBuf, Errno>;
@@ -50,6 +54,9 @@ pub trait Syscalls {
     fn kind_of(&mut self, path: &Path) -> Option<Kind>;
     /// The flags a remount of `path` must keep: the kernel locks them in a user namespace.
     fn locked_flags(&mut self, path: &Path) -> Result<MsFlags, Errno>;
+    /// Make the mount at `path` and every mount below it read-only in one call
+    /// (mount_setattr(2), Linux 5.12); ENOSYS on older kernels.
+    fn readonly_tree(&mut self, path: &Path) -> Result<(), Errno>;
     /// Mount points strictly below `path`, outermost first.
     fn submounts(&mut self, path: &Path) -> Vec<PathBuf>;
     fn loopback_up(&mut self) -> Result<(), Errno>;
@@ -128,6 +135,29 @@ impl Syscalls for Real {
         std::os::unix::fs::symlink(target, link).map_err(io_errno)
     }
 
+    fn mkdir(&mut self, path: &Path) -> Result<(), Errno> {
+        std::fs::create_dir(path).map_err(io_errno)
+    }
+
+    fn user_xattr(&mut self, path: &Path) -> Result<(), Errno> {
+        use std::os::unix::ffi::OsStrExt;
+        let path =
+            std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let name = c"user.devenv.probe";
+        // setxattr(2) then removexattr(2): tmpfs stores user.* attributes only since Linux 6.6.
+        // SAFETY: path and name are NUL-terminated and live across the call; the value is one
+        // readable byte.
+        if unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), c"1".as_ptr().cast(), 1, 0) } != 0
+        {
+            return Err(Errno::last());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) } != 0 {
+            return Err(Errno::last());
+        }
+        Ok(())
+    }
+
     fn mountpoint(&mut self, root: &Path, target: &Path, kind: Kind) -> Result<PathBuf, Errno> {
         fsutil::mountpoint_in_root(root, target, kind).map_err(io_errno)
     }
@@ -155,6 +185,45 @@ impl Syscalls for Real {
             .iter()
             .filter(|(st, _)| f.contains(*st))
             .fold(MsFlags::empty(), |acc, (_, ms)| acc | *ms))
+    }
+
+    fn readonly_tree(&mut self, path: &Path) -> Result<(), Errno> {
+        use std::os::unix::ffi::OsStrExt;
+        /// `struct mount_attr` of <linux/mount.h> (MOUNT_ATTR_SIZE_VER0).
+        #[repr(C)]
+        struct MountAttr {
+            attr_set: u64,
+            attr_clr: u64,
+            propagation: u64,
+            userns_fd: u64,
+        }
+        const MOUNT_ATTR_RDONLY: u64 = 0x1;
+        let path =
+            std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // mount_setattr(2) with AT_RECURSIVE: one call instead of a statvfs and a remount per
+        // submount; it changes only the read-only bit, so the locked flags stay as they are.
+        // SAFETY: path is NUL-terminated and attr a valid mount_attr of the size passed; both
+        // outlive the call, which only reads them.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                libc::AT_RECURSIVE as libc::c_uint,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if r != 0 {
+            return Err(Errno::last());
+        }
+        Ok(())
     }
 
     fn submounts(&mut self, path: &Path) -> Vec<PathBuf> {
@@ -214,6 +283,10 @@ pub struct Recorder {
     pub missing: Vec<PathBuf>,
     /// What `read_file` answers for every path.
     pub file: Option<String>,
+    /// `user_xattr` fails with this errno.
+    pub fail_xattr: Option<Errno>,
+    /// `readonly_tree` succeeds; otherwise it fails with ENOSYS, as before Linux 5.12.
+    pub setattr: bool,
 }
 
 #[cfg(test)]
@@ -293,6 +366,14 @@ impl Syscalls for Recorder {
         self.log(format!("symlink {} {}", target.display(), link.display()));
         Ok(())
     }
+    fn mkdir(&mut self, path: &Path) -> Result<(), Errno> {
+        self.log(format!("mkdir {}", path.display()));
+        Ok(())
+    }
+    fn user_xattr(&mut self, path: &Path) -> Result<(), Errno> {
+        self.log(format!("xattr {}", path.display()));
+        self.fail_xattr.map_or(Ok(()), Err)
+    }
     fn mountpoint(&mut self, root: &Path, target: &Path, kind: Kind) -> Result<PathBuf, Errno> {
         let p = root.join(target.strip_prefix("/").unwrap_or(target));
         self.log(format!("mkpoint {kind:?} {}", p.display()));
@@ -309,6 +390,14 @@ impl Syscalls for Recorder {
     }
     fn locked_flags(&mut self, _: &Path) -> Result<MsFlags, Errno> {
         Ok(MsFlags::MS_NOSUID)
+    }
+    fn readonly_tree(&mut self, path: &Path) -> Result<(), Errno> {
+        self.log(format!("setattr_ro {}", path.display()));
+        if self.setattr {
+            Ok(())
+        } else {
+            Err(Errno::ENOSYS)
+        }
     }
     fn submounts(&mut self, path: &Path) -> Vec<PathBuf> {
         vec![path.join("sub")]
