@@ -1,5 +1,3 @@
-use std::path::{Path, PathBuf};
-
 use super::*;
 use crate::lock::{AptPackage, PythonPackage};
 
@@ -180,22 +178,4 @@ fn failed_steps_hint_at_the_cause() {
         e.to_string(),
         "build step run `false` exited with status 1\n  | boom\n\nfull log: /s/envs/x/build.log"
     );
-}
-
-pub(crate) fn devenv_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("DEVENV_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("devenv");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build` first",
-        p.display()
-    );
-    p
 }

@@ -396,6 +396,27 @@ fn fs_name(path: &Path) -> String {
         .map_or_else(|| format!("filesystem type {t:#x}"), |(_, n)| n.to_string())
 }
 
+/// The `devenv` binary next to the test binary (or `DEVENV_BIN`): unit tests are no namespace
+/// helper themselves, so containers in tests re-execute this one.
+#[cfg(test)]
+pub(crate) fn test_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("DEVENV_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("devenv");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build` first, or set DEVENV_BIN",
+        p.display()
+    );
+    p
+}
+
 #[cfg(test)]
 mod hint_tests {
     use super::*;

@@ -4,32 +4,14 @@
 //! skip. Run them as an unprivileged user too: root on the host proves less.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
-use super::{RuntimeError, Spec, run_with};
+use super::{RuntimeError, Spec, run_with, test_binary as devenv_bin};
 use crate::config::{Mount, Network};
 
 /// One container test at a time: `run` installs process-wide signal handlers.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn devenv_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("DEVENV_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("devenv");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build` first, or set DEVENV_BIN",
-        p.display()
-    );
-    p
-}
 
 const APPLETS: &[&str] = &[
     "sh", "ls", "cat", "id", "touch", "echo", "sleep", "ifconfig", "true", "false", "test",
