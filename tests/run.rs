@@ -705,14 +705,20 @@ fn dev_proc_sys_and_tmp_are_the_containers() {
 // ---------------------------------------------------------------------------------------------
 // Interactive shell
 
-#[test]
-fn interactive_shell_on_a_pty() {
-    let home = project("[container]\nshell = \"/bin/sh\"\n");
-    run(devenv(&home).arg("pull")).success();
-    let mut cmd = devenv(&home);
+/// `devenv shell` on a terminal of its own, the image pulled first, once its prompt is up.
+fn shell_on_a_pty(home: &TestHome) -> PtySession {
+    run(devenv(home).arg("pull")).success();
+    let mut cmd = devenv(home);
     cmd.env("TERM", "dumb").arg("shell");
     let mut s = PtySession::spawn(cmd);
     s.expect("devenv:project", Duration::from_secs(60));
+    s
+}
+
+#[test]
+fn interactive_shell_on_a_pty() {
+    let home = project("[container]\nshell = \"/bin/sh\"\n");
+    let mut s = shell_on_a_pty(&home);
     s.type_str("[ -t 0 ] && [ -t 1 ] && echo on-a-$((1+1))-terminal\n");
     s.expect("on-a-2-terminal", Duration::from_secs(20));
     s.type_str("echo marker-$((6*7))\n");
@@ -725,11 +731,7 @@ fn interactive_shell_on_a_pty() {
 #[test]
 fn ctrl_c_in_the_interactive_shell_interrupts_the_command_not_the_shell() {
     let home = project("[container]\nshell = \"/bin/sh\"\n");
-    run(devenv(&home).arg("pull")).success();
-    let mut cmd = devenv(&home);
-    cmd.env("TERM", "dumb").arg("shell");
-    let mut s = PtySession::spawn(cmd);
-    s.expect("devenv:project", Duration::from_secs(60));
+    let mut s = shell_on_a_pty(&home);
     s.type_str("sleep 30\n");
     std::thread::sleep(Duration::from_millis(500));
     s.type_str("\x03");
@@ -792,11 +794,7 @@ fn closing_the_terminal_ends_the_shell_and_everything_in_it() {
 fn interactive_shell_defaults_to_a_shell_the_image_has() {
     // No [container].shell: the user's login shell (/bin/sh for the test user) or sh.
     let home = project("");
-    run(devenv(&home).arg("pull")).success();
-    let mut cmd = devenv(&home);
-    cmd.env("TERM", "dumb").arg("shell");
-    let mut s = PtySession::spawn(cmd);
-    s.expect("devenv:project", Duration::from_secs(60));
+    let mut s = shell_on_a_pty(&home);
     s.type_str("echo marker-$((6*7))\n");
     s.expect("marker-42", Duration::from_secs(20));
     s.type_str("exit 5\n");

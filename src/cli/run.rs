@@ -68,6 +68,9 @@ pub(super) fn materialize(
     loaded: &crate::config::Loaded,
 ) -> anyhow::Result<Materialized> {
     let store = ctx.store()?;
+    // Shared gc lock from the first fetch (locking pulls the image and stages resolutions in
+    // tmp/) until the env record names the image and its tool layers: gc waits meanwhile.
+    let gc_lock = store.lock_shared("gc")?;
     let platform = loaded.env.platform();
     let lock_opts = crate::lock::LockOptions::new(loaded, ctx.locked, ctx.offline);
     let lock = crate::lock::ensure(loaded, &store, &lock_opts, &ctx.ui)
@@ -81,8 +84,6 @@ pub(super) fn materialize(
         offline: ctx.offline,
         refresh_tag: false,
     };
-    // Shared gc lock until the env record names the image, so gc cannot take it in between.
-    let gc_lock = store.lock_shared("gc")?;
     let pulled = pull::pull(&image, &opts, &store, &super::pull::client, &ctx.ui)
         .with_context(|| format!("pulling {image}"))?;
     let project = Project::new(&loaded.project_dir)?;
