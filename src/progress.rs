@@ -7,8 +7,6 @@
 pub trait Bar: Send + Sync {
     /// `n` more units (bytes) done.
     fn inc(&self, n: u64);
-    /// The total is known late (a blob size from a response header).
-    fn set_total(&self, _total: u64) {}
     /// The step ended; `message` says how (`done`, `cached`).
     fn finish(&self, message: &str);
 }

@@ -66,11 +66,6 @@ pub enum PullError {
         layer: Digest,
         media_type: String,
     },
-    #[error("{image}: the image config is not valid JSON: {source}")]
-    Config {
-        image: String,
-        source: serde_json::Error,
-    },
     #[error("{image}: the image index points to another index")]
     NestedIndex { image: String },
     #[error("{image} is not in the store and --offline forbids fetching it")]
@@ -178,11 +173,7 @@ pub fn pull(
             b
         }
     };
-    let config: ImageConfig =
-        serde_json::from_slice(&config_bytes).map_err(|source| PullError::Config {
-            image: name.clone(),
-            source,
-        })?;
+    let config = manifest::parse_config(&config_bytes)?;
     let diff_ids = config.rootfs.diff_ids.clone();
     if diff_ids.len() != manifest.layers.len() {
         return Err(PullError::LayerCount {
@@ -239,7 +230,7 @@ fn from_store(
     let Some(config_bytes) = store.blob(&manifest.config.digest) else {
         return Ok(None);
     };
-    let Ok(config) = serde_json::from_slice::<ImageConfig>(&config_bytes) else {
+    let Ok(config) = manifest::parse_config(&config_bytes) else {
         return Ok(None);
     };
     let layers = config.rootfs.diff_ids.clone();

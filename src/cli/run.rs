@@ -124,7 +124,7 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
         lowers,
     } = materialize(ctx, &loaded)?;
 
-    let user = current_user();
+    let user = runtime::host_user().name.clone();
     let home_target = if root {
         PathBuf::from("/root")
     } else {
@@ -134,25 +134,15 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
     let host_names: Vec<String> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
         .collect();
-    let home_str = home_target.display().to_string();
+    let login = if root {
+        "root".to_string()
+    } else {
+        user.clone()
+    };
     let ours = [
-        ("HOME", home_str),
-        (
-            "USER",
-            if root {
-                "root".to_string()
-            } else {
-                user.clone()
-            },
-        ),
-        (
-            "LOGNAME",
-            if root {
-                "root".to_string()
-            } else {
-                user.clone()
-            },
-        ),
+        ("HOME", home_target.display().to_string()),
+        ("USER", login.clone()),
+        ("LOGNAME", login),
         ("DEVENV", "1".to_string()),
         ("DEVENV_ENV", project.name.clone()),
         // Debian's bash.bashrc replaces PS1 but shows $debian_chroot: both say where one is.
@@ -202,17 +192,6 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
     }
     let code = runtime::run(&spec)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
-}
-
-/// The user's name on the host: inside, the same uid gets the same name.
-fn current_user() -> String {
-    let uid = nix::unistd::getuid();
-    nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| format!("user{uid}"))
 }
 
 /// The home directory the image's /etc/passwd gives `user`, read from the topmost layer that

@@ -324,18 +324,37 @@ pub(crate) fn run_with(exe: &Path, spec: &Spec, force_flatten: bool) -> Result<i
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
+/// The invoking user as the host's passwd names them: inside, the same uid gets the same name
+/// (and, for an interactive shell, their login shell when the image has it).
+#[derive(Clone, Debug)]
+pub struct HostUser {
+    pub name: String,
+    pub shell: Option<String>,
+}
+
+/// Read once per process: the CLI (home path, USER) and the plan both need it.
+pub fn host_user() -> &'static HostUser {
+    static USER: std::sync::OnceLock<HostUser> = std::sync::OnceLock::new();
+    USER.get_or_init(|| {
+        let uid = nix::unistd::getuid().as_raw();
+        let host = std::fs::read_to_string("/etc/passwd")
+            .ok()
+            .and_then(|p| fsutil::passwd_lookup(&p, uid));
+        let name = host
+            .as_ref()
+            .map(|(n, _)| n.clone())
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| format!("user{uid}"));
+        let shell = host.map(|(_, s)| s).or_else(|| std::env::var("SHELL").ok());
+        HostUser { name, shell }
+    })
+}
+
 fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
-    let host = std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|p| fsutil::passwd_lookup(&p, uid));
-    let user_name = host
-        .as_ref()
-        .map(|(n, _)| n.clone())
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| format!("user{uid}"));
-    let host_shell = host.map(|(_, s)| s).or_else(|| std::env::var("SHELL").ok());
+    let user = host_user();
+    let (user_name, host_shell) = (user.name.clone(), user.shell.clone());
     let mut mounts: Vec<(PathBuf, PathBuf, bool)> = spec
         .mounts
         .iter()

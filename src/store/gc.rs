@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{LockMode, Store, StoreError, lock_file};
 use crate::reference::Digest;
-use crate::registry::manifest::{self, ImageConfig, ManifestKind};
+use crate::registry::manifest::{self, ManifestKind};
 
 /// `envs/<id>/env.json`: what an env is and what it uses.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -124,7 +124,7 @@ impl Roots {
         self.blobs.extend(m.layers.iter().map(|l| l.digest.clone()));
         if let Some(config) = store
             .blob(&m.config.digest)
-            .and_then(|b| serde_json::from_slice::<ImageConfig>(&b).ok())
+            .and_then(|b| manifest::parse_config(&b).ok())
         {
             self.layers.extend(config.rootfs.diff_ids);
         }

@@ -152,9 +152,6 @@ impl Bar for TtyBar {
     fn inc(&self, n: u64) {
         self.pb.inc(n);
     }
-    fn set_total(&self, total: u64) {
-        self.pb.set_length(total);
-    }
     fn finish(&self, message: &str) {
         self.pb.finish_and_clear();
         self.multi.remove(&self.pb);

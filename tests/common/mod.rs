@@ -427,13 +427,7 @@ fn indent(s: &str) -> String {
 
 /// Runs `cmd` to completion (killed after [`COMMAND_TIMEOUT`]), capturing both streams.
 pub fn run(cmd: &mut Command) -> Outcome {
-    let what = format!("{cmd:?}");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+    let (child, what) = spawn(cmd);
     wait(child, what)
 }
 
