@@ -481,13 +481,29 @@ fn a_command_that_leaves_an_orphan_running_ends_with_its_own_status() {
     let t = Instant::now();
     // The background sleep outlives the command; the run ends with the command, as a
     // container does when its main process exits.
-    let out = sh(&home, "sleep 60 & exit 3");
+    let out = sh(&home, "sleep 61.0713 & exit 3");
     assert_eq!(out.code(), Some(3), "{out:?}");
     assert!(
         t.elapsed() < Duration::from_secs(30),
         "devenv waited for the orphan: took {:?}",
         t.elapsed()
     );
+    // devenv returns the status before the container's namespaces are torn down; the teardown
+    // still kills the orphan right after.
+    let alive = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("61.0713"))
+        })
+    };
+    let t = Instant::now();
+    while alive() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the orphan outlived its container"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -465,7 +465,12 @@ fn run_container(spec: &Spec) -> Result<i32, RuntimeError> {
 /// Unit tests run from the test binary, which is no namespace helper: use devenv's.
 #[cfg(test)]
 fn run_container(spec: &Spec) -> Result<i32, RuntimeError> {
-    runtime::run_with(&runtime::test_binary(), spec, false)
+    runtime::run_with(
+        &runtime::test_binary(),
+        spec,
+        false,
+        runtime::Teardown::Wait,
+    )
 }
 
 fn bind(source: &Path, target: &str, read_only: bool) -> Mount {

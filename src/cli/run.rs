@@ -190,7 +190,7 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
             &format!("{} ({image}, {})", project.name, pulled.manifest.short()),
         );
     }
-    let code = runtime::run(&spec)?;
+    let code = runtime::run_last(&spec)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 

@@ -1,13 +1,16 @@
-//! The helper's processes. `devenv __init SPEC_FD ERR_FD LOCK_FD` (the helper) reads the plan,
-//! enters the namespaces and forks PID 1 of the new PID namespace; PID 1 builds the root, forks
-//! the command and then reaps every process until the command ends; the helper waits for PID 1,
-//! gives the terminal back and exits with the command's status.
+//! The container's processes. The helper (a fork of `devenv` when it is single-threaded, else
+//! `devenv __init SPEC_FD ERR_FD LOCK_FD`, which reads the plan from SPEC_FD) enters the
+//! namespaces and forks PID 1 of the new PID namespace; PID 1 builds the root, forks the
+//! command, reaps every process until the command ends and then reports its status. The helper
+//! only waits for PID 1, so that PID 1 dies with it.
 //!
 //! Invariants: the helper is single-threaded (unshare(CLONE_NEWUSER) needs it, and fork is only
-//! safe so); a setup error goes back to `run` as JSON on ERR_FD, which nobody holds once the
-//! command is started, so EOF there means "started". Signals sent to us by a process are
-//! forwarded to the child; those the terminal sent to the whole process group are not, since the
-//! child got them too.
+//! safe so); the helper and PID 1 leave with `_exit` and never unwind into the caller's frames.
+//! ERR_FD carries one [`Message`] to `run`: a setup error, or the command's status; PID 1 sends
+//! the status before its namespaces are torn down, so `devenv` need not wait for the teardown.
+//! Signals sent to the helper by a process are forwarded to PID 1 and from there to the
+//! command; those the terminal sent to the whole process group are not, since the command got
+//! them too.
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -86,7 +89,7 @@ pub fn init_main() -> ExitCode {
     let plan = match read_plan(spec) {
         Ok(p) => p,
         Err(e) => {
-            report(err, &e);
+            report(&err, &e);
             return ExitCode::from(SETUP_FAILED as u8);
         }
     };
@@ -106,25 +109,89 @@ fn read_plan(mut spec: std::fs::File) -> Result<Plan, RuntimeError> {
     })
 }
 
+/// What PID 1 (or the helper, before PID 1 exists) sends `run` on ERR_FD: a tag byte, then a
+/// setup error as JSON up to EOF, or the command's status as 4 bytes, little-endian. EOF with
+/// nothing: PID 1 died without a word (killed); the helper's exit status says how.
+#[derive(Debug)]
+pub(super) enum Message {
+    Error(RuntimeError),
+    Status(i32),
+    Nothing,
+}
+
+const TAG_ERROR: u8 = b'E';
+const TAG_STATUS: u8 = b'S';
+
+impl Message {
+    /// Read one message; a status is taken as soon as its bytes are in, without waiting for
+    /// EOF (which comes only after PID 1's exit has closed its descriptors).
+    pub(super) fn read(from: OwnedFd) -> Message {
+        let mut f = std::fs::File::from(from);
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if buf.first() == Some(&TAG_STATUS) && buf.len() >= 5 {
+                let code = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+                return Message::Status(code);
+            }
+            match f.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Message::Error(RuntimeError::Helper {
+                        message: format!("reading its report: {e}"),
+                    });
+                }
+            }
+        }
+        match buf.split_first() {
+            None => Message::Nothing,
+            Some((&TAG_ERROR, json)) => {
+                Message::Error(serde_json::from_slice(json).unwrap_or_else(|e| {
+                    RuntimeError::Helper {
+                        message: format!("unreadable error report: {e}"),
+                    }
+                }))
+            }
+            Some(_) => Message::Error(RuntimeError::Helper {
+                message: "unreadable report".into(),
+            }),
+        }
+    }
+}
+
+/// Write `msg` whole to ERR_FD.
+fn send(err: &OwnedFd, msg: &[u8]) -> bool {
+    err.try_clone()
+        .is_ok_and(|fd| std::fs::File::from(fd).write_all(msg).is_ok())
+}
+
 /// Send a setup error to `run`; stderr if that is impossible.
-fn report(err: OwnedFd, e: &RuntimeError) {
-    let mut f = std::fs::File::from(err);
-    let sent = serde_json::to_vec(e)
-        .ok()
-        .is_some_and(|json| f.write_all(&json).is_ok());
-    if !sent {
+fn report(err: &OwnedFd, e: &RuntimeError) {
+    let mut msg = vec![TAG_ERROR];
+    if serde_json::to_writer(&mut msg, e).is_err() || !send(err, &msg) {
         eprintln!("error: {e}");
     }
 }
 
-/// Whether we own the terminal's foreground: then the command gets it, and we take it back.
-fn foreground_tty() -> bool {
+/// The command's status, sent to `run` as soon as it is known.
+fn report_status(err: &OwnedFd, code: i32) {
+    let mut msg = vec![TAG_STATUS];
+    msg.extend_from_slice(&code.to_le_bytes());
+    send(err, &msg);
+}
+
+/// Whether we own the terminal's foreground: then the command may get it, and it comes back to
+/// our process group afterwards.
+pub(super) fn foreground_tty() -> bool {
     let stdin = std::io::stdin();
     nix::unistd::isatty(&stdin).unwrap_or(false)
         && nix::unistd::tcgetpgrp(&stdin).is_ok_and(|p| p == getpgrp())
 }
 
-fn give_terminal(pgrp: Pid) {
+/// Make `pgrp` the terminal's foreground process group.
+pub(super) fn give_terminal(pgrp: Pid) {
     // termios(3): tcsetpgrp from a background group raises SIGTTOU unless it is ignored.
     // SAFETY: SIG_IGN installs no handler code; the old disposition is restored just after.
     let old =
@@ -136,21 +203,22 @@ fn give_terminal(pgrp: Pid) {
     }
 }
 
-/// The helper process: namespaces, then PID 1, then wait.
-fn helper(plan: &Plan, err: OwnedFd) -> i32 {
+/// The helper process: namespaces, then PID 1, then wait for it. Its status is PID 1's, which
+/// is the command's; `run` reads the command's status from ERR_FD first and needs this only
+/// when PID 1 died without reporting.
+pub(super) fn helper(plan: &Plan, err: OwnedFd) -> i32 {
     // An interactive shell leads its own foreground group (it runs job control for its jobs);
     // a command stays in devenv's group, so Ctrl-Z stops devenv and the command as one job
-    // and the user's shell can `fg` them. Either way the terminal comes back to our group.
+    // and the user's shell can `fg` them. Either way `run` takes the terminal back after.
     let parent = nix::unistd::getppid();
-    let foreground = foreground_tty();
-    let take_tty = foreground && plan.argv.is_empty();
+    let take_tty = plan.argv.is_empty() && foreground_tty();
     // Blocked before fork so that no signal or child exit slips past the sigwaitinfo loops.
     if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&waited_set()), None) {
-        report(err, &RuntimeError::sys("blocking signals", e));
+        report(&err, &RuntimeError::sys("blocking signals", e));
         return SETUP_FAILED;
     }
     if let Err(e) = setup::enter_namespaces(&mut Real, plan) {
-        report(err, &e);
+        report(&err, &e);
         return SETUP_FAILED;
     }
     // A `devenv` killed with SIGKILL cannot forward anything: die with it, so no container
@@ -158,7 +226,7 @@ fn helper(plan: &Plan, err: OwnedFd) -> i32 {
     // signal when credentials change, which entering the user namespace does, so set it here;
     // then make sure the parent did not die before it took effect.
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
-        report(err, &RuntimeError::sys("prctl(PR_SET_PDEATHSIG)", e));
+        report(&err, &RuntimeError::sys("prctl(PR_SET_PDEATHSIG)", e));
         return SETUP_FAILED;
     }
     if nix::unistd::getppid() != parent {
@@ -168,46 +236,46 @@ fn helper(plan: &Plan, err: OwnedFd) -> i32 {
     // SAFETY: the helper is single-threaded, so the child's memory is consistent.
     match unsafe { fork() } {
         Err(e) => {
-            report(err, &RuntimeError::sys("fork", e));
+            report(&err, &RuntimeError::sys("fork", e));
             SETUP_FAILED
         }
         Ok(ForkResult::Child) => {
-            let code = pid1(plan, err, take_tty);
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                match pid1(plan, &err, take_tty) {
+                    Ok(code) => {
+                        report_status(&err, code);
+                        code
+                    }
+                    Err(e) => {
+                        report(&err, &e);
+                        SETUP_FAILED
+                    }
+                }
+            }))
+            .unwrap_or(SETUP_FAILED);
             // SAFETY: _exit(2) ends the forked child without running the parent's atexit work.
             unsafe { libc::_exit(code) }
         }
         Ok(ForkResult::Parent { child }) => {
+            // PID 1 alone holds ERR_FD now: its EOF is PID 1's end.
             drop(err);
-            let code = supervise(child, false);
-            if foreground {
-                give_terminal(getpgrp());
-            }
-            code
+            supervise(child, false)
         }
     }
 }
 
-/// PID 1: build the root, start the command, reap until it ends.
-fn pid1(plan: &Plan, err: OwnedFd, take_tty: bool) -> i32 {
+/// PID 1: build the root, start the command, reap until it ends; the command's status.
+fn pid1(plan: &Plan, err: &OwnedFd, take_tty: bool) -> Result<i32, RuntimeError> {
     // The helper dying (with devenv) takes PID 1, and with it the whole PID namespace.
-    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
-        report(err, &RuntimeError::sys("prctl(PR_SET_PDEATHSIG)", e));
-        return SETUP_FAILED;
-    }
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| RuntimeError::sys("prctl(PR_SET_PDEATHSIG)", e))?;
     let mut sys = Real;
     // Still the host's view: /proc/self/fd/0 names the terminal's device in the host's /dev.
     let console = std::fs::read_link("/proc/self/fd/0").ok().filter(|p| {
         p.starts_with("/dev/") && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
     });
-    let built = setup::build_root(&mut sys, plan, console.as_deref())
-        .and_then(|fs| Ok((fs, setup::finish(&mut sys, plan)?)));
-    let (fs, argv) = match built {
-        Ok(v) => v,
-        Err(e) => {
-            report(err, &e);
-            return SETUP_FAILED;
-        }
-    };
+    let fs = setup::build_root(&mut sys, plan, console.as_deref())?;
+    let argv = setup::finish(&mut sys, plan)?;
     if plan.force_flatten {
         eprintln!("note: DEVENV_FLATTEN=1; using a flattened copy of the image");
     } else if let RootFs::Flattened(_) = fs {
@@ -218,20 +286,14 @@ fn pid1(plan: &Plan, err: OwnedFd, take_tty: bool) -> i32 {
     }
     // Ctrl-C or a kill while we were building the root: do not start the command at all.
     if let Some(sig) = pending_stop() {
-        return 128 + sig;
+        return Ok(128 + sig);
     }
     // After no-new-privs (finish), which an unprivileged seccomp filter needs; inherited.
-    if plan.root
-        && let Err(errno) = super::seccomp::ignore_unmapped_chown()
-    {
-        report(
-            err,
-            &RuntimeError::sys("installing the chown filter (seccomp)", errno),
-        );
-        return SETUP_FAILED;
+    if plan.root {
+        super::seccomp::ignore_unmapped_chown()
+            .map_err(|errno| RuntimeError::sys("installing the chown filter (seccomp)", errno))?;
     }
-    // From here on errors are the command's, printed by us like the rest of devenv.
-    drop(err);
+    let _ = err; // kept open (close-on-exec) until the status is sent
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .env_clear()
@@ -253,8 +315,9 @@ fn pid1(plan: &Plan, err: OwnedFd, take_tty: bool) -> i32 {
             Ok(())
         })
     };
+    // From here on errors are the command's, printed by us like the rest of devenv.
     match cmd.spawn() {
-        Ok(child) => supervise(Pid::from_raw(child.id() as i32), true),
+        Ok(child) => Ok(supervise(Pid::from_raw(child.id() as i32), true)),
         Err(e) => {
             let (code, what) = match e.kind() {
                 std::io::ErrorKind::NotFound => (127, "command not found".to_string()),
@@ -262,7 +325,7 @@ fn pid1(plan: &Plan, err: OwnedFd, take_tty: bool) -> i32 {
                 _ => (126, e.to_string()),
             };
             eprintln!("error: {}: {what}", argv[0]);
-            code
+            Ok(code)
         }
     }
 }

@@ -39,13 +39,15 @@ mod sys;
 #[cfg(test)]
 mod tests;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nix::errno::Errno;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 pub use init::init_main;
@@ -230,15 +232,87 @@ impl crate::error::Hint for RuntimeError {
 
 /// Run `spec` in a new container; the command's exit status, 128+signal when it was killed.
 /// Signals sent to this process (not those from the terminal) are forwarded to the command.
-/// `DEVENV_FLATTEN=1` skips overlay for the flattened copy (for filesystems where overlay mounts
-/// but misbehaves).
+/// Returns once the container is gone. `DEVENV_FLATTEN=1` skips overlay for the flattened copy
+/// (for filesystems where overlay mounts but misbehaves).
 pub fn run(spec: &Spec) -> Result<i32, RuntimeError> {
-    let flatten = std::env::var_os("DEVENV_FLATTEN").is_some_and(|v| v == "1");
-    run_with(Path::new("/proc/self/exe"), spec, flatten)
+    run_with(
+        Path::new("/proc/self/exe"),
+        spec,
+        flatten_forced(),
+        Teardown::Wait,
+    )
+}
+
+/// [`run`] for the last thing a process does: returns as soon as the command's status is known,
+/// while PID 1 is still tearing its namespaces down (about a millisecond and a half of
+/// unmounting); it dies with the caller (parent-death signal) if it has not finished by then.
+/// The entry is released at once only when it lived in the container's private tmpfs; an
+/// entry on the disk is waited for, since its mounts still name its directories.
+pub fn run_last(spec: &Spec) -> Result<i32, RuntimeError> {
+    run_with(
+        Path::new("/proc/self/exe"),
+        spec,
+        flatten_forced(),
+        Teardown::Leave,
+    )
+}
+
+fn flatten_forced() -> bool {
+    std::env::var_os("DEVENV_FLATTEN").is_some_and(|v| v == "1")
+}
+
+/// Whether `run` waits for the container's namespaces to be torn down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Teardown {
+    Wait,
+    Leave,
+}
+
+/// The helper: a fork of this process when it has one thread (no exec: the cheap way), else a
+/// fresh `exe __init` (fork is unsafe in a threaded process, and unshare(CLONE_NEWUSER) refuses
+/// one). Tests always pass their own `exe`, which forces the second way.
+enum Helper {
+    Forked(Pid),
+    Spawned(std::process::Child),
+}
+
+impl Helper {
+    fn pid(&self) -> Pid {
+        match self {
+            Helper::Forked(p) => *p,
+            Helper::Spawned(c) => Pid::from_raw(c.id() as i32),
+        }
+    }
+
+    /// Its exit status, 128+signal when killed.
+    fn wait(self) -> Result<i32, RuntimeError> {
+        let failed = |e: &dyn std::fmt::Display| RuntimeError::Helper {
+            message: format!("waiting: {e}"),
+        };
+        match self {
+            Helper::Spawned(mut c) => {
+                let st = c.wait().map_err(|e| failed(&e))?;
+                Ok(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)))
+            }
+            Helper::Forked(pid) => loop {
+                match nix::sys::wait::waitpid(pid, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Err(failed(&e)),
+                }
+            },
+        }
+    }
 }
 
 /// [`run`] with a given devenv binary as the helper (tests run from another binary).
-pub(crate) fn run_with(exe: &Path, spec: &Spec, force_flatten: bool) -> Result<i32, RuntimeError> {
+pub(crate) fn run_with(
+    exe: &Path,
+    spec: &Spec,
+    force_flatten: bool,
+    teardown: Teardown,
+) -> Result<i32, RuntimeError> {
     fs_err::create_dir_all(&spec.home).map_err(|e| RuntimeError::Io {
         path: spec.home.clone(),
         message: e.to_string(),
@@ -261,20 +335,108 @@ pub(crate) fn run_with(exe: &Path, spec: &Spec, force_flatten: bool) -> Result<i
             message: e.to_string(),
         })?;
     }
-    let json = serde_json::to_vec(&plan).map_err(|e| RuntimeError::Helper {
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RuntimeError::sys("pipe for errors", e))?;
+    // Ours until the command ends, then the caller's again.
+    let foreground = init::foreground_tty();
+    let helper = if exe == Path::new("/proc/self/exe") && single_threaded() {
+        fork_helper(&plan, spec, err_w)?
+    } else {
+        spawn_helper(exe, &plan, spec, err_w, entry.lock_fd())?
+    };
+    let forward = init::Forward::install(helper.pid().as_raw() as u32);
+    let message = init::Message::read(err_r);
+    let result = match message {
+        init::Message::Status(code) => {
+            // An entry on the disk is named by the mounts being torn down: let them go first.
+            if teardown == Teardown::Wait || entry.dir.exists() {
+                helper.wait()?;
+            }
+            Ok(code)
+        }
+        init::Message::Error(e) => {
+            helper.wait()?;
+            Err(e)
+        }
+        init::Message::Nothing => helper.wait(),
+    };
+    drop(forward);
+    if foreground {
+        init::give_terminal(nix::unistd::getpgrp());
+    }
+    drop(entry);
+    result
+}
+
+/// One thread in this process (/proc/self/stat's num_threads): fork is safe.
+fn single_threaded() -> bool {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return false;
+    };
+    // pid (comm) state ppid ...: comm may hold spaces and parentheses; num_threads is the
+    // 20th field, the 18th after comm.
+    stat.rfind(')')
+        .and_then(|i| stat.get(i + 2..))
+        .and_then(|rest| rest.split(' ').nth(17))
+        .is_some_and(|n| n == "1")
+}
+
+/// The helper as a fork of this single-threaded process: the plan is already in its memory.
+fn fork_helper(
+    plan: &setup::Plan,
+    spec: &Spec,
+    err_w: std::os::fd::OwnedFd,
+) -> Result<Helper, RuntimeError> {
+    use std::os::fd::AsFd;
+    // Nothing buffered may be written twice.
+    let _ = std::io::stdout().flush();
+    // SAFETY: this process has one thread (checked by the caller), so the child's memory is
+    // consistent; the child never returns into our frames (it leaves with _exit, also on a
+    // panic), so nothing of ours (the entry's Drop) runs twice.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(RuntimeError::sys("fork", e)),
+        Ok(nix::unistd::ForkResult::Child) => {
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if let Some(out) = &spec.output {
+                    redirect_output(out.as_fd());
+                }
+                init::helper(plan, err_w)
+            }))
+            .unwrap_or(125);
+            // SAFETY: ends the forked child without running this process's exit work.
+            unsafe { libc::_exit(code.clamp(0, 255)) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Helper::Forked(child)),
+    }
+}
+
+/// stdin from /dev/null, stdout and stderr to `out` (a build step's log).
+fn redirect_output(out: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        // SAFETY: dup2 onto the standard descriptors, which this process owns.
+        unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+    for fd in [1, 2] {
+        // SAFETY: as above.
+        unsafe { libc::dup2(out.as_raw_fd(), fd) };
+    }
+}
+
+/// The helper as a fresh `exe __init SPEC_FD ERR_FD LOCK_FD`, reading the plan as JSON.
+fn spawn_helper(
+    exe: &Path,
+    plan: &setup::Plan,
+    spec: &Spec,
+    err_w: std::os::fd::OwnedFd,
+    lock: std::os::fd::BorrowedFd<'_>,
+) -> Result<Helper, RuntimeError> {
+    let json = serde_json::to_vec(plan).map_err(|e| RuntimeError::Helper {
         message: e.to_string(),
     })?;
-    let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
-    let pipe = |what: &str| {
-        nix::unistd::pipe2(cloexec).map_err(|e| RuntimeError::sys(format!("pipe for {what}"), e))
-    };
-    let (spec_r, spec_w) = pipe("the plan")?;
-    let (err_r, err_w) = pipe("errors")?;
-    let fds = [
-        spec_r.as_raw_fd(),
-        err_w.as_raw_fd(),
-        entry.lock_fd().as_raw_fd(),
-    ];
+    let (spec_r, spec_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RuntimeError::sys("pipe for the plan", e))?;
+    let fds = [spec_r.as_raw_fd(), err_w.as_raw_fd(), lock.as_raw_fd()];
     let mut cmd = Command::new(exe);
     cmd.arg(INIT_ARG).args(fds.iter().map(|f| f.to_string()));
     if let Some(out) = &spec.output {
@@ -296,32 +458,14 @@ pub(crate) fn run_with(exe: &Path, spec: &Spec, force_flatten: bool) -> Result<i
             Ok(())
         })
     };
-    let mut child = cmd.spawn().map_err(|e| RuntimeError::Helper {
+    let child = cmd.spawn().map_err(|e| RuntimeError::Helper {
         message: format!("starting {}: {e}", exe.display()),
     })?;
     drop(spec_r);
     drop(err_w);
-    let forward = init::Forward::install(child.id());
-    // A helper that died early makes this EPIPE; its status and stderr tell why.
+    // A helper that died early makes this EPIPE; its report and status tell why.
     let _ = std::fs::File::from(spec_w).write_all(&json);
-    let mut report = Vec::new();
-    let _ = std::fs::File::from(err_r).read_to_end(&mut report);
-    let status = child.wait();
-    drop(forward);
-    drop(entry);
-    let status = status.map_err(|e| RuntimeError::Helper {
-        message: format!("waiting: {e}"),
-    })?;
-    if !report.is_empty() {
-        return Err(
-            serde_json::from_slice(&report).unwrap_or_else(|e| RuntimeError::Helper {
-                message: format!("unreadable error report: {e}"),
-            }),
-        );
-    }
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(Helper::Spawned(child))
 }
 
 /// The invoking user as the host's passwd names them: inside, the same uid gets the same name

@@ -93,7 +93,7 @@ impl Fixture {
     }
 
     fn run(&self, spec: &Spec) -> i32 {
-        match run_with(&devenv_bin(), spec, self.flatten) {
+        match run_with(&devenv_bin(), spec, self.flatten, super::Teardown::Wait) {
             Ok(code) => code,
             Err(e) => panic!("{}", render(&e)),
         }
@@ -277,7 +277,7 @@ fn container_mounts_read_only_and_missing_source() {
     assert_eq!(f.read("sub/got"), "hello\n");
     assert!(!data.join("new").exists());
     spec.mounts[0].source = data.join("missing");
-    let e = run_with(&devenv_bin(), &spec, false).unwrap_err();
+    let e = run_with(&devenv_bin(), &spec, false, super::Teardown::Wait).unwrap_err();
     assert!(matches!(e, RuntimeError::MountSource { .. }), "{e}");
 }
 
