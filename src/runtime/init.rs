@@ -13,13 +13,13 @@
 //! them too.
 
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork, getpgrp};
+use nix::unistd::{Pid, getpgrp};
 
 use super::RuntimeError;
 use super::setup::{self, Plan, RootFs};
@@ -203,73 +203,164 @@ pub(super) fn give_terminal(pgrp: Pid) {
     }
 }
 
-/// The helper process: namespaces, then PID 1, then wait for it. Its status is PID 1's, which
-/// is the command's; `run` reads the command's status from ERR_FD first and needs this only
-/// when PID 1 died without reporting.
-pub(super) fn helper(plan: &Plan, err: OwnedFd) -> i32 {
-    // An interactive shell leads its own foreground group (it runs job control for its jobs);
-    // a command stays in devenv's group, so Ctrl-Z stops devenv and the command as one job
-    // and the user's shell can `fg` them. Either way `run` takes the terminal back after.
+/// The helper process (`devenv __init`, where `devenv` has threads): starts PID 1 and waits for
+/// it, forwarding signals. Its status is PID 1's, which is the command's; `run` reads the
+/// command's status from ERR_FD first and needs this only when PID 1 died without reporting.
+fn helper(plan: &Plan, err: OwnedFd) -> i32 {
+    // With `devenv` gone nobody forwards anything: die with it, and PID 1 with us.
     let parent = nix::unistd::getppid();
-    let take_tty = plan.argv.is_empty() && foreground_tty();
-    // Blocked before fork so that no signal or child exit slips past the sigwaitinfo loops.
-    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&waited_set()), None) {
-        report(&err, &RuntimeError::sys("blocking signals", e));
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != parent
+    {
         return SETUP_FAILED;
     }
-    if let Err(e) = setup::enter_namespaces(&mut Real, plan) {
-        report(&err, &e);
-        return SETUP_FAILED;
-    }
-    // A `devenv` killed with SIGKILL cannot forward anything: die with it, so no container
-    // outlives it (and its entry lock frees). prctl(2): the kernel clears the parent-death
-    // signal when credentials change, which entering the user namespace does, so set it here;
-    // then make sure the parent did not die before it took effect.
-    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
-        report(&err, &RuntimeError::sys("prctl(PR_SET_PDEATHSIG)", e));
-        return SETUP_FAILED;
-    }
-    if nix::unistd::getppid() != parent {
-        return SETUP_FAILED;
-    }
-    // fork(2) after unshare(CLONE_NEWPID): the child is PID 1 of the new namespace.
-    // SAFETY: the helper is single-threaded, so the child's memory is consistent.
-    match unsafe { fork() } {
-        Err(e) => {
-            report(&err, &RuntimeError::sys("fork", e));
-            SETUP_FAILED
-        }
-        Ok(ForkResult::Child) => {
-            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                match pid1(plan, &err, take_tty) {
-                    Ok(code) => {
-                        report_status(&err, code);
-                        code
-                    }
-                    Err(e) => {
-                        report(&err, &e);
-                        SETUP_FAILED
-                    }
-                }
-            }))
-            .unwrap_or(SETUP_FAILED);
-            // SAFETY: _exit(2) ends the forked child without running the parent's atexit work.
-            unsafe { libc::_exit(code) }
-        }
-        Ok(ForkResult::Parent { child }) => {
+    let launched = block_signals().and_then(|_| {
+        let take_tty = plan.argv.is_empty() && foreground_tty();
+        start_pid1(plan, &err, None, take_tty, None)
+    });
+    match launched {
+        Ok(pid1) => {
             // PID 1 alone holds ERR_FD now: its EOF is PID 1's end.
             drop(err);
-            supervise(child, false)
+            supervise(pid1, false)
+        }
+        Err(e) => {
+            report(&err, &e);
+            SETUP_FAILED
         }
     }
 }
 
+/// Block the signals PID 1 waits for, in the process that is about to clone it, so that none
+/// slips past its sigwaitinfo loop; the previous mask, to restore after the clone.
+pub(super) fn block_signals() -> Result<SigSet, RuntimeError> {
+    let mut old = SigSet::empty();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&waited_set()), Some(&mut old))
+        .map_err(|e| RuntimeError::sys("blocking signals", e))?;
+    Ok(old)
+}
+
+/// Put back the mask [`block_signals`] returned.
+pub(super) fn restore_signals(old: &SigSet) {
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(old), None);
+}
+
+/// clone(2) PID 1 straight into new user, mount, PID, IPC and UTS namespaces (and network, for
+/// `network = "none"`): no helper process in between. clone, unlike unshare, accepts
+/// CLONE_NEWUSER from any process, but the child of a threaded one could only make
+/// async-signal-safe calls: callers have one thread (`run` checks, `__init` is fresh).
+/// `output`: where the command's stdout and stderr go. `close_in_child`: the caller's read end
+/// of ERR_FD, which PID 1 must not hold (its EOF and POLLERR say who is alive).
+pub(super) fn start_pid1(
+    plan: &Plan,
+    err: &OwnedFd,
+    output: Option<BorrowedFd<'_>>,
+    take_tty: bool,
+    close_in_child: Option<RawFd>,
+) -> Result<Pid, RuntimeError> {
+    let mut stack = Stack::new(PID1_STACK)?;
+    let flags = setup::namespace_flags(plan);
+    let body = Box::new(|| {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if let Some(fd) = close_in_child {
+                // SAFETY: our copy of the caller's read end, owned by nobody in this process.
+                unsafe { libc::close(fd) };
+            }
+            if let Some(out) = output {
+                redirect_output(out);
+            }
+            match pid1(plan, err, take_tty) {
+                Ok(code) => {
+                    report_status(err, code);
+                    code
+                }
+                Err(e) => {
+                    report(err, &e);
+                    SETUP_FAILED
+                }
+            }
+        }))
+        .unwrap_or(SETUP_FAILED);
+        // SAFETY: _exit(2) ends the clone without running the parent's exit work.
+        unsafe { libc::_exit(code) }
+    });
+    // SAFETY: no CLONE_VM: the child runs on its own copy of our memory (with `stack` as its
+    // stack) and never returns into our frames; the caller has a single thread.
+    unsafe { nix::sched::clone(body, stack.as_mut_slice(), flags, Some(libc::SIGCHLD)) }
+        .map_err(RuntimeError::user_namespace)
+}
+
+/// PID 1's stack: it runs on its own copy of our memory, on this mapping, which the parent
+/// unmaps right after the clone.
+const PID1_STACK: usize = 4 << 20;
+
+struct Stack {
+    base: std::ptr::NonNull<libc::c_void>,
+    len: usize,
+}
+
+impl Stack {
+    /// An anonymous mapping with a guard page at its low end.
+    fn new(len: usize) -> Result<Stack, RuntimeError> {
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, mprotect};
+        let size = std::num::NonZeroUsize::new(len).unwrap_or(std::num::NonZeroUsize::MIN);
+        let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+        let flags = MapFlags::MAP_PRIVATE | MapFlags::MAP_STACK;
+        // SAFETY: a fresh private mapping that nothing else refers to.
+        let base = unsafe { mmap_anonymous(None, size, prot, flags) }
+            .map_err(|e| RuntimeError::sys("mapping a stack for PID 1", e))?;
+        // SAFETY: the lowest page of the mapping just made; an overflow faults there.
+        unsafe { mprotect(base, 4096, ProtFlags::PROT_NONE) }
+            .map_err(|e| RuntimeError::sys("guarding PID 1's stack", e))?;
+        Ok(Stack { base, len })
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes, ours alone while `self` lives.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().cast(), self.len) }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`; the child has its own copy.
+        let _ = unsafe { nix::sys::mman::munmap(self.base, self.len) };
+    }
+}
+
+/// stdin from /dev/null, stdout and stderr to `out` (a build step's log).
+fn redirect_output(out: BorrowedFd<'_>) {
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(null);
+    }
+    let _ = nix::unistd::dup2_stdout(out);
+    let _ = nix::unistd::dup2_stderr(out);
+}
+
+/// Whether the process holding ERR_FD's read end (`devenv`) is gone: a pipe's write end polls
+/// POLLERR once no reader is left.
+fn reader_gone(err: &OwnedFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(err.as_fd(), PollFlags::empty())];
+    poll(&mut fds, PollTimeout::ZERO).is_ok_and(|_| {
+        fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
+    })
+}
+
 /// PID 1: build the root, start the command, reap until it ends; the command's status.
 fn pid1(plan: &Plan, err: &OwnedFd, take_tty: bool) -> Result<i32, RuntimeError> {
-    // The helper dying (with devenv) takes PID 1, and with it the whole PID namespace.
+    // A `devenv` killed with SIGKILL cannot forward anything: PID 1 dies with its parent, and
+    // with it the whole PID namespace, so no container outlives devenv (and its entry lock
+    // frees). prctl(2): the signal must be set in the child; then make sure the parent did not
+    // die before it took effect (getppid says nothing across the PID namespace).
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| RuntimeError::sys("prctl(PR_SET_PDEATHSIG)", e))?;
+    if reader_gone(err) {
+        return Ok(SETUP_FAILED);
+    }
     let mut sys = Real;
+    setup::map_ids(&mut sys, plan)?;
     // Still the host's view: /proc/self/fd/0 names the terminal's device in the host's /dev.
     let console = std::fs::read_link("/proc/self/fd/0").ok().filter(|p| {
         p.starts_with("/dev/") && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)

@@ -40,7 +40,7 @@ mod sys;
 mod tests;
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -268,33 +268,27 @@ pub(crate) enum Teardown {
     Leave,
 }
 
-/// The helper: a fork of this process when it has one thread (no exec: the cheap way), else a
-/// fresh `exe __init` (fork is unsafe in a threaded process, and unshare(CLONE_NEWUSER) refuses
-/// one). Tests always pass their own `exe`, which forces the second way.
-enum Helper {
-    Forked(Pid),
-    Spawned(std::process::Child),
+/// The process `run` starts and waits for: PID 1 itself, cloned from this process when it has
+/// one thread (no exec, no process in between: the cheap way), else a fresh `exe __init` that
+/// clones PID 1 and waits for it (the child of a threaded process could only make
+/// async-signal-safe calls). Tests always pass their own `exe`, which takes the second way.
+enum Child {
+    Pid1(Pid),
+    Helper(std::process::Child),
 }
 
-impl Helper {
-    fn pid(&self) -> Pid {
-        match self {
-            Helper::Forked(p) => *p,
-            Helper::Spawned(c) => Pid::from_raw(c.id() as i32),
-        }
-    }
-
+impl Child {
     /// Its exit status, 128+signal when killed.
     fn wait(self) -> Result<i32, RuntimeError> {
         let failed = |e: &dyn std::fmt::Display| RuntimeError::Helper {
             message: format!("waiting: {e}"),
         };
         match self {
-            Helper::Spawned(mut c) => {
+            Child::Helper(mut c) => {
                 let st = c.wait().map_err(|e| failed(&e))?;
                 Ok(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)))
             }
-            Helper::Forked(pid) => loop {
+            Child::Pid1(pid) => loop {
                 match nix::sys::wait::waitpid(pid, None) {
                     Ok(WaitStatus::Exited(_, code)) => return Ok(code),
                     Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
@@ -339,26 +333,40 @@ pub(crate) fn run_with(
         .map_err(|e| RuntimeError::sys("pipe for errors", e))?;
     // Ours until the command ends, then the caller's again.
     let foreground = init::foreground_tty();
-    let helper = if exe == Path::new("/proc/self/exe") && single_threaded() {
-        fork_helper(&plan, spec, err_w)?
+    let (child, forward) = if exe == Path::new("/proc/self/exe") && single_threaded() {
+        let take_tty = plan.argv.is_empty() && foreground;
+        let output = spec.output.as_deref().map(AsFd::as_fd);
+        // Nothing buffered may be written twice.
+        let _ = std::io::stdout().flush();
+        let mask = init::block_signals()?;
+        let pid1 = init::start_pid1(&plan, &err_w, output, take_tty, Some(err_r.as_raw_fd()));
+        // Forwarding in place before the signals that came meanwhile are let through.
+        let forward = pid1
+            .as_ref()
+            .ok()
+            .map(|p| init::Forward::install(p.as_raw() as u32));
+        init::restore_signals(&mask);
+        (Child::Pid1(pid1?), forward)
     } else {
-        spawn_helper(exe, &plan, spec, err_w, entry.lock_fd())?
+        let c = spawn_helper(exe, &plan, spec, &err_w, entry.lock_fd())?;
+        let forward = init::Forward::install(c.id());
+        (Child::Helper(c), Some(forward))
     };
-    let forward = init::Forward::install(helper.pid().as_raw() as u32);
+    drop(err_w);
     let message = init::Message::read(err_r);
     let result = match message {
         init::Message::Status(code) => {
             // An entry on the disk is named by the mounts being torn down: let them go first.
             if teardown == Teardown::Wait || entry.dir.exists() {
-                helper.wait()?;
+                child.wait()?;
             }
             Ok(code)
         }
         init::Message::Error(e) => {
-            helper.wait()?;
+            child.wait()?;
             Err(e)
         }
-        init::Message::Nothing => helper.wait(),
+        init::Message::Nothing => child.wait(),
     };
     drop(forward);
     if foreground {
@@ -381,56 +389,14 @@ fn single_threaded() -> bool {
         .is_some_and(|n| n == "1")
 }
 
-/// The helper as a fork of this single-threaded process: the plan is already in its memory.
-fn fork_helper(
-    plan: &setup::Plan,
-    spec: &Spec,
-    err_w: std::os::fd::OwnedFd,
-) -> Result<Helper, RuntimeError> {
-    use std::os::fd::AsFd;
-    // Nothing buffered may be written twice.
-    let _ = std::io::stdout().flush();
-    // SAFETY: this process has one thread (checked by the caller), so the child's memory is
-    // consistent; the child never returns into our frames (it leaves with _exit, also on a
-    // panic), so nothing of ours (the entry's Drop) runs twice.
-    match unsafe { nix::unistd::fork() } {
-        Err(e) => Err(RuntimeError::sys("fork", e)),
-        Ok(nix::unistd::ForkResult::Child) => {
-            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                if let Some(out) = &spec.output {
-                    redirect_output(out.as_fd());
-                }
-                init::helper(plan, err_w)
-            }))
-            .unwrap_or(125);
-            // SAFETY: ends the forked child without running this process's exit work.
-            unsafe { libc::_exit(code.clamp(0, 255)) }
-        }
-        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Helper::Forked(child)),
-    }
-}
-
-/// stdin from /dev/null, stdout and stderr to `out` (a build step's log).
-fn redirect_output(out: std::os::fd::BorrowedFd<'_>) {
-    use std::os::fd::AsRawFd;
-    if let Ok(null) = std::fs::File::open("/dev/null") {
-        // SAFETY: dup2 onto the standard descriptors, which this process owns.
-        unsafe { libc::dup2(null.as_raw_fd(), 0) };
-    }
-    for fd in [1, 2] {
-        // SAFETY: as above.
-        unsafe { libc::dup2(out.as_raw_fd(), fd) };
-    }
-}
-
 /// The helper as a fresh `exe __init SPEC_FD ERR_FD LOCK_FD`, reading the plan as JSON.
 fn spawn_helper(
     exe: &Path,
     plan: &setup::Plan,
     spec: &Spec,
-    err_w: std::os::fd::OwnedFd,
+    err_w: &std::os::fd::OwnedFd,
     lock: std::os::fd::BorrowedFd<'_>,
-) -> Result<Helper, RuntimeError> {
+) -> Result<std::process::Child, RuntimeError> {
     let json = serde_json::to_vec(plan).map_err(|e| RuntimeError::Helper {
         message: e.to_string(),
     })?;
@@ -462,10 +428,9 @@ fn spawn_helper(
         message: format!("starting {}: {e}", exe.display()),
     })?;
     drop(spec_r);
-    drop(err_w);
     // A helper that died early makes this EPIPE; its report and status tell why.
     let _ = std::fs::File::from(spec_w).write_all(&json);
-    Ok(Helper::Spawned(child))
+    Ok(child)
 }
 
 /// The invoking user as the host's passwd names them: inside, the same uid gets the same name

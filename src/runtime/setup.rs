@@ -1,6 +1,6 @@
 //! The container's namespaces and root, step by step in bubblewrap's order, written against
-//! [`Syscalls`] so the order is a unit test. `enter_namespaces` runs in the helper before it
-//! forks PID 1; `build_root` and `finish` run in PID 1.
+//! [`Syscalls`] so the order is a unit test. PID 1 is cloned into the namespaces of
+//! [`namespace_flags`]; then `map_ids`, `build_root` and `finish` run in it.
 //!
 //! Invariants: `/` is made private before anything is mounted, so nothing propagates to the host;
 //! every mount point inside the root is resolved inside it; home is mounted before the project
@@ -74,8 +74,9 @@ const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 /// Overlay options must fit in one page (fs/namespace.c copies mount data by the page).
 const OPTIONS_LIMIT: usize = 4095;
 
-/// unshare and write the id maps; in the helper, which must be single-threaded.
-pub fn enter_namespaces<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), RuntimeError> {
+/// The namespaces PID 1 is cloned into: all at once, so the new ones belong to the new user
+/// namespace.
+pub fn namespace_flags(plan: &Plan) -> CloneFlags {
     let mut flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
@@ -84,7 +85,12 @@ pub fn enter_namespaces<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), Run
     if plan.net_none {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    sys.unshare(flags).map_err(RuntimeError::user_namespace)?;
+    flags
+}
+
+/// PID 1's first step in its new user namespace: map the user's ids (it may write its own maps:
+/// one line, its own ids, setgroups denied first), and bring `lo` up in a network namespace.
+pub fn map_ids<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), RuntimeError> {
     let (uid, gid) = plan.inside_ids();
     // user_namespaces(7): setgroups must be denied before an unprivileged gid_map write.
     let maps = [
@@ -594,13 +600,26 @@ mod tests {
     }
 
     #[test]
-    fn namespaces_then_setgroups_then_maps() {
+    fn every_namespace_at_once_and_a_network_one_only_for_none() {
+        let flags = namespace_flags(&plan());
+        assert_eq!(
+            format!("{flags:?}"),
+            "CloneFlags(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID)"
+        );
+        let none = Plan {
+            net_none: true,
+            ..plan()
+        };
+        assert!(namespace_flags(&none).contains(CloneFlags::CLONE_NEWNET));
+    }
+
+    #[test]
+    fn setgroups_then_maps() {
         let mut r = Recorder::default();
-        enter_namespaces(&mut r, &plan()).unwrap();
+        map_ids(&mut r, &plan()).unwrap();
         assert_eq!(
             r.calls,
             [
-                "unshare CloneFlags(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID)",
                 "write /proc/self/setgroups deny",
                 "write /proc/self/uid_map 1000 1000 1",
                 "write /proc/self/gid_map 100 100 1",
@@ -616,22 +635,10 @@ mod tests {
             net_none: true,
             ..plan()
         };
-        enter_namespaces(&mut r, &p).unwrap();
-        assert!(r.calls[0].contains("CLONE_NEWNET"), "{:?}", r.calls);
-        assert_eq!(r.calls[2], "write /proc/self/uid_map 0 1000 1");
-        assert_eq!(r.calls[3], "write /proc/self/gid_map 0 100 1");
-        assert_eq!(r.calls[4], "loopback_up");
-    }
-
-    #[test]
-    fn unshare_eperm_is_a_user_namespace_error() {
-        let mut r = Recorder {
-            fail_unshare: Some(Errno::EPERM),
-            ..Default::default()
-        };
-        let e = enter_namespaces(&mut r, &plan()).unwrap_err();
-        assert!(matches!(e, RuntimeError::UserNamespace { errno, .. } if errno == libc::EPERM));
-        assert_eq!(r.calls.len(), 1, "nothing after a failed unshare");
+        map_ids(&mut r, &p).unwrap();
+        assert_eq!(r.calls[1], "write /proc/self/uid_map 0 1000 1");
+        assert_eq!(r.calls[2], "write /proc/self/gid_map 0 100 1");
+        assert_eq!(r.calls[3], "loopback_up");
     }
 
     #[test]

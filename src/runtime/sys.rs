@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
-use nix::sched::CloneFlags;
 
 use super::fsutil;
 
@@ -23,7 +22,6 @@ pub enum Kind {
 }
 
 pub trait Syscalls {
-    fn unshare(&mut self, flags: CloneFlags) -> Result<(), Errno>;
     /// Write an existing file in one `write(2)` (the `/proc/self/*_map` files demand it).
     fn write_proc(&mut self, path: &Path, contents: &str) -> Result<(), Errno>;
     /// Create or replace an ordinary file.
@@ -74,11 +72,6 @@ fn io_errno(e: std::io::Error) -> Errno {
 }
 
 impl Syscalls for Real {
-    fn unshare(&mut self, flags: CloneFlags) -> Result<(), Errno> {
-        // unshare(2): all namespaces at once, so the new ones belong to the new user namespace.
-        nix::sched::unshare(flags)
-    }
-
     fn write_proc(&mut self, path: &Path, contents: &str) -> Result<(), Errno> {
         // user_namespaces(7): a map must be written with a single write(2).
         let mut f = fs_err::OpenOptions::new()
@@ -275,8 +268,6 @@ pub struct Recorder {
     pub calls: Vec<String>,
     /// `mount` with this fstype fails with this errno.
     pub fail_fstype: Option<(&'static str, Errno)>,
-    /// `unshare` fails with this errno.
-    pub fail_unshare: Option<Errno>,
     /// Paths that `kind_of` says are directories; anything else is a file.
     pub dirs: Vec<PathBuf>,
     /// Paths that `kind_of` says do not exist.
@@ -306,10 +297,6 @@ impl Recorder {
 
 #[cfg(test)]
 impl Syscalls for Recorder {
-    fn unshare(&mut self, flags: CloneFlags) -> Result<(), Errno> {
-        self.log(format!("unshare {flags:?}"));
-        self.fail_unshare.map_or(Ok(()), Err)
-    }
     fn write_proc(&mut self, path: &Path, contents: &str) -> Result<(), Errno> {
         self.log(format!("write {} {}", path.display(), contents.trim_end()));
         Ok(())
