@@ -15,8 +15,10 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, ExitCode};
 
+use nix::errno::Errno;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getpgrp};
@@ -385,30 +387,38 @@ fn pid1(plan: &Plan, err: &OwnedFd, take_tty: bool) -> Result<i32, RuntimeError>
             .map_err(|errno| RuntimeError::sys("installing the chown filter (seccomp)", errno))?;
     }
     let _ = err; // kept open (close-on-exec) until the status is sent
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .env_clear()
-        .envs(setup::environment(plan));
-    // SAFETY: between fork and exec the closure calls only async-signal-safe functions
-    // (sigprocmask, setpgid, signal, tcsetpgrp, getpid).
-    unsafe {
-        cmd.pre_exec(move || {
-            let empty = libc_sigset_empty();
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            if take_tty {
-                // setpgid(2) + tcsetpgrp(3): the command leads the terminal's foreground group,
+    let env = setup::environment(plan);
+    let spawned = if take_tty {
+        let mut cmd = Command::new(&argv[0]);
+        // SAFETY: between fork and exec the closure calls only async-signal-safe functions
+        // (sigprocmask, setpgid, signal, tcsetpgrp, getpid).
+        unsafe {
+            cmd.pre_exec(|| {
+                let empty = libc_sigset_empty();
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                // setpgid(2) + tcsetpgrp(3): the shell leads the terminal's foreground group,
                 // so Ctrl-C, Ctrl-Z and job control reach it and not us.
                 libc::setpgid(0, 0);
                 libc::signal(libc::SIGTTOU, libc::SIG_IGN);
                 libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
                 libc::signal(libc::SIGTTOU, libc::SIG_DFL);
-            }
-            Ok(())
-        })
+                Ok(())
+            })
+        };
+        cmd.args(&argv[1..]).env_clear().envs(env);
+        cmd.spawn().map(|c| Pid::from_raw(c.id() as i32))
+    } else {
+        let path_var = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str());
+        let program = setup::find_program(&argv[0], path_var.unwrap_or(""))
+            .unwrap_or_else(|| argv[0].clone().into());
+        spawn(&program, &argv, &env).map_err(std::io::Error::from)
     };
     // From here on errors are the command's, printed by us like the rest of devenv.
-    match cmd.spawn() {
-        Ok(child) => Ok(supervise(Pid::from_raw(child.id() as i32), true)),
+    match spawned {
+        Ok(child) => Ok(supervise(child, true)),
         Err(e) => {
             let (code, what) = match e.kind() {
                 std::io::ErrorKind::NotFound => (127, "command not found".to_string()),
@@ -418,6 +428,68 @@ fn pid1(plan: &Plan, err: &OwnedFd, take_tty: bool) -> Result<i32, RuntimeError>
             eprintln!("error: {}: {what}", argv[0]);
             Ok(code)
         }
+    }
+}
+
+/// posix_spawn(3) `program` (a path: the caller searched PATH) with `argv` and `env`: a vfork
+/// in glibc, so no copy of our page tables, with the signal mask emptied (PID 1 blocks what it
+/// waits for) and SIGPIPE back to its default (Rust ignores it). Other dispositions are
+/// inherited, as exec would (`nohup devenv run …` keeps SIGHUP ignored).
+fn spawn(program: &Path, argv: &[String], env: &[(String, String)]) -> Result<Pid, Errno> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |b: &[u8]| CString::new(b).map_err(|_| Errno::EINVAL);
+    let path = c(program.as_os_str().as_bytes())?;
+    let args = argv
+        .iter()
+        .map(|a| c(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let vars = env
+        .iter()
+        .map(|(k, v)| c(format!("{k}={v}").as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ptrs = |v: &[CString]| -> Vec<*mut libc::c_char> {
+        v.iter()
+            .map(|s| s.as_ptr().cast_mut())
+            .chain(std::iter::once(std::ptr::null_mut()))
+            .collect()
+    };
+    let (argv, envp) = (ptrs(&args), ptrs(&vars));
+    let mut attr = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(Errno::from_raw(rc))
+        }
+    };
+    // SAFETY: attr is initialised by posix_spawnattr_init before any other use and destroyed
+    // once; the sets are plain data filled by sigemptyset/sigaddset; every pointer handed to
+    // posix_spawn (path, the NULL-terminated argv and envp arrays and their strings) lives
+    // until it returns.
+    unsafe {
+        check(libc::posix_spawnattr_init(attr.as_mut_ptr()))?;
+        let attr = attr.as_mut_ptr();
+        let mut pid: libc::pid_t = 0;
+        let res = (|| {
+            let empty = libc_sigset_empty();
+            let mut pipe = libc_sigset_empty();
+            libc::sigaddset(&mut pipe, libc::SIGPIPE);
+            check(libc::posix_spawnattr_setsigmask(attr, &empty))?;
+            check(libc::posix_spawnattr_setsigdefault(attr, &pipe))?;
+            let flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF;
+            check(libc::posix_spawnattr_setflags(attr, flags as libc::c_short))?;
+            check(libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                std::ptr::null(),
+                attr,
+                argv.as_ptr(),
+                envp.as_ptr(),
+            ))
+        })();
+        libc::posix_spawnattr_destroy(attr);
+        res.map(|()| Pid::from_raw(pid))
     }
 }
 

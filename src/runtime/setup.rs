@@ -544,6 +544,34 @@ fn pick_shell<S: Syscalls>(sys: &mut S, plan: &Plan) -> String {
     "/bin/sh".into()
 }
 
+/// Where execvp(3) would find `name` in `path_var` (the container's PATH), seen from inside:
+/// the first executable regular file, else the first file found at all (its exec then fails
+/// with "permission denied", 126, as execvp's would). `None` for a name with a slash (used as
+/// it is) and when nothing is found (not found, 127).
+pub fn find_program(name: &str, path_var: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    let mut refused = None;
+    for dir in path_var.split(':') {
+        let p = Path::new(if dir.is_empty() { "." } else { dir }).join(name);
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            continue;
+        }
+        let executable = meta.permissions().mode() & 0o111 != 0
+            && nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::X_OK).is_ok();
+        if executable {
+            return Some(p);
+        }
+        refused.get_or_insert(p);
+    }
+    refused
+}
+
 /// The environment the command gets: the plan's, with HOME, USER, LOGNAME and PATH filled in
 /// when missing.
 pub fn environment(plan: &Plan) -> Vec<(String, String)> {
@@ -597,6 +625,41 @@ mod tests {
             keep_upper: false,
             scratch: false,
         }
+    }
+
+    #[test]
+    fn find_program_searches_path_like_execvp() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        fs_err::create_dir_all(&a).unwrap();
+        fs_err::create_dir_all(b.join("tool")).unwrap(); // a directory is no program
+        fs_err::write(b.join("plain"), "").unwrap(); // nor a file without x bits
+        for (dir, name) in [(&a, "tool"), (&a, "plain"), (&b, "both"), (&a, "both")] {
+            let p = dir.join(name);
+            fs_err::write(&p, "#!/bin/sh\n").unwrap();
+            fs_err::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let path = format!("{}:{}", b.display(), a.display());
+        assert_eq!(find_program("tool", &path), Some(a.join("tool")));
+        assert_eq!(find_program("plain", &path), Some(a.join("plain")));
+        assert_eq!(
+            find_program("both", &path),
+            Some(b.join("both")),
+            "first in PATH wins"
+        );
+        assert_eq!(find_program("missing", &path), None);
+        let only_plain = b.display().to_string();
+        assert_eq!(
+            find_program("plain", &only_plain),
+            Some(b.join("plain")),
+            "found but not executable: its exec says why"
+        );
+        assert_eq!(
+            find_program("./tool", &path),
+            None,
+            "a path is used as it is"
+        );
     }
 
     #[test]
