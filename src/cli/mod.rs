@@ -188,7 +188,10 @@ fn init_logging(verbose: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("DEVENV_LOG") {
         Ok(f) => EnvFilter::new(f),
-        Err(_) => EnvFilter::new(if verbose { "devenv=debug" } else { "off" }),
+        Err(_) if verbose => EnvFilter::new("devenv=debug"),
+        // No subscriber at all: tracing's macros then cost nothing, and a warm start does not
+        // build a filter it would never use.
+        Err(_) => return,
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
