@@ -133,6 +133,9 @@ pub enum RuntimeError {
     Io { path: PathBuf, message: String },
     #[error("overlay refused ({}), and a build step needs it to capture its changes", errno_text(*errno))]
     OverlayRequired { errno: i32 },
+    /// Internal: the overlay could not go in a tmpfs; `run` retries with an entry on the disk.
+    #[error("overlay in a tmpfs refused: {}", errno_text(*errno))]
+    ScratchRefused { errno: i32 },
 }
 
 fn errno_text(errno: i32) -> String {
@@ -311,16 +314,41 @@ pub(crate) fn run_with(
         path: spec.home.clone(),
         message: e.to_string(),
     })?;
-    // A fresh upper: the helper makes the entry's directories, in a tmpfs where it can.
+    // A fresh upper: PID 1 makes the entry's directories in a tmpfs private to the container,
+    // so the store's disk sees nothing but a shared lock on `run/scratch.lock`. Where that is
+    // refused (Linux < 6.6: tmpfs without user xattrs), an entry of its own on the disk.
     let scratch = spec.upper.is_none();
+    if scratch && !force_flatten && state::tmpfs_user_xattrs() {
+        let entry = state::Entry::scratch(&spec.state_dir)?;
+        match launch(exe, spec, entry, force_flatten, true, teardown) {
+            Err(RuntimeError::ScratchRefused { errno }) => {
+                tracing::debug!("no overlay in a tmpfs: {}", errno_text(errno));
+            }
+            done => return done,
+        }
+    }
     let entry = if scratch {
         state::Entry::create_bare(&spec.state_dir)?
     } else {
         state::Entry::create(&spec.state_dir, &spec.lowers, spec.upper.as_deref())?
     };
+    launch(exe, spec, entry, force_flatten, false, teardown)
+}
+
+/// One try at running `spec` in `entry`; `scratch_only`: the overlay must go in a tmpfs
+/// ([`RuntimeError::ScratchRefused`] otherwise), since nothing guards an entry on the disk.
+fn launch(
+    exe: &Path,
+    spec: &Spec,
+    entry: state::Entry,
+    force_flatten: bool,
+    scratch_only: bool,
+    teardown: Teardown,
+) -> Result<i32, RuntimeError> {
     let mut plan = setup::Plan {
         force_flatten,
-        scratch,
+        scratch: spec.upper.is_none(),
+        scratch_only,
         ..plan_for(spec, &entry.dir)
     };
     for l in &mut plan.lowers {
@@ -497,6 +525,7 @@ fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
         force_flatten: false,
         keep_upper: spec.upper.is_some(),
         scratch: false,
+        scratch_only: false,
     }
 }
 

@@ -55,6 +55,10 @@ pub struct Plan {
     /// user xattrs (Linux < 6.6) or overlay refuses it. `lowers` are absolute.
     #[serde(default)]
     pub scratch: bool,
+    /// With `scratch`: no fallback to the disk, which has no lock file for this entry; fail
+    /// with [`RuntimeError::ScratchRefused`] instead.
+    #[serde(default)]
+    pub scratch_only: bool,
 }
 
 impl Plan {
@@ -320,8 +324,16 @@ fn mount_rootfs<S: Syscalls>(
     root: &Path,
 ) -> Result<RootFs, RuntimeError> {
     if plan.scratch {
-        if !plan.force_flatten && scratch_overlay(sys, plan)? {
-            return Ok(RootFs::Overlay);
+        if !plan.force_flatten {
+            match scratch_overlay(sys, plan)? {
+                Ok(()) => return Ok(RootFs::Overlay),
+                Err(errno) if plan.scratch_only => {
+                    return Err(RuntimeError::ScratchRefused {
+                        errno: errno as i32,
+                    });
+                }
+                Err(_) => {}
+            }
         }
         make_entry(sys, plan)?;
         in_entry(sys, plan, |sys| make_entry_dirs(sys, plan))?;
@@ -405,18 +417,19 @@ fn make_entry_dirs<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), Errno> {
 /// The overlay with the entry, its upper and work directories in a tmpfs on `run/`, private to
 /// this mount namespace: it vanishes with the container, so the store's disk sees no entry
 /// directory, no copy-up, no mount points, no removal. False (and the tmpfs gone) where tmpfs
-/// cannot hold overlay's user xattrs or overlay refuses it: the caller falls back to the disk.
-fn scratch_overlay<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<bool, RuntimeError> {
+/// cannot hold overlay's user xattrs or overlay refuses it (the errno): the caller falls back to
+/// the disk.
+fn scratch_overlay<S: Syscalls>(
+    sys: &mut S,
+    plan: &Plan,
+) -> Result<Result<(), Errno>, RuntimeError> {
     let opts = overlay_options(plan.layers)?;
     let Some(run) = plan.entry.parent() else {
-        return Ok(false);
+        return Ok(Err(Errno::EINVAL));
     };
     let flags = MsFlags::MS_NOSUID;
-    if sys
-        .mount(None, run, Some("tmpfs"), flags, Some("mode=0700"))
-        .is_err()
-    {
-        return Ok(false);
+    if let Err(errno) = sys.mount(None, run, Some("tmpfs"), flags, Some("mode=0700")) {
+        return Ok(Err(errno));
     }
     let made = make_entry(sys, plan).and_then(|()| {
         in_entry(sys, plan, |sys| {
@@ -432,12 +445,16 @@ fn scratch_overlay<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<bool, Runtim
         })
     });
     if let Err(e) = made {
-        tracing::debug!("no overlay in a tmpfs, using the disk: {e}");
+        tracing::debug!("no overlay in a tmpfs: {e}");
         sys.umount(run, MntFlags::MNT_DETACH)
             .map_err(|e| RuntimeError::sys("unmounting the scratch tmpfs", e))?;
-        return Ok(false);
+        let errno = match e {
+            RuntimeError::Sys { errno, .. } => Errno::from_raw(errno),
+            _ => Errno::EINVAL,
+        };
+        return Ok(Err(errno));
     }
-    Ok(true)
+    Ok(Ok(()))
 }
 
 /// The overlay mount itself; the mount's errno is the caller's to judge.
@@ -624,6 +641,7 @@ mod tests {
             force_flatten: false,
             keep_upper: false,
             scratch: false,
+            scratch_only: false,
         }
     }
 
@@ -816,6 +834,26 @@ mod tests {
                 .unwrap();
         assert!(probe < umount && umount < overlay);
         assert!(!c[overlay..].iter().any(|c| c.starts_with("xattr")));
+    }
+
+    #[test]
+    fn scratch_only_refuses_the_disk_and_says_why() {
+        let mut r = Recorder {
+            fail_xattr: Some(Errno::EOPNOTSUPP),
+            ..Default::default()
+        };
+        let p = Plan {
+            scratch: true,
+            scratch_only: true,
+            ..plan()
+        };
+        let e = build_root(&mut r, &p, None).unwrap_err();
+        assert!(
+            matches!(e, RuntimeError::ScratchRefused { errno } if errno == libc::EOPNOTSUPP),
+            "{e:?}"
+        );
+        let umount = r.pos("umount /s/run");
+        assert_eq!(r.calls.len(), umount + 1, "nothing made on the disk");
     }
 
     #[test]

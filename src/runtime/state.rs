@@ -17,11 +17,41 @@ use nix::fcntl::{Flock, FlockArg};
 use super::RuntimeError;
 use super::fsutil::remove_tree;
 
+/// The lock every scratch entry of an env holds shared: such an entry has no file of its own
+/// on the disk, and `devenv gc` sees the env running while anyone holds this.
+const SCRATCH_LOCK: &str = "scratch.lock";
+
 /// One container entry's directories, removed when dropped.
 pub struct Entry {
     pub dir: PathBuf,
-    lock_path: PathBuf,
+    /// The entry's own lock file, removed with it; `None` for a scratch entry.
+    lock_path: Option<PathBuf>,
     lock: Flock<std::fs::File>,
+}
+
+/// Whether tmpfs stores `user.*` extended attributes (Linux 6.6 and later), which an overlay
+/// upper directory in a tmpfs needs; from uname(2) alone, so a warm start reads no file for it.
+pub fn tmpfs_user_xattrs() -> bool {
+    // SAFETY: utsname is plain data that uname(2) fills.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uts is a valid, writable utsname.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return false;
+    }
+    // SAFETY: uname NUL-terminates the release field.
+    let release = unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) };
+    kernel_at_least(&release.to_string_lossy(), (6, 6))
+}
+
+/// "6.18.44-fc" >= (6, 6).
+fn kernel_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= want,
+        _ => false,
+    }
 }
 
 fn io_err(path: &Path, e: io::Error) -> RuntimeError {
@@ -50,6 +80,37 @@ impl Entry {
     /// exist yet: the helper makes it and the overlay's directories, in a tmpfs over `run/`
     /// that only the container sees where it can (see `setup`), on the disk otherwise. A warm
     /// start then writes to the store's disk only the lock file's creation, rename and removal.
+    /// A scratch entry: PID 1 makes its directories in a tmpfs over `run/` that only the
+    /// container sees, so on the disk it is nothing but a shared lock on `run/scratch.lock`
+    /// (a warm start writes nothing to the store). The lock file is made once and kept.
+    pub fn scratch(state_dir: &Path) -> Result<Entry, RuntimeError> {
+        let run = state_dir.join("run");
+        let path = run.join(SCRATCH_LOCK);
+        let open = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+        };
+        let file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs_err::create_dir_all(&run).map_err(|e| io_err(&run, e))?;
+                open()
+            }
+            other => other,
+        }
+        .map_err(|e| io_err(&path, e))?;
+        // Blocking: only `devenv gc` takes it exclusively, for the moment of a check.
+        let lock = Flock::lock(file, FlockArg::LockShared)
+            .map_err(|(_, e)| io_err(&path, io::Error::from(e)))?;
+        Ok(Entry {
+            dir: run.join(format!("{}-scratch", std::process::id())),
+            lock_path: None,
+            lock,
+        })
+    }
+
     pub fn create_bare(state_dir: &Path) -> Result<Entry, RuntimeError> {
         let run = state_dir.join("run");
         fs_err::create_dir_all(&run).map_err(|e| io_err(&run, e))?;
@@ -115,19 +176,23 @@ fn try_create(run: &Path, attempt: u32) -> io::Result<Entry> {
     let dir = run.join(&name);
     Ok(Entry {
         dir,
-        lock_path,
+        lock_path: Some(lock_path),
         lock,
     })
 }
 
 impl Drop for Entry {
     fn drop(&mut self) {
+        // A scratch entry left nothing on the disk; its shared lock goes with `lock`.
+        let Some(lock_path) = &self.lock_path else {
+            return;
+        };
         // Still holding the lock: nobody else can be cleaning this entry. A bare entry's
         // directory is often not there at all (it lived in the container's tmpfs).
         if let Err(e) = remove_tree(&self.dir) {
             tracing::warn!("removing {}: {e}", self.dir.display());
         }
-        let _ = std::fs::remove_file(&self.lock_path);
+        let _ = std::fs::remove_file(lock_path);
     }
 }
 
@@ -143,6 +208,9 @@ fn clean_dead(run: &Path) {
         .collect();
     for name in &names {
         let path = run.join(name);
+        if name == SCRATCH_LOCK {
+            continue; // shared by every scratch entry, kept
+        }
         if let Some(base) = name.strip_suffix(".lock") {
             let Ok(f) = std::fs::OpenOptions::new().write(true).open(&path) else {
                 continue;
@@ -212,6 +280,36 @@ mod tests {
         assert_eq!(fs_err::read_dir(state.join("run")).unwrap().count(), 0);
         drop(Entry::create_bare(&state).unwrap());
         assert_eq!(fs_err::read_dir(state.join("run")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn scratch_entries_share_one_lock_that_gc_sees_and_cleaning_keeps() {
+        let t = tempfile::tempdir().unwrap();
+        let state = t.path().join("state");
+        let a = Entry::scratch(&state).unwrap();
+        let b = Entry::scratch(&state).unwrap();
+        assert!(!a.dir.exists(), "PID 1 makes it, in its tmpfs");
+        assert!(crate::store::gc::running(t.path()), "gc sees them live");
+        drop(a);
+        assert!(crate::store::gc::running(t.path()), "one is still live");
+        drop(Entry::create_bare(&state).unwrap()); // cleans dead entries, not this
+        drop(b);
+        assert!(!crate::store::gc::running(t.path()));
+        let left: Vec<_> = fs_err::read_dir(state.join("run"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [SCRATCH_LOCK], "the lock file is kept, nothing else");
+    }
+
+    #[test]
+    fn kernel_versions_compare() {
+        assert!(kernel_at_least("6.18.44-fc-v657", (6, 6)));
+        assert!(kernel_at_least("6.6.0", (6, 6)));
+        assert!(!kernel_at_least("6.5.13-generic", (6, 6)));
+        assert!(!kernel_at_least("5.15.0-91-generic", (6, 6)));
+        assert!(kernel_at_least("7.0", (6, 6)));
+        assert!(!kernel_at_least("garbage", (6, 6)));
     }
 
     #[test]
