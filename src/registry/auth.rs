@@ -404,9 +404,22 @@ fn docker_lookup(
     Ok(None)
 }
 
+/// How long a credential helper may take: one that waits for a desktop keyring's unlock
+/// dialog nobody sees must not hang a pull (or a CI job) forever.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `docker-credential-<name> get`, the server on stdin, `{"Username","Secret"}` on stdout.
 /// `Ok(None)` when the helper has no credentials for the server.
 fn run_helper(name: &str, server: &str, dir: Option<&Path>) -> Result<Option<Credentials>, String> {
+    run_helper_within(name, server, dir, HELPER_TIMEOUT)
+}
+
+fn run_helper_within(
+    name: &str,
+    server: &str,
+    dir: Option<&Path>,
+    timeout: std::time::Duration,
+) -> Result<Option<Credentials>, String> {
     if name.is_empty()
         || !name
             .chars()
@@ -428,9 +441,26 @@ fn run_helper(name: &str, server: &str, dir: Option<&Path>) -> Result<Option<Cre
         // A helper that exits without reading stdin is fine; its answer says what happened.
         let _ = stdin.write_all(server.as_bytes());
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("running {program}: {e}"))?;
+    // Waited for on a thread, so that a helper that never answers can be killed.
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(timeout) {
+        Ok(out) => out.map_err(|e| format!("running {program}: {e}"))?,
+        Err(_) => {
+            // The waiting thread reaps it once it is dead.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Err(format!(
+                "{program} get gave no answer within {} s and was stopped",
+                timeout.as_secs()
+            ));
+        }
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         if stdout.contains("credentials not found") {
@@ -622,6 +652,31 @@ mod tests {
         let none = store.lookup("ghcr.io", "x");
         assert!(none.credentials.is_none());
         assert!(none.searched.contains("auth.json"), "{}", none.searched);
+    }
+
+    #[test]
+    fn a_credential_helper_that_never_answers_is_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let helper = write(
+            dir.path(),
+            "docker-credential-stuck",
+            "#!/bin/sh\nexec sleep 600\n",
+        );
+        fs_err::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let t = std::time::Instant::now();
+        let e = run_helper_within(
+            "stuck",
+            "ghcr.io",
+            Some(dir.path()),
+            std::time::Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert!(e.contains("gave no answer"), "{e}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]

@@ -1,12 +1,14 @@
-//! The rootless container behind `devenv run` and `devenv shell`. [`run`] prepares a per-entry
-//! state directory and re-executes `/proc/self/exe __init` (the helper, single-threaded because
-//! `unshare(CLONE_NEWUSER)` fails with EINVAL in a threaded process); the helper enters new
-//! user, mount, PID, IPC and UTS namespaces (and a network namespace with only `lo` for
-//! `network = "none"`), maps the user's uid/gid to the same ids (or to 0), mounts an overlay of
-//! the image's layers with a fresh upper directory (in a tmpfs that only the container's mount
-//! namespace sees, so a warm start barely touches the store's disk), binds the project, home, a
-//! minimal `/dev`, `/proc`, `/sys` (read-only), `/tmp`, the host's resolv.conf and hosts, pivots
-//! into it, and runs the command under a PID 1 that reaps zombies and forwards signals.
+//! The rootless container behind `devenv run` and `devenv shell`. [`run`] takes the entry's
+//! lock and clones PID 1 straight into new user, mount, PID, IPC and UTS namespaces (and a
+//! network namespace with only `lo` for `network = "none"`) when this process has one thread;
+//! otherwise it re-executes `/proc/self/exe __init`, a fresh single-threaded helper that does
+//! the same (a fork of a threaded process may only make async-signal-safe calls). PID 1 maps
+//! the user's uid/gid to the same ids (or to 0), mounts an overlay of the image's layers with a
+//! fresh upper directory (in a tmpfs that only the container's mount namespace sees, so a warm
+//! start writes nothing to the store's disk), binds the project, home, a minimal `/dev`,
+//! `/proc`, `/sys` (read-only), `/tmp`, the host's resolv.conf and hosts, pivots into it,
+//! spawns the command, reaps zombies and forwards signals, and reports the command's status
+//! before the namespaces are torn down ([`run_last`] returns right then).
 //!
 //! Invariants: nothing is mounted before `/` is made private, so no mount reaches the host; no
 //! path from the image is followed outside the new root; nothing needs privileges (no setuid
