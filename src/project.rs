@@ -20,9 +20,11 @@ const HOST_ALLOW: &[&str] = &[
     "http_proxy",
     "https_proxy",
     "no_proxy",
+    "all_proxy",
     "HTTP_PROXY",
     "HTTPS_PROXY",
     "NO_PROXY",
+    "ALL_PROXY",
 ];
 
 /// The PATH a container gets when its image says none (Docker's default).

@@ -163,7 +163,7 @@ impl crate::error::Hint for RegistryError {
                 "the credentials used for {registry} may not pull {repository}; check the account's permissions and the image name"
             ),
             Unreachable { registry, .. } => format!(
-                "is a registry running at {registry}? check the name, the network, and the proxy settings (HTTPS_PROXY, HTTP_PROXY, NO_PROXY)"
+                "is a registry running at {registry}? check the name, the network, and the proxy settings (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY)"
             ),
             Tls { registry, .. } => format!(
                 "if {registry} uses a private CA, point SSL_CERT_FILE at its PEM bundle; if it serves plain HTTP, list it in `insecure-registries` in {}",

@@ -27,7 +27,8 @@ impl ProxyConfig {
         ProxyConfig::from_vars(|k| std::env::var(k).ok())
     }
 
-    /// Upper case wins over lower case for each variable, as curl and Go disagree otherwise.
+    /// Upper case wins over lower case for each variable, as curl and Go disagree otherwise;
+    /// `ALL_PROXY` (curl's; `socks5://` too) serves a scheme that has no variable of its own.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> ProxyConfig {
         let var = |upper: &str, lower: &str| {
             get(upper)
@@ -35,9 +36,10 @@ impl ProxyConfig {
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
+        let all = var("ALL_PROXY", "all_proxy");
         ProxyConfig {
-            https: var("HTTPS_PROXY", "https_proxy"),
-            http: var("HTTP_PROXY", "http_proxy"),
+            https: var("HTTPS_PROXY", "https_proxy").or_else(|| all.clone()),
+            http: var("HTTP_PROXY", "http_proxy").or(all),
             no_proxy: var("NO_PROXY", "no_proxy")
                 .map(|v| {
                     v.split(',')
@@ -157,8 +159,8 @@ impl Agents {
             };
         Ok(Agents {
             direct: builder().build(),
-            https_proxy: with_proxy(&proxies.https, "HTTPS_PROXY")?,
-            http_proxy: with_proxy(&proxies.http, "HTTP_PROXY")?,
+            https_proxy: with_proxy(&proxies.https, "HTTPS_PROXY or ALL_PROXY")?,
+            http_proxy: with_proxy(&proxies.http, "HTTP_PROXY or ALL_PROXY")?,
             proxies,
         })
     }
@@ -454,6 +456,21 @@ mod tests {
             "NO_PROXY" => Some(no_proxy.into()),
             _ => None,
         })
+    }
+
+    #[test]
+    fn all_proxy_serves_schemes_without_their_own() {
+        let p = ProxyConfig::from_vars(|k| match k {
+            "all_proxy" => Some("socks5://127.0.0.1:1080".into()),
+            "HTTP_PROXY" => Some("http://own".into()),
+            _ => None,
+        });
+        assert_eq!(p.https.as_deref(), Some("socks5://127.0.0.1:1080"));
+        assert_eq!(p.http.as_deref(), Some("http://own"));
+        assert!(
+            Agents::new(p, tls_config().unwrap()).is_ok(),
+            "socks5 proxies are understood"
+        );
     }
 
     #[test]
