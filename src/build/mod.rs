@@ -37,7 +37,11 @@ use crate::store::{Store, StoreError};
 pub const VENV: &str = "/opt/devenv/venv";
 /// Where the store's pip cache appears during a build.
 const PIP_CACHE: &str = "/root/.cache/pip";
-/// Where the store's uv cache appears during a python step.
+/// Where the store's uv work directory (`cache/uv`: uv's cache in `cache/`, the venv being
+/// built in `venv/`) appears during a python step: one mount, so uv hardlinks from its cache
+/// into the venv (link(2) fails across mounts), and the venv is written outside the overlay.
+const UV_WORK: &str = "/opt/devenv";
+/// Where the store's uv cache appears when a lower layer has `/opt/devenv` of its own.
 const UV_CACHE: &str = "/root/.cache/uv";
 /// Where the store's apt archive cache appears during a build.
 const APT_ARCHIVES: &str = "/var/cache/apt/archives";
@@ -199,7 +203,7 @@ pub fn plan(lock: &Lock, run: &[String]) -> Vec<Step> {
         let bin = uv::BIN;
         let install = format!(
             "{bin} pip install --no-config --python {VENV}/bin/python --offline --no-index \
-             --link-mode copy --no-deps --require-hashes"
+             --no-deps --require-hashes"
         );
         let mut script = format!(
             "set -e\n\
@@ -223,7 +227,7 @@ pub fn plan(lock: &Lock, run: &[String]) -> Vec<Step> {
                  \"$(python3 -c 'import ensurepip, os; print(os.path.dirname(ensurepip.__file__))' 2>/dev/null)\"/_bundled/pip-*.whl \
                  2>/dev/null | head -n 1)\n\
                  if [ -n \"$whl\" ]; then {bin} pip install --no-config --python {VENV}/bin/python \
-                 --offline --no-index --link-mode copy --no-deps \"$whl\"; \
+                 --offline --no-index --no-deps \"$whl\"; \
                  else echo 'devenv: the image bundles no pip wheel; the venv has no pip'; fi\n"
             ));
         }
@@ -390,6 +394,10 @@ fn run_step(
         fs_err::create_dir(d)?;
     }
     let mut mounts = Vec::new();
+    let mut extra_env: Vec<(String, String)> = Vec::new();
+    // The venv built outside the overlay (with the store lock that owns its directory), moved
+    // into the upper directory once the step succeeded; removed whatever happens.
+    let mut venv_out: Option<VenvOut> = None;
     let cache = ctx.store.root().join("cache");
     match step.kind {
         StepKind::Apt => {
@@ -401,9 +409,30 @@ fn run_step(
             // uv installs the locked files from the store, by name, version and sha256.
             let tool = uv::ensure(ctx.store, ctx.offline, ctx.ui)?;
             mounts.push(tool.mount());
-            let uv_cache = cache.join("uv");
-            fs_err::create_dir_all(&uv_cache)?;
-            mounts.push(bind(&uv_cache, UV_CACHE, false));
+            let work = uv::work_dir(ctx.store);
+            fs_err::create_dir_all(work.join("cache"))?;
+            let lower_has_it = lowers
+                .iter()
+                .any(|l| fs_err::symlink_metadata(l.join("opt/devenv")).is_ok());
+            if lower_has_it {
+                // The venv must merge with what the image has there: through the overlay,
+                // copying from the cache.
+                mounts.push(bind(&work.join("cache"), UV_CACHE, false));
+                extra_env.push(("UV_CACHE_DIR".into(), UV_CACHE.into()));
+                extra_env.push(("UV_LINK_MODE".into(), "copy".into()));
+            } else {
+                // One python step at a time per store uses `cache/uv/venv`.
+                let held = ctx.store.lock("uv-venv")?;
+                let venv = work.join("venv");
+                crate::store::remove_tree(&venv)?;
+                venv_out = Some(VenvOut {
+                    _held: held,
+                    dir: venv,
+                });
+                mounts.push(bind(&work, UV_WORK, false));
+                extra_env.push(("UV_CACHE_DIR".into(), format!("{UV_WORK}/cache")));
+                extra_env.push(("UV_LINK_MODE".into(), "hardlink".into()));
+            }
             let files = input_dir.join("files");
             fs_err::create_dir(&files)?;
             let cached = fetch::fetch(ctx.store, &ctx.lock.python.packages, ctx.offline, ctx.ui)?;
@@ -426,7 +455,11 @@ fn run_step(
     mounts.push(bind(&pip, PIP_CACHE, false));
 
     let venv = ctx.venv || step.kind == StepKind::Python;
-    let env = step_env(ctx.image_env, venv);
+    let mut env = step_env(ctx.image_env, venv);
+    for (k, v) in extra_env {
+        env.retain(|(n, _)| *n != k);
+        env.push((k, v));
+    }
     let mut log_file = fs_err::OpenOptions::new()
         .append(true)
         .create(true)
@@ -478,6 +511,14 @@ fn run_step(
             log: ctx.log.to_path_buf(),
         });
     }
+    if let Some(out) = &venv_out {
+        let dir = upper.join(UV_WORK.trim_start_matches('/'));
+        fs_err::create_dir_all(&dir)?;
+        fs_err::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        if fs_err::symlink_metadata(&out.dir).is_ok() {
+            fs_err::rename(&out.dir, dir.join("venv"))?;
+        }
+    }
     let mut points: Vec<PathBuf> = vec![
         ctx.project_dir.to_path_buf(),
         "/root".into(),
@@ -496,6 +537,20 @@ fn run_step(
         // Someone else's build of the same key won (it ran without our lock: an older devenv).
         Err(_) if dest.exists() => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The venv a python step builds in the store's `cache/uv/venv`, under the store lock that
+/// owns that directory; whatever is left of it goes on drop (a failed step's, a crash's is
+/// removed by the next step before it starts).
+struct VenvOut {
+    _held: crate::store::Lock,
+    dir: PathBuf,
+}
+
+impl Drop for VenvOut {
+    fn drop(&mut self) {
+        let _ = crate::store::remove_tree(&self.dir);
     }
 }
 
@@ -534,7 +589,6 @@ fn step_env(image_env: &[String], venv: bool) -> Vec<(String, String)> {
         ("PIP_DISABLE_PIP_VERSION_CHECK", "1".into()),
         ("PIP_NO_INPUT", "1".into()),
         ("PIP_ROOT_USER_ACTION", "ignore".into()),
-        ("UV_CACHE_DIR", UV_CACHE.into()),
         ("UV_PYTHON_DOWNLOADS", "never".into()),
         ("UV_NO_PROGRESS", "1".into()),
         ("DEVENV", "1".into()),

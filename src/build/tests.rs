@@ -102,7 +102,6 @@ fn python_step_installs_with_uv_from_the_store_and_adds_the_images_pip() {
         "--find-links /tmp/devenv-build/files",
         "--require-hashes",
         "--no-deps",
-        "--link-mode copy",
         "--python /opt/devenv/venv/bin/python",
     ] {
         assert!(install.contains(flag), "{flag}: {install}");

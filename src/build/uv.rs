@@ -140,6 +140,12 @@ pub fn tool_dir(store: &Store, arch: &str) -> PathBuf {
         .join(format!("uv-{VERSION}-{arch}"))
 }
 
+/// The store's uv work directory, `cache/uv`: uv's cache in `cache/` (shared by resolution and
+/// every build), the venv a python step is building in `venv/`.
+pub fn work_dir(store: &Store) -> PathBuf {
+    store.root().join("cache/uv")
+}
+
 fn pin_for(arch: &str) -> Result<&'static Pin, UvError> {
     PINS.iter()
         .find(|p| p.arch == arch)
@@ -295,6 +301,21 @@ mod tests {
             .unwrap();
         let err = extract_binary(&empty, &t.path().join("uv2")).unwrap_err();
         assert!(err.to_string().contains(&binary_entry()), "{err}");
+    }
+
+    /// gc collects layers, blobs, manifests and tmp/: the pinned uv and uv's cache stay.
+    #[test]
+    fn gc_keeps_the_tool_and_the_uv_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("store")).unwrap();
+        let dir = tool_dir(&store, "x86_64");
+        fs_err::create_dir_all(&dir).unwrap();
+        fs_err::write(dir.join("uv"), b"bin").unwrap();
+        let cache = work_dir(&store).join("cache/wheels-v5");
+        fs_err::create_dir_all(&cache).unwrap();
+        let plan = crate::store::gc::collect(&store, false).unwrap();
+        assert!(plan.layers.is_empty() && plan.other.is_empty());
+        assert!(dir.join("uv").is_file() && cache.is_dir());
     }
 
     #[test]

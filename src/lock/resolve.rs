@@ -66,7 +66,7 @@ impl Sandbox<'_> {
         for (name, content) in files {
             fs_err::write(dir.join("out").join(name), content)?;
         }
-        let cache = self.store.root().join("cache/uv");
+        let cache = crate::build::uv::work_dir(self.store).join("cache");
         fs_err::create_dir_all(&cache)?;
         let ours = [
             ("HOME", "/root".to_string()),
