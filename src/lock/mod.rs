@@ -20,8 +20,9 @@
 //! messages. A part whose `inputs` differ is stale; a part resolved against an image digest that
 //! moved is stale too. With `locked`, any staleness is an error listing it and nothing is written.
 //!
-//! For the build: [`Lock::python_requirements`] (the `--require-hashes --no-deps` file) and
-//! [`Lock::apt_pins`] (`name=version`); [`Lock::image_for`] (the reference pinned by digest).
+//! For the build: [`Lock::python_requirements`] (the locked files in words, for the python
+//! step's key), [`Lock::apt_pins`] (`name=version`); [`Lock::image_for`] (the reference pinned
+//! by digest).
 //!
 //! Invariants: same inputs → byte-identical file (no timestamps, packages sorted); a failed
 //! resolution writes nothing; env.lock is replaced by rename, never rewritten in place. This
@@ -118,10 +119,9 @@ impl AptLock {
 }
 
 impl Lock {
-    /// The requirements file the build installs with
-    /// `pip install --require-hashes --no-deps --no-compile -r FILE`: one line per distribution,
-    /// `name @ URL --hash=sha256:HEX`, so pip fetches exactly the locked file. Empty when there
-    /// are no Python packages.
+    /// The locked Python files in words, one line per distribution,
+    /// `name @ URL --hash=sha256:HEX`, sorted: what a python build step's key covers (the step
+    /// installs these exact files from the store). Empty when there are no Python packages.
     pub fn python_requirements(&self) -> String {
         let mut packages = self.python.packages.clone();
         packages.sort();

@@ -1,6 +1,6 @@
 //! Resolution inside the base image: a throwaway container (root in the namespace, host network)
-//! runs the image's own tools and leaves its answers in a host directory mounted at
-//! `/devenv-out`. Scripts take no text from env.toml: requirements go through files, package
+//! runs the image's own tools (its interpreter, apt) and devenv's pinned uv (bound read-only)
+//! and leaves its answers in a host directory mounted at `/devenv-out`. Scripts take no text from env.toml: requirements go through files, package
 //! names are checked first. What the tools print is parsed here by pure functions, tested as
 //! tables.
 
