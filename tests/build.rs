@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use common::env::{busybox_image, push, write_env_toml};
 use common::{Outcome, TestHome, bookworm_image, devenv, run};
 
 fn env_toml(six: &str) -> String {
@@ -360,4 +361,20 @@ fn apt_package_with_files_owned_by_other_users_installs() {
         Some(owner.as_str()),
         "files owned by other users belong to the user: {out:?}"
     );
+}
+
+/// Python packages on an image without Python: the lock says so, with the fix, and writes
+/// nothing.
+#[test]
+fn python_packages_on_an_image_without_python_fail_with_a_hint() {
+    let home = TestHome::new();
+    let image = push("build/no-python", &busybox_image("no-python").build());
+    write_env_toml(
+        &home,
+        "project",
+        &image,
+        "\n[packages]\npip = [\"six==1.16.0\"]\n",
+    );
+    devenv_in(&home, &["lock"]).failure(&["has no python3", "hint:", "[tools] python"]);
+    assert!(!home.project().join("env.lock").exists());
 }
