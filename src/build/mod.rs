@@ -409,6 +409,21 @@ fn run_step(
             // uv installs the locked files from the store, by name, version and sha256.
             let tool = uv::ensure(ctx.store, ctx.offline, ctx.ui)?;
             mounts.push(tool.mount());
+            let files = input_dir.join("files");
+            fs_err::create_dir(&files)?;
+            let cached = fetch::fetch(ctx.store, &ctx.lock.python.packages, ctx.offline, ctx.ui)?;
+            for c in &cached {
+                let link = files.join(&c.file_name);
+                if fs_err::hard_link(&c.path, &link).is_err() {
+                    fs_err::copy(&c.path, &link)?;
+                }
+            }
+            fs_err::write(
+                input_dir.join("requirements.txt"),
+                install_requirements(ctx.lock),
+            )?;
+            mounts.push(bind(&input_dir, INPUTS, true));
+            // Downloads first: the venv lock below is not held while they run.
             let work = uv::work_dir(ctx.store);
             fs_err::create_dir_all(work.join("cache"))?;
             let lower_has_it = lowers
@@ -433,20 +448,6 @@ fn run_step(
                 extra_env.push(("UV_CACHE_DIR".into(), format!("{UV_WORK}/cache")));
                 extra_env.push(("UV_LINK_MODE".into(), "hardlink".into()));
             }
-            let files = input_dir.join("files");
-            fs_err::create_dir(&files)?;
-            let cached = fetch::fetch(ctx.store, &ctx.lock.python.packages, ctx.offline, ctx.ui)?;
-            for c in &cached {
-                let link = files.join(&c.file_name);
-                if fs_err::hard_link(&c.path, &link).is_err() {
-                    fs_err::copy(&c.path, &link)?;
-                }
-            }
-            fs_err::write(
-                input_dir.join("requirements.txt"),
-                install_requirements(ctx.lock),
-            )?;
-            mounts.push(bind(&input_dir, INPUTS, true));
         }
         StepKind::Run => {}
     }
