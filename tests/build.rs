@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use common::env::{busybox_image, push, write_env_toml};
 use common::{Outcome, TestHome, bookworm_image, devenv, run};
 
 fn env_toml(six: &str) -> String {
@@ -196,9 +197,74 @@ fn pinned_wheels_and_apt_package_build_and_one_pin_rebuilds_only_its_layer() {
     )
     .unwrap();
     assert!(
-        log.contains("Successfully installed"),
-        "the build log keeps pip's output: {log}"
+        log.contains("Installed 1 package") && log.contains("+ six==1.17.0"),
+        "the build log keeps uv's output: {log}"
     );
+    let out = devenv_in(&home, &["run", "--", "python", "-m", "pip", "--version"]).success();
+    assert!(
+        out.stdout.contains("/opt/devenv/venv/"),
+        "the venv has the image's pip, as `python3 -m venv` gives it: {out:?}"
+    );
+}
+
+/// The wheels a build downloaded serve every later build from the store: a second project
+/// pinning the same wheels (on another parent layer, so its python step really runs) builds
+/// with PyPI unreachable. The control shows the proxy does block: with one wheel gone from
+/// the store, the same build fails downloading it.
+#[test]
+fn a_second_project_pinning_the_same_wheels_downloads_nothing() {
+    let home = TestHome::new();
+    home.write("first/env.toml", env_toml("1.16.0"));
+    run(devenv(&home).args(["-C", "../first", "build"])).success();
+    let pip_only = format!(
+        "[image]\nbase = \"{}\"\n\n[packages]\npip = [\"six==1.16.0\", \"numpy==1.26.4\"]\n",
+        bookworm_image()
+    );
+    home.write("second/env.toml", &pip_only);
+    home.write("second/env.lock", home.read("first/env.lock"));
+    let offline_pypi = |home: &TestHome| {
+        let mut cmd = devenv(home);
+        cmd.args(["-C", "../second", "build"])
+            .env("https_proxy", "http://127.0.0.1:9")
+            .env("HTTPS_PROXY", "http://127.0.0.1:9");
+        run(&mut cmd)
+    };
+    let out = offline_pypi(&home).success();
+    assert!(
+        out.stderr.contains("Building python (2 packages)"),
+        "{out:?}"
+    );
+    let out = run(devenv(&home).args([
+        "-C",
+        "../second",
+        "run",
+        "--",
+        "python",
+        "-c",
+        "import numpy, six; print(numpy.__version__, six.__version__)",
+    ]))
+    .success();
+    assert_eq!(out.stdout.trim(), "1.26.4 1.16.0", "{out:?}");
+
+    let lock = String::from_utf8(home.read("second/env.lock")).unwrap();
+    assert!(
+        !lock.contains("[apt]"),
+        "the second project has no apt part: {lock}"
+    );
+    let six = lock
+        .split("[[python.package]]")
+        .find(|p| p.contains("name = \"six\""))
+        .and_then(|p| p.split("sha256 = \"").nth(1))
+        .map(|s| s[..64].to_string())
+        .expect("six's sha256");
+    fs_err::remove_file(home.store().join("cache/pip/sha256").join(&six)).unwrap();
+    for name in layers(&home) {
+        let dir = home.store().join("layers").join(name);
+        if dir.join("opt/devenv/venv").exists() {
+            fs_err::remove_dir_all(&dir).unwrap();
+        }
+    }
+    offline_pypi(&home).failure(&["downloading", "six-1.16.0", "hint:"]);
 }
 
 #[test]
@@ -295,4 +361,20 @@ fn apt_package_with_files_owned_by_other_users_installs() {
         Some(owner.as_str()),
         "files owned by other users belong to the user: {out:?}"
     );
+}
+
+/// Python packages on an image without Python: the lock says so, with the fix, and writes
+/// nothing.
+#[test]
+fn python_packages_on_an_image_without_python_fail_with_a_hint() {
+    let home = TestHome::new();
+    let image = push("build/no-python", &busybox_image("no-python").build());
+    write_env_toml(
+        &home,
+        "project",
+        &image,
+        "\n[packages]\npip = [\"six==1.16.0\"]\n",
+    );
+    devenv_in(&home, &["lock"]).failure(&["has no python3", "hint:", "[tools] python"]);
+    assert!(!home.project().join("env.lock").exists());
 }

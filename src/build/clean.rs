@@ -70,9 +70,15 @@ fn walk(dir: &Path) -> io::Result<()> {
 }
 
 fn strip_xattrs(path: &Path) {
-    for name in DROP_XATTRS {
-        // Absent is the common case; an error here leaves a harmless attribute.
-        let _ = xattr::remove(path, name);
+    // One listxattr per entry, not a removexattr per name: absent is the common case, and a
+    // python layer has tens of thousands of entries. An error leaves a harmless attribute.
+    let Ok(names) = xattr::list(path) else {
+        return;
+    };
+    for name in names {
+        if DROP_XATTRS.iter().any(|d| name == std::ffi::OsStr::new(d)) {
+            let _ = xattr::remove(path, &name);
+        }
     }
 }
 
@@ -218,5 +224,35 @@ mod tests {
         )
         .unwrap();
         assert!(listing(&up).is_empty(), "{:?}", listing(&up));
+    }
+
+    /// Overlay's bookkeeping goes; `user.overlay.opaque` and other attributes stay.
+    #[test]
+    fn overlay_bookkeeping_xattrs_go_others_stay() {
+        let t = tempfile::tempdir().unwrap();
+        let upper = t.path().join("upper");
+        write(&upper, "opt/x/file", "x");
+        let file = upper.join("opt/x/file");
+        let dir = upper.join("opt/x");
+        if xattr::set(&file, "user.overlay.origin", b"o").is_err() {
+            panic!(
+                "{} has no user xattrs: run the unit tests on ext4, xfs or btrfs",
+                t.path().display()
+            );
+        }
+        xattr::set(&file, "user.keep", b"k").unwrap();
+        xattr::set(&dir, "user.overlay.impure", b"y").unwrap();
+        xattr::set(&dir, "user.overlay.opaque", b"y").unwrap();
+        clean_upper(&upper, &[], &[]).unwrap();
+        let names = |p: &Path| -> Vec<String> {
+            let mut v: Vec<String> = xattr::list(p)
+                .unwrap()
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&file), ["user.keep"]);
+        assert_eq!(names(&dir), ["user.overlay.opaque"]);
     }
 }

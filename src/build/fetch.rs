@@ -1,14 +1,17 @@
 //! The lock's Python distribution files, downloaded once into the store by sha256
 //! (`cache/pip/sha256/<hex>`) and shared by every env and build: a second project pinning the
 //! same wheels downloads nothing, whatever caching headers the index (or a proxy) sends, and a
-//! build with everything cached needs no network for its Python step.
+//! build with everything cached needs no network for its Python step. Missing files download
+//! in parallel (a few connections, as uv and pip's successors do), each verified as it streams.
 //!
 //! Invariants: a file enters the cache only after its sha256 matched the lock, by rename from
 //! `tmp/`, under a store lock per hash; a cached file is trusted by its name.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sha2::{Digest as _, Sha256};
 
@@ -17,13 +20,17 @@ use crate::lock::PythonPackage;
 use crate::progress::Reporter;
 use crate::store::Store;
 
+/// Downloads at once.
+const PARALLEL: usize = 6;
+
 /// A locked distribution's file in the cache, and the name pip must see it under.
 pub struct Cached {
     pub path: PathBuf,
     pub file_name: String,
 }
 
-/// Make every file of `packages` present in the cache, downloading what is missing.
+/// Make every file of `packages` present in the cache, downloading what is missing (several
+/// at once). The result is in `packages`' order.
 pub fn fetch(
     store: &Store,
     packages: &[PythonPackage],
@@ -32,15 +39,15 @@ pub fn fetch(
 ) -> Result<Vec<Cached>, BuildError> {
     let dir = store.root().join("cache/pip/sha256");
     fs_err::create_dir_all(&dir)?;
-    let mut agent = None;
     let mut out = Vec::new();
+    let mut missing = Vec::new();
     for p in packages {
         let file_name = file_name(&p.url).ok_or_else(|| BuildError::Download {
             url: p.url.clone(),
             message: "the URL names no file".into(),
         })?;
         let sha = p.sha256.to_ascii_lowercase();
-        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_sha256(&sha) {
             return Err(BuildError::Download {
                 url: p.url.clone(),
                 message: format!("env.lock's sha256 `{}` is not a sha256", p.sha256),
@@ -48,50 +55,116 @@ pub fn fetch(
         }
         let path = dir.join(&sha);
         if !path.exists() {
-            let _held = store.lock(&format!("file-{sha}"))?;
-            if !path.exists() {
-                if offline {
-                    return Err(BuildError::Offline { file: file_name });
-                }
-                let agent = match &agent {
-                    Some(a) => a,
-                    None => agent.insert(make_agent()?),
-                };
-                download(store, agent, p, &sha, &path, &file_name, ui)?;
+            if offline {
+                return Err(BuildError::Offline { file: file_name });
             }
+            missing.push((p, sha, path.clone(), file_name.clone()));
         }
         out.push(Cached { path, file_name });
+    }
+    if !missing.is_empty() {
+        let agent = make_agent()?;
+        let next = AtomicUsize::new(0);
+        let failed: Mutex<Option<BuildError>> = Mutex::new(None);
+        let work = || {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((p, sha, path, file_name)) = missing.get(i) else {
+                    return;
+                };
+                if failed.lock().map(|f| f.is_some()).unwrap_or(true) {
+                    return;
+                }
+                let result = fetch_one(store, &agent, p, sha, path, file_name, ui);
+                if let Err(e) = result
+                    && let Ok(mut slot) = failed.lock()
+                {
+                    slot.get_or_insert(e);
+                }
+            }
+        };
+        std::thread::scope(|s| {
+            for _ in 0..PARALLEL.min(missing.len()) {
+                s.spawn(work);
+            }
+        });
+        if let Some(e) = failed.into_inner().unwrap_or(None) {
+            return Err(e);
+        }
     }
     Ok(out)
 }
 
-fn download(
+/// One missing file, under the store's lock for its hash (another process may be fetching it).
+fn fetch_one(
     store: &Store,
     agent: &ureq::Agent,
     p: &PythonPackage,
     sha: &str,
-    dest: &std::path::Path,
+    path: &Path,
     file_name: &str,
     ui: &dyn Reporter,
 ) -> Result<(), BuildError> {
+    let _held = store.lock(&format!("file-{sha}"))?;
+    if path.exists() {
+        return Ok(());
+    }
+    match download_verified(store, agent, &p.url, sha, path, file_name, ui)? {
+        Verified::Stored => Ok(()),
+        Verified::Mismatch { actual } => Err(BuildError::HashMismatch {
+            name: p.name.clone(),
+            url: p.url.clone(),
+            expected: sha.to_string(),
+            actual,
+        }),
+    }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// How a download that completed ended.
+pub(super) enum Verified {
+    /// The bytes hashed to the sha256 asked for and now lie at the destination.
+    Stored,
+    /// They did not; nothing was stored.
+    Mismatch { actual: String },
+}
+
+/// Stream `url` into a temp file in the store's `tmp/`, hashing as it goes; rename it to `dest`
+/// only when it hashes to `sha`. Network failures are
+/// [`BuildError::Download`].
+pub(super) fn download_verified(
+    store: &Store,
+    agent: &ureq::Agent,
+    url: &str,
+    sha: &str,
+    dest: &Path,
+    label: &str,
+    ui: &dyn Reporter,
+) -> Result<Verified, BuildError> {
     let failed = |message: String| BuildError::Download {
-        url: p.url.clone(),
+        url: url.to_string(),
         message,
     };
-    let resp = agent
-        .get(&p.url)
-        .call()
-        .map_err(|e| failed(e.to_string()))?;
+    let resp = agent.get(url).call().map_err(|e| failed(e.to_string()))?;
     let total = resp
         .header("content-length")
         .and_then(|v| v.parse::<u64>().ok());
-    let bar = ui.bar(file_name, total);
+    let bar = ui.bar(label, total);
     let mut reader = resp.into_reader();
     let mut tmp = tempfile::NamedTempFile::new_in(store.root().join("tmp"))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = reader.read(&mut buf).map_err(|e| failed(e.to_string()))?;
+        let n = match reader.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                bar.finish("failed");
+                return Err(failed(e.to_string()));
+            }
+        };
         if n == 0 {
             break;
         }
@@ -102,17 +175,12 @@ fn download(
     let actual = hex::encode(hasher.finalize());
     if actual != sha {
         bar.finish("failed");
-        return Err(BuildError::HashMismatch {
-            name: p.name.clone(),
-            url: p.url.clone(),
-            expected: sha.to_string(),
-            actual,
-        });
+        return Ok(Verified::Mismatch { actual });
     }
     tmp.as_file().sync_data()?;
     tmp.persist(dest).map_err(|e| e.error)?;
     bar.finish("done");
-    Ok(())
+    Ok(Verified::Stored)
 }
 
 /// The URL's last path segment, percent-decoded (`torch-2.1.0%2Bcpu-…whl`), when it is a
@@ -144,7 +212,7 @@ pub fn file_name(url: &str) -> Option<String> {
 
 /// An HTTPS client trusting the system's CA bundle (where a company proxy's CA lives), through
 /// `https_proxy` when set.
-fn make_agent() -> Result<ureq::Agent, BuildError> {
+pub(super) fn make_agent() -> Result<ureq::Agent, BuildError> {
     let mut roots = rustls::RootCertStore::empty();
     if let Ok(certs) = rustls_native_certs::load_native_certs() {
         roots.add_parsable_certificates(certs);

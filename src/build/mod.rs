@@ -1,22 +1,25 @@
 //! Tool layers: `[tools]`, `[packages]` and `[setup]` built into cached layers on top of the base
 //! image. `recipe` expands env.toml into inputs; the lock pins them; [`build`] runs one step per
 //! kind, in order: apt (the lock's `name=version` pins), python (a virtual environment at
-//! [`VENV`] and the lock's wheels, `--require-hashes --no-deps`), then each `[setup].run`
-//! command. A step runs in the container as root-in-namespace with network, writing into an
+//! [`VENV`] made by the image's `python3 -m venv --without-pip`, the lock's files installed by
+//! the pinned [`uv`] with `--require-hashes --no-deps` from the store, offline, then the pip
+//! wheel the image's Python bundles so the venv has pip as `python -m venv` would give it),
+//! then each `[setup].run` command. A step runs in the container as root-in-namespace with network, writing into an
 //! empty persistent upper directory that becomes `layers/<key>/`, where the key is sha256 over
 //! the parent's key (the base manifest digest for the first step), the step's kind and its
 //! locked inputs. So changing one step rebuilds it and those after it, and nothing before.
 //!
 //! Invariants: a layer enters the store only complete, cleaned and by rename, under a store
 //! lock per key, so two builds of one key run it once; downloads come from caches mounted from
-//! the store (`cache/pip`, `cache/apt`), never written into a layer; a step never sees
+//! the store (`cache/pip`, `cache/uv`, `cache/apt`), never written into a layer; a step never sees
 //! env.toml's `[env]` (the key does not cover it) and never the user's home. This module never
 //! prints: status through the [`Reporter`], step output into `envs/<id>/build.log`.
 
 mod clean;
-mod fetch;
+pub(crate) mod fetch;
 mod log;
 pub mod recipe;
+pub mod uv;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,13 +37,19 @@ use crate::store::{Store, StoreError};
 pub const VENV: &str = "/opt/devenv/venv";
 /// Where the store's pip cache appears during a build.
 const PIP_CACHE: &str = "/root/.cache/pip";
+/// Where the store's uv work directory (`cache/uv`: uv's cache in `cache/`, the venv being
+/// built in `venv/`) appears during a python step: one mount, so uv hardlinks from its cache
+/// into the venv (link(2) fails across mounts), and the venv is written outside the overlay.
+const UV_WORK: &str = "/opt/devenv";
+/// Where the store's uv cache appears when a lower layer has `/opt/devenv` of its own.
+const UV_CACHE: &str = "/root/.cache/uv";
 /// Where the store's apt archive cache appears during a build.
 const APT_ARCHIVES: &str = "/var/cache/apt/archives";
 /// Where a step's input files (requirements) appear, read-only.
 const INPUTS: &str = "/tmp/devenv-build";
 pub use crate::store::gc::TOOL_LAYERS;
 /// Bumped when steps change in ways their inputs do not show, so old layers are not reused.
-const KEY_VERSION: &str = "devenv-build-v1";
+const KEY_VERSION: &str = "devenv-build-v2";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -67,6 +76,8 @@ pub enum BuildError {
     #[error("{file} is not in the store and --offline forbids downloading it")]
     Offline { file: String },
     #[error(transparent)]
+    Uv(#[from] uv::UvError),
+    #[error(transparent)]
     Recipe(#[from] recipe::RecipeError),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -81,6 +92,7 @@ impl crate::error::Hint for BuildError {
                 step, status, tail, ..
             } => Some(step_hint(step, *status, tail)),
             BuildError::Runtime { source, .. } => source.hint(),
+            BuildError::Uv(e) => e.hint(),
             BuildError::Download { .. } => Some(
                 "check the network (and https_proxy); files already downloaded stay in the store"
                     .into(),
@@ -110,6 +122,8 @@ fn step_hint(step: &str, status: i32, tail: &str) -> String {
         || has("Could not resolve")
         || has("NewConnectionError")
         || has("Network is unreachable")
+        || has("dns error")
+        || has("tcp connect error")
     {
         "the network is unreachable from the build; check the connection or proxy settings \
          (http_proxy and https_proxy are passed in)"
@@ -118,7 +132,7 @@ fn step_hint(step: &str, status: i32, tail: &str) -> String {
         "the base image has no working `python3 -m venv`: use an image with Python (and, on \
          Debian, python3-venv), or set `[tools] python`"
             .into()
-    } else if has("THESE PACKAGES DO NOT MATCH THE HASHES") {
+    } else if has("THESE PACKAGES DO NOT MATCH THE HASHES") || has("Hash mismatch") {
         "a downloaded file does not match env.lock's sha256: the index changed the file, or the \
          lock was edited; run `devenv lock --update` to pin it again"
             .into()
@@ -186,19 +200,46 @@ pub fn plan(lock: &Lock, run: &[String]) -> Vec<Step> {
         });
     }
     if !lock.python.packages.is_empty() {
-        let req = lock.python_requirements();
-        let script = format!(
+        let bin = uv::BIN;
+        let install = format!(
+            "{bin} pip install --no-config --python {VENV}/bin/python --offline --no-index \
+             --no-deps --require-hashes"
+        );
+        let mut script = format!(
             "set -e\n\
              command -v python3 >/dev/null || {{ echo 'devenv: the image has no python3' >&2; exit 127; }}\n\
-             [ -x {VENV}/bin/python ] || python3 -m venv {VENV}\n\
-             {VENV}/bin/python -m pip install --no-input --disable-pip-version-check \
-             --require-hashes --no-deps --no-compile --no-index --find-links {INPUTS}/files \
-             -r {INPUTS}/requirements.txt"
+             [ -x {VENV}/bin/python ] || python3 -m venv --without-pip {VENV}\n\
+             {install} --find-links {INPUTS}/files -r {INPUTS}/requirements.txt\n"
         );
+        // uv records a local file's ctime in `uv_cache.json` (its own staleness check for path
+        // installs): it differs between two stores, so it goes, with its RECORD line.
+        let drop_cache_info = format!(
+            "for f in {VENV}/lib/python*/site-packages/*.dist-info/uv_cache.json; do \
+             [ -e \"$f\" ] || continue; rm -f \"$f\"; \
+             sed -i '/\\/uv_cache\\.json,/d' \"${{f%/uv_cache.json}}/RECORD\"; done\n"
+        );
+        // pip as `python3 -m venv` would put it there, from the wheel the image's Python
+        // bundles (Debian: /usr/share/python-wheels), without ensurepip's seconds of
+        // bytecode compiling; a locked pip wins.
+        if !lock.python.packages.iter().any(|p| p.name == "pip") {
+            script.push_str(&format!(
+                "whl=$(ls /usr/share/python-wheels/pip-*.whl \
+                 \"$(python3 -c 'import ensurepip, os; print(os.path.dirname(ensurepip.__file__))' 2>/dev/null)\"/_bundled/pip-*.whl \
+                 2>/dev/null | head -n 1)\n\
+                 if [ -n \"$whl\" ]; then {bin} pip install --no-config --python {VENV}/bin/python \
+                 --offline --no-index --no-deps \"$whl\"; \
+                 else echo 'devenv: the image bundles no pip wheel; the venv has no pip'; fi\n"
+            ));
+        }
+        script.push_str(&drop_cache_info);
         steps.push(Step {
             kind: StepKind::Python,
             label: format!("python ({})", count(lock.python.packages.len(), "package")),
-            inputs: req,
+            inputs: format!(
+                "installer uv {}\n{}",
+                uv::VERSION,
+                lock.python_requirements()
+            ),
             argv: vec!["/bin/sh".into(), "-c".into(), script],
         });
     }
@@ -221,7 +262,7 @@ fn count(n: usize, what: &str) -> String {
     }
 }
 
-/// What pip installs from the store's files: `name==version --hash=sha256:HEX`, sorted. The
+/// What uv installs from the store's files: `name==version --hash=sha256:HEX`, sorted. The
 /// files sit in one directory under their own names (`--no-index --find-links`), so the
 /// installed metadata records no download URL.
 fn install_requirements(lock: &Lock) -> String {
@@ -353,6 +394,10 @@ fn run_step(
         fs_err::create_dir(d)?;
     }
     let mut mounts = Vec::new();
+    let mut extra_env: Vec<(String, String)> = Vec::new();
+    // The venv built outside the overlay (with the store lock that owns its directory), moved
+    // into the upper directory once the step succeeded; removed whatever happens.
+    let mut venv_out: Option<VenvOut> = None;
     let cache = ctx.store.root().join("cache");
     match step.kind {
         StepKind::Apt => {
@@ -361,7 +406,9 @@ fn run_step(
             mounts.push(bind(&apt, APT_ARCHIVES, false));
         }
         StepKind::Python => {
-            // pip installs the locked files from the store, by name, version and sha256.
+            // uv installs the locked files from the store, by name, version and sha256.
+            let tool = uv::ensure(ctx.store, ctx.offline, ctx.ui)?;
+            mounts.push(tool.mount());
             let files = input_dir.join("files");
             fs_err::create_dir(&files)?;
             let cached = fetch::fetch(ctx.store, &ctx.lock.python.packages, ctx.offline, ctx.ui)?;
@@ -376,6 +423,31 @@ fn run_step(
                 install_requirements(ctx.lock),
             )?;
             mounts.push(bind(&input_dir, INPUTS, true));
+            // Downloads first: the venv lock below is not held while they run.
+            let work = uv::work_dir(ctx.store);
+            fs_err::create_dir_all(work.join("cache"))?;
+            let lower_has_it = lowers
+                .iter()
+                .any(|l| fs_err::symlink_metadata(l.join("opt/devenv")).is_ok());
+            if lower_has_it {
+                // The venv must merge with what the image has there: through the overlay,
+                // copying from the cache.
+                mounts.push(bind(&work.join("cache"), UV_CACHE, false));
+                extra_env.push(("UV_CACHE_DIR".into(), UV_CACHE.into()));
+                extra_env.push(("UV_LINK_MODE".into(), "copy".into()));
+            } else {
+                // One python step at a time per store uses `cache/uv/venv`.
+                let held = ctx.store.lock("uv-venv")?;
+                let venv = work.join("venv");
+                crate::store::remove_tree(&venv)?;
+                venv_out = Some(VenvOut {
+                    _held: held,
+                    dir: venv,
+                });
+                mounts.push(bind(&work, UV_WORK, false));
+                extra_env.push(("UV_CACHE_DIR".into(), format!("{UV_WORK}/cache")));
+                extra_env.push(("UV_LINK_MODE".into(), "hardlink".into()));
+            }
         }
         StepKind::Run => {}
     }
@@ -384,7 +456,11 @@ fn run_step(
     mounts.push(bind(&pip, PIP_CACHE, false));
 
     let venv = ctx.venv || step.kind == StepKind::Python;
-    let env = step_env(ctx.image_env, venv);
+    let mut env = step_env(ctx.image_env, venv);
+    for (k, v) in extra_env {
+        env.retain(|(n, _)| *n != k);
+        env.push((k, v));
+    }
     let mut log_file = fs_err::OpenOptions::new()
         .append(true)
         .create(true)
@@ -436,6 +512,14 @@ fn run_step(
             log: ctx.log.to_path_buf(),
         });
     }
+    if let Some(out) = &venv_out {
+        let dir = upper.join(UV_WORK.trim_start_matches('/'));
+        fs_err::create_dir_all(&dir)?;
+        fs_err::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        if fs_err::symlink_metadata(&out.dir).is_ok() {
+            fs_err::rename(&out.dir, dir.join("venv"))?;
+        }
+    }
     let mut points: Vec<PathBuf> = vec![
         ctx.project_dir.to_path_buf(),
         "/root".into(),
@@ -454,6 +538,20 @@ fn run_step(
         // Someone else's build of the same key won (it ran without our lock: an older devenv).
         Err(_) if dest.exists() => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The venv a python step builds in the store's `cache/uv/venv`, under the store lock that
+/// owns that directory; whatever is left of it goes on drop (a failed step's, a crash's is
+/// removed by the next step before it starts).
+struct VenvOut {
+    _held: crate::store::Lock,
+    dir: PathBuf,
+}
+
+impl Drop for VenvOut {
+    fn drop(&mut self) {
+        let _ = crate::store::remove_tree(&self.dir);
     }
 }
 
@@ -497,6 +595,8 @@ fn step_env(image_env: &[String], venv: bool) -> Vec<(String, String)> {
         ("PIP_DISABLE_PIP_VERSION_CHECK", "1".into()),
         ("PIP_NO_INPUT", "1".into()),
         ("PIP_ROOT_USER_ACTION", "ignore".into()),
+        ("UV_PYTHON_DOWNLOADS", "never".into()),
+        ("UV_NO_PROGRESS", "1".into()),
         ("DEVENV", "1".into()),
     ];
     let mut env = crate::project::container_env(

@@ -76,8 +76,52 @@ fn requirements_are_sorted_pinned_and_hashed() {
     assert_eq!(
         *text,
         format!(
-            "numpy @ {NUMPY} --hash=sha256:{NUMPY_SHA}\nsix @ {SIX_116} --hash=sha256:{SIX_116_SHA}\n"
-        )
+            "installer uv {}\nnumpy @ {NUMPY} --hash=sha256:{NUMPY_SHA}\nsix @ {SIX_116} --hash=sha256:{SIX_116_SHA}\n",
+            uv::VERSION
+        ),
+        "the key covers the installer's version too"
+    );
+}
+
+#[test]
+fn python_step_installs_with_uv_from_the_store_and_adds_the_images_pip() {
+    let steps = plan(&lock(false), &[]);
+    let script = &steps[1].argv[2];
+    assert!(
+        script.contains("python3 -m venv --without-pip /opt/devenv/venv"),
+        "{script}"
+    );
+    let install = script
+        .lines()
+        .find(|l| l.contains("-r /tmp/devenv-build/requirements.txt"))
+        .expect("the locked install");
+    for flag in [
+        "/tmp/devenv-uv/uv pip install",
+        "--offline",
+        "--no-index",
+        "--find-links /tmp/devenv-build/files",
+        "--require-hashes",
+        "--no-deps",
+        "--python /opt/devenv/venv/bin/python",
+    ] {
+        assert!(install.contains(flag), "{flag}: {install}");
+    }
+    assert!(!install.contains("--compile"), "no bytecode: {install}");
+    assert!(
+        script.contains("/usr/share/python-wheels/pip-*.whl"),
+        "{script}"
+    );
+    let mut with_pip = lock(false);
+    with_pip.python.packages.push(py(
+        "pip",
+        "24.0",
+        "https://f/pip-24.0-py3-none-any.whl",
+        NUMPY_SHA,
+    ));
+    let script = &plan(&with_pip, &[])[1].argv[2];
+    assert!(
+        !script.contains("python-wheels"),
+        "a locked pip wins: {script}"
     );
 }
 

@@ -8,7 +8,8 @@ use crate::progress::Reporter;
 #[command(
     long_about = "Materialize the env without entering it: write env.lock when missing or stale, \
 pull the locked image, and build each missing tool layer (apt packages, Python packages into \
-/opt/devenv/venv, [setup].run commands), each cached by its inputs and those before it. Step \
+/opt/devenv/venv with devenv's pinned uv from the lock's files, [setup].run commands), each \
+cached by its inputs and those before it. Step \
 output goes to the env's build.log (and to stderr with -v)."
 )]
 pub struct BuildArgs {}

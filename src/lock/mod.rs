@@ -7,8 +7,10 @@
 //! - `[image]`: the reference and, per platform, the image manifest digest. A locked digest is
 //!   never re-resolved: the pull goes by digest (`devenv lock --update image` moves it).
 //! - `[python]`: every distribution, dependencies included, with the URL and sha256 of the exact
-//!   file, resolved by the base image's own pip (`pip install --dry-run --report`) in a throwaway
-//!   container, for the image's interpreter and platform.
+//!   file, resolved in a throwaway container of the base image by devenv's pinned uv
+//!   (`uv pip compile --format pylock.toml --python` the image's interpreter), which lists every
+//!   file of each chosen version that interpreter can install; [`tags`] keeps the one it would
+//!   install (standard tag priority, from facts the interpreter reports about itself).
 //! - `[apt]`: every Debian package an install would add (the requested ones and their
 //!   dependencies) with its version, from `apt-get install --dry-run` after `apt-get update` in
 //!   the image; requested packages the image already has keep the version `dpkg-query` reports.
@@ -18,8 +20,9 @@
 //! messages. A part whose `inputs` differ is stale; a part resolved against an image digest that
 //! moved is stale too. With `locked`, any staleness is an error listing it and nothing is written.
 //!
-//! For the build: [`Lock::python_requirements`] (the `--require-hashes --no-deps` file) and
-//! [`Lock::apt_pins`] (`name=version`); [`Lock::image_for`] (the reference pinned by digest).
+//! For the build: [`Lock::python_requirements`] (the locked files in words, for the python
+//! step's key), [`Lock::apt_pins`] (`name=version`); [`Lock::image_for`] (the reference pinned
+//! by digest).
 //!
 //! Invariants: same inputs → byte-identical file (no timestamps, packages sorted); a failed
 //! resolution writes nothing; env.lock is replaced by rename, never rewritten in place. This
@@ -27,6 +30,7 @@
 
 mod file;
 mod resolve;
+mod tags;
 #[cfg(test)]
 mod tests;
 
@@ -115,10 +119,9 @@ impl AptLock {
 }
 
 impl Lock {
-    /// The requirements file the build installs with
-    /// `pip install --require-hashes --no-deps --no-compile -r FILE`: one line per distribution,
-    /// `name @ URL --hash=sha256:HEX`, so pip fetches exactly the locked file. Empty when there
-    /// are no Python packages.
+    /// The locked Python files in words, one line per distribution,
+    /// `name @ URL --hash=sha256:HEX`, sorted: what a python build step's key covers (the step
+    /// installs these exact files from the store). Empty when there are no Python packages.
     pub fn python_requirements(&self) -> String {
         let mut packages = self.python.packages.clone();
         packages.sort();
@@ -270,6 +273,8 @@ pub enum LockError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
+    Uv(#[from] crate::build::uv::UvError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -295,13 +300,19 @@ pub enum LockError {
         found: String,
         image: String,
     },
-    #[error("pip could not resolve the Python requirements:\n{log}")]
+    #[error("uv could not resolve the Python requirements:\n{log}")]
     Pip { log: String },
-    #[error("pip reports `{name}` from {url} without a sha256, so it cannot be locked")]
+    #[error("no file of `{name}` {version} fits the image's interpreter (the index has: {})", files.join(", "))]
+    NoFile {
+        name: String,
+        version: String,
+        files: Vec<String>,
+    },
+    #[error("the index lists `{name}` at {url} without a sha256, so it cannot be locked")]
     Unhashed { name: String, url: String },
     #[error("`{name}` comes from {source_kind}, which cannot be locked by hash")]
     Unlockable { name: String, source_kind: String },
-    #[error("pip's resolution report is unreadable: {message}")]
+    #[error("the resolver's answer is unreadable: {message}")]
     Report { message: String },
     #[error("the image {image} has no apt-get")]
     NoApt { image: String },
@@ -322,6 +333,34 @@ pub enum LockError {
     Container { status: i32, log: String },
 }
 
+/// What the resolver's words say about the fix.
+fn resolve_hint(log: &str) -> &'static str {
+    let has = |s: &str| log.contains(s);
+    if has("dns error")
+        || has("Could not connect")
+        || has("error sending request")
+        || has("Connection refused")
+        || has("Network is unreachable")
+        || has("Failed to fetch")
+        || has("tcp connect error")
+    {
+        "the package index is unreachable from the resolver: check the network (and \
+         https_proxy, which is passed in); an env.lock committed earlier builds without resolving"
+    } else if has("not found in the package registry")
+        || has("there is no version of")
+        || has("only ")
+        || has("not found in the provided package locations")
+    {
+        "check the names and versions in [packages].pip and [tools] (the resolver's words \
+         above): a version must exist, with a file for the image's Python and platform"
+    } else if has("unsatisfiable") || has("conflict") {
+        "the requirements contradict each other (the resolver's words above): loosen a pin in \
+         [packages].pip or [tools]"
+    } else {
+        "check the names and versions in [packages].pip and [tools] (the resolver's words above)"
+    }
+}
+
 fn list_drift(drift: &[Drift]) -> String {
     drift
         .iter()
@@ -337,6 +376,7 @@ impl Hint for LockError {
             LockError::Config(e) => e.hint(),
             LockError::Pull(e) => e.hint(),
             LockError::Runtime(e) => e.hint(),
+            LockError::Uv(e) => e.hint(),
             LockError::Parse { .. } => {
                 Some("fix the file, or delete it and run `devenv lock` to write a new one".into())
             }
@@ -365,9 +405,10 @@ impl Hint for LockError {
                 "set [tools] python = \"{}\", or pick an [image].base with the Python you want",
                 found.splitn(3, '.').take(2).collect::<Vec<_>>().join(".")
             )),
-            LockError::Pip { .. } => Some(
-                "check the names and versions in [packages].pip and [tools] (pip's words above); \
-                 versions must exist for the image's Python and platform"
+            LockError::Pip { log } => Some(resolve_hint(log).into()),
+            LockError::NoFile { .. } => Some(
+                "pick a version with a wheel for the image's Python and platform (or an sdist), \
+                 or another [image].base"
                     .into(),
             ),
             LockError::Unhashed { .. } => Some(
@@ -728,7 +769,8 @@ pub fn ensure(
                     extra_index_urls: &inputs.extra_index_urls,
                     constraints: &constraints,
                 };
-                let resolved = resolve::python(&sandbox, &request)?;
+                let uv = crate::build::uv::ensure(store, opts.offline, ui)?;
+                let resolved = resolve::python(&sandbox, &uv, &request)?;
                 if let Some(want) = &inputs.python {
                     let found = &resolved.interpreter;
                     if found != want && !found.starts_with(&format!("{want}.")) {

@@ -1,6 +1,6 @@
 //! Resolution inside the base image: a throwaway container (root in the namespace, host network)
-//! runs the image's own tools and leaves its answers in a host directory mounted at
-//! `/devenv-out`. Scripts take no text from env.toml: requirements go through files, package
+//! runs the image's own tools (its interpreter, apt) and devenv's pinned uv (bound read-only)
+//! and leaves its answers in a host directory mounted at `/devenv-out`. Scripts take no text from env.toml: requirements go through files, package
 //! names are checked first. What the tools print is parsed here by pure functions, tested as
 //! tables.
 
@@ -9,15 +9,18 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::tags::{Interpreter, best_wheel};
 use super::{AptPackage, LockError, PythonPackage, normalize};
+use crate::build::uv::Uv;
 use crate::config::{Mount, Network};
 use crate::runtime::{self, Spec};
 use crate::store::Store;
 
 /// Where the host directory with the scripts' inputs and outputs appears inside.
 const OUT: &str = "/devenv-out";
-/// The shared pip cache, so wheels read while resolving are not fetched again by the build.
-const PIP_CACHE: &str = "/devenv-cache/pip";
+/// The store's uv cache: index pages and metadata uv read while resolving serve the next
+/// resolution, and wheels it fetched serve builds.
+const UV_CACHE: &str = "/devenv-cache/uv";
 
 // Exit statuses the scripts use for the failures they recognise.
 const NO_PYTHON: i32 = 90;
@@ -52,8 +55,9 @@ impl Ran {
 }
 
 impl Sandbox<'_> {
-    /// Run `script` under `/bin/sh` with `files` written to `/devenv-out` first.
-    fn run(&self, script: &str, files: &[(&str, &str)]) -> Result<Ran, LockError> {
+    /// Run `script` under `/bin/sh` with `files` written to `/devenv-out` first and `uv` (when
+    /// given) at [`crate::build::uv::DIR`].
+    fn run(&self, script: &str, files: &[(&str, &str)], uv: Option<&Uv>) -> Result<Ran, LockError> {
         let staging = self.store.staging_dir("resolve")?;
         let dir = staging.path().to_path_buf();
         for d in ["out", "state", "home", "work"] {
@@ -62,14 +66,14 @@ impl Sandbox<'_> {
         for (name, content) in files {
             fs_err::write(dir.join("out").join(name), content)?;
         }
-        let cache = self.store.root().join("cache/pip");
+        let cache = crate::build::uv::work_dir(self.store).join("cache");
         fs_err::create_dir_all(&cache)?;
         let ours = [
             ("HOME", "/root".to_string()),
             ("USER", "root".to_string()),
-            ("PIP_CACHE_DIR", PIP_CACHE.to_string()),
-            ("PIP_DISABLE_PIP_VERSION_CHECK", "1".to_string()),
-            ("PIP_NO_INPUT", "1".to_string()),
+            ("UV_CACHE_DIR", UV_CACHE.to_string()),
+            ("UV_PYTHON_DOWNLOADS", "never".to_string()),
+            ("UV_NO_PROGRESS", "1".to_string()),
             ("PYTHONDONTWRITEBYTECODE", "1".to_string()),
             ("DEBIAN_FRONTEND", "noninteractive".to_string()),
         ];
@@ -104,11 +108,13 @@ impl Sandbox<'_> {
                 },
                 Mount {
                     source: cache,
-                    target: PathBuf::from(PIP_CACHE),
+                    target: PathBuf::from(UV_CACHE),
                     read_only: false,
                 },
             ]
-            .into(),
+            .into_iter()
+            .chain(uv.map(Uv::mount))
+            .collect(),
             upper: None,
             output: None,
         };
@@ -155,21 +161,27 @@ fn python_request_file(req: &PythonRequest<'_>) -> String {
     text
 }
 
-/// Resolve Python requirements with the image's pip, in a venv like the one the build makes.
+/// Resolve Python requirements with the pinned uv (`uv pip compile --format pylock.toml`) for
+/// the image's interpreter, in a venv like the one the build makes; then keep, of every
+/// distribution, the one file that interpreter installs (see [`super::tags`]).
 pub(super) fn python(
     sb: &Sandbox<'_>,
+    uv: &Uv,
     req: &PythonRequest<'_>,
 ) -> Result<PythonResolved, LockError> {
+    let bin = crate::build::uv::BIN;
     let script = format!(
         "command -v python3 >/dev/null 2>&1 || exit {NO_PYTHON}\n\
-         python3 -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])' > {OUT}/python-version || exit {NO_PYTHON}\n\
-         python3 -m venv /opt/devenv/venv > {OUT}/venv.log 2>&1 || exit {NO_VENV}\n\
+         python3 {OUT}/facts.py > {OUT}/interpreter.json 2> {OUT}/facts.log || exit {NO_PYTHON}\n\
+         python3 -m venv --without-pip /opt/devenv/venv > {OUT}/venv.log 2>&1 || exit {NO_VENV}\n\
          [ -s {OUT}/requirements.txt ] || exit 0\n\
-         /opt/devenv/venv/bin/pip install --dry-run --ignore-installed --quiet \
-         --report {OUT}/report.json -r {OUT}/requirements.txt > {OUT}/pip.log 2>&1 || exit {PIP_FAILED}\n"
+         {bin} pip compile --no-config --quiet --format pylock.toml --no-header \
+         --python /opt/devenv/venv/bin/python --python-preference only-system \
+         --index-strategy unsafe-best-match \
+         --output-file {OUT}/pylock.toml {OUT}/requirements.txt > {OUT}/uv.log 2>&1 || exit {PIP_FAILED}\n"
     );
     let request = python_request_file(req);
-    // Only an interpreter to check: no pip run.
+    // Only an interpreter to check: no resolution.
     let request = if req.pip.is_empty() && req.requirements.is_none() {
         String::new()
     } else {
@@ -179,10 +191,12 @@ pub(super) fn python(
     let ran = sb.run(
         &script,
         &[
+            ("facts.py", super::tags::FACTS_SCRIPT),
             ("requirements.txt", &request),
             ("constraints.txt", &constraints),
             ("user-requirements.txt", req.requirements.unwrap_or("")),
         ],
+        Some(uv),
     )?;
     match ran.status {
         0 => {}
@@ -199,37 +213,50 @@ pub(super) fn python(
         }
         PIP_FAILED => {
             return Err(LockError::Pip {
-                log: pip_words(&ran.read("pip.log")),
+                log: resolver_words(&ran.read("uv.log")),
             });
         }
         status => {
             return Err(LockError::Container {
                 status,
-                log: tail(&ran.read("pip.log"), 10),
+                log: tail(&ran.read("uv.log"), 10),
             });
         }
     }
-    let interpreter = ran.read("python-version").trim().to_string();
+    let interpreter: Interpreter =
+        serde_json::from_str(&ran.read("interpreter.json")).map_err(|e| LockError::Report {
+            message: format!(
+                "the interpreter's facts: {e}\n{}",
+                tail(&ran.read("facts.log"), 10)
+            ),
+        })?;
     let packages = if request.is_empty() {
         Vec::new()
     } else {
-        parse_report(&ran.read("report.json"))?
+        parse_pylock(&ran.read("pylock.toml"), &interpreter.tags())?
     };
     Ok(PythonResolved {
-        interpreter,
+        interpreter: interpreter.version_string(),
         packages,
     })
 }
 
-/// pip's own words: its `ERROR:` lines and what follows them, else the last lines.
-fn pip_words(log: &str) -> String {
-    match log.find("ERROR:") {
-        Some(i) => tail(&log[i..], 30),
+/// The resolver's own words: from its first error line (`error:`, `×`) on, else the last lines.
+fn resolver_words(log: &str) -> String {
+    let start = log
+        .lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.starts_with("error:") || l.starts_with('×') || l.starts_with("ERROR:")
+        })
+        .map(|i| log.lines().skip(i).collect::<Vec<_>>().join("\n"));
+    match start {
+        Some(text) => tail(&text, 30),
         None => tail(log, 15),
     }
 }
 
-/// The last `n` lines of `text`, indented for an error message.
+/// The indented last `n` non-empty lines of `text`, for an error message.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let start = lines.len().saturating_sub(n);
@@ -240,87 +267,104 @@ fn tail(text: &str, n: usize) -> String {
         .join("\n")
 }
 
+/// pylock.toml (PEP 751) as uv writes it for one interpreter.
 #[derive(Deserialize)]
-struct Report {
+struct Pylock {
     #[serde(default)]
-    install: Vec<ReportItem>,
+    packages: Vec<PylockPackage>,
 }
 
 #[derive(Deserialize)]
-struct ReportItem {
-    metadata: ReportMetadata,
-    download_info: DownloadInfo,
-}
-
-#[derive(Deserialize)]
-struct ReportMetadata {
+struct PylockPackage {
     name: String,
-    version: String,
+    version: Option<String>,
+    #[serde(default)]
+    wheels: Vec<PylockFile>,
+    sdist: Option<PylockFile>,
+    archive: Option<PylockFile>,
+    vcs: Option<toml::Value>,
+    directory: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
-struct DownloadInfo {
-    url: String,
-    archive_info: Option<ArchiveInfo>,
-    vcs_info: Option<serde_json::Value>,
-    dir_info: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct ArchiveInfo {
-    /// `sha256=<hex>` (pip ≥ 22.2).
-    hash: Option<String>,
-    /// `{"sha256": "<hex>"}` (pip ≥ 23.0).
+struct PylockFile {
+    name: Option<String>,
+    url: Option<String>,
+    path: Option<String>,
     #[serde(default)]
     hashes: BTreeMap<String, String>,
 }
 
-/// Every distribution pip's `--report` would install, with the sha256 of its exact file.
-pub(super) fn parse_report(json: &str) -> Result<Vec<PythonPackage>, LockError> {
-    let report: Report = serde_json::from_str(json).map_err(|e| LockError::Report {
-        message: e.to_string(),
+impl PylockFile {
+    fn file_name(&self) -> Option<String> {
+        self.name
+            .clone()
+            .or_else(|| self.url.as_deref().and_then(crate::build::fetch::file_name))
+            .or_else(|| {
+                let path = self.path.as_deref()?;
+                path.rsplit('/').next().map(str::to_string)
+            })
+    }
+}
+
+/// Every distribution of uv's pylock.toml, each with the one file an interpreter with `tags`
+/// (best first) installs: its best wheel, else the source distribution. Sorted.
+pub(super) fn parse_pylock(text: &str, tags: &[String]) -> Result<Vec<PythonPackage>, LockError> {
+    let lock: Pylock = toml::from_str(text).map_err(|e| LockError::Report {
+        message: e.message().to_string(),
     })?;
     let mut out = Vec::new();
-    for item in report.install {
-        let name = normalize(&item.metadata.name);
-        let info = item.download_info;
-        let source_kind = if info.vcs_info.is_some() {
-            Some("a version control checkout")
-        } else if info.dir_info.is_some() {
-            Some("a local directory")
-        } else {
-            None
+    for p in lock.packages {
+        let name = normalize(&p.name);
+        let unlockable = |kind: &str| LockError::Unlockable {
+            name: name.clone(),
+            source_kind: kind.into(),
         };
-        if let Some(kind) = source_kind {
-            return Err(LockError::Unlockable {
-                name,
-                source_kind: kind.into(),
-            });
+        if p.vcs.is_some() {
+            return Err(unlockable("a version control checkout"));
         }
-        let archive = info.archive_info;
-        let sha256 = archive.as_ref().and_then(|a| {
-            a.hashes.get("sha256").cloned().or_else(|| {
-                a.hash
-                    .as_deref()
-                    .and_then(|h| h.strip_prefix("sha256="))
-                    .map(str::to_string)
-            })
-        });
-        let sha256 = match sha256 {
+        if p.directory.is_some() {
+            return Err(unlockable("a local directory"));
+        }
+        let version = p.version.clone().ok_or_else(|| LockError::Report {
+            message: format!("`{name}` has no version"),
+        })?;
+        let names: Vec<String> = p
+            .wheels
+            .iter()
+            .map(|w| w.file_name().unwrap_or_default())
+            .collect();
+        let file = match best_wheel(&names, tags) {
+            Some(i) => &p.wheels[i],
+            None => match (&p.sdist, &p.archive) {
+                (Some(f), _) | (None, Some(f)) => f,
+                (None, None) => {
+                    return Err(LockError::NoFile {
+                        name,
+                        version,
+                        files: names,
+                    });
+                }
+            },
+        };
+        let Some(url) = file.url.clone() else {
+            return Err(match &file.path {
+                Some(_) => unlockable("a local file"),
+                None => LockError::Report {
+                    message: format!("`{name}`: a file without a URL"),
+                },
+            });
+        };
+        let sha256 = match file.hashes.get("sha256") {
             Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 h.to_ascii_lowercase()
             }
-            _ => {
-                return Err(LockError::Unhashed {
-                    name,
-                    url: info.url,
-                });
-            }
+            _ => return Err(LockError::Unhashed { name, url }),
         };
         out.push(PythonPackage {
             name,
-            version: item.metadata.version,
-            url: info.url,
+            version,
+            url,
             sha256,
         });
     }
@@ -358,7 +402,7 @@ pub(super) fn apt(sb: &Sandbox<'_>, names: &[String]) -> Result<Vec<AptPackage>,
          exit 0\n"
     );
     let list: String = names.iter().map(|n| format!("{n}\n")).collect();
-    let ran = sb.run(&script, &[("apt.txt", &list)])?;
+    let ran = sb.run(&script, &[("apt.txt", &list)], None)?;
     match ran.status {
         0 => {}
         NO_APT => {
@@ -464,46 +508,127 @@ pub(super) fn apt_packages(
 mod tests {
     use super::*;
 
+    /// bookworm's CPython 3.11 on x86_64.
+    fn cp311() -> Vec<String> {
+        let i: super::super::tags::Interpreter = serde_json::from_str(
+            r#"{"implementation": "cpython", "version": [3, 11, 2], "platform": "linux-x86_64",
+                "soabi": "cpython-311-x86_64-linux-gnu", "glibc": "glibc 2.36", "musl": null}"#,
+        )
+        .unwrap();
+        i.tags()
+    }
+
+    const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    const H3: &str = "3333333333333333333333333333333333333333333333333333333333333333";
+
+    /// Shaped as `uv pip compile --format pylock.toml` writes it (uv 0.13).
     #[test]
-    fn report_gives_every_distribution_with_its_hash() {
-        let json = r#"{"version": "1", "pip_version": "23.0.1", "install": [
-          {"download_info": {"url": "https://files.pythonhosted.org/packages/six-1.16.0-py2.py3-none-any.whl",
-             "archive_info": {"hash": "sha256=8ABB2F1D86890A2DFB989F9A77CFCFD3E47C2A354B01111771326F8AA26E0254"}},
-           "is_direct": false, "requested": true,
-           "metadata": {"name": "six", "version": "1.16.0"}},
-          {"download_info": {"url": "https://x/Typing_Extensions-4.12.2-py3-none-any.whl",
-             "archive_info": {"hash": "sha256=00", "hashes": {"sha256": "04e5ca0351e0f3f85c6853954072df659d0d13fac324d0072316b67d7794700d"}}},
-           "metadata": {"name": "Typing_Extensions", "version": "4.12.2"}}
-        ]}"#;
-        let p = parse_report(json).expect("parses");
-        assert_eq!(p.len(), 2);
-        assert_eq!(p[0].name, "six");
-        assert_eq!(
-            p[0].sha256,
-            "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254"
+    fn pylock_gives_one_file_per_distribution_the_best_wheel() {
+        let text = format!(
+            r#"lock-version = "1.0"
+created-by = "uv"
+requires-python = ">=3.11.2"
+
+[[packages]]
+name = "Typing_Extensions"
+version = "4.12.2"
+sdist = {{ url = "https://f/typing_extensions-4.12.2.tar.gz", upload-time = 2024-06-07T18:52:15Z, size = 85321, hashes = {{ sha256 = "{H1}" }} }}
+wheels = [{{ url = "https://f/typing_extensions-4.12.2-py3-none-any.whl", upload-time = 2024-06-07T18:52:13Z, size = 37438, hashes = {{ sha256 = "{H2}" }} }}]
+
+[[packages]]
+name = "numpy"
+version = "2.1.3"
+sdist = {{ url = "https://f/numpy-2.1.3.tar.gz", hashes = {{ sha256 = "{H1}" }} }}
+wheels = [
+    {{ url = "https://f/numpy-2.1.3-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", hashes = {{ sha256 = "{H1}" }} }},
+    {{ url = "https://f/numpy-2.1.3-cp311-cp311-manylinux_2_28_x86_64.whl", hashes = {{ sha256 = "{H3}" }} }},
+]
+
+[[packages]]
+name = "only-sdist"
+version = "0.1"
+sdist = {{ url = "https://f/only_sdist-0.1.tar.gz", hashes = {{ sha256 = "{H2}" }} }}
+"#
         );
-        assert_eq!(p[1].name, "typing-extensions");
-        assert!(p[1].sha256.starts_with("04e5ca"));
+        let p = parse_pylock(&text, &cp311()).expect("parses");
+        let got: Vec<(&str, &str, &str)> = p
+            .iter()
+            .map(|p| (p.name.as_str(), p.version.as_str(), p.url.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "numpy",
+                    "2.1.3",
+                    "https://f/numpy-2.1.3-cp311-cp311-manylinux_2_28_x86_64.whl"
+                ),
+                ("only-sdist", "0.1", "https://f/only_sdist-0.1.tar.gz"),
+                (
+                    "typing-extensions",
+                    "4.12.2",
+                    "https://f/typing_extensions-4.12.2-py3-none-any.whl"
+                ),
+            ]
+        );
+        assert_eq!(p[0].sha256, H3);
+        assert_eq!(p[2].sha256, H2);
     }
 
     #[test]
-    fn report_without_hash_or_from_a_checkout_is_refused() {
-        let no_hash = r#"{"install": [{"download_info": {"url": "https://x/a.whl", "archive_info": {}},
-            "metadata": {"name": "a", "version": "1"}}]}"#;
+    fn pylock_without_a_fitting_file_hash_or_url_is_refused() {
+        let none_fits = format!(
+            "[[packages]]\nname = \"a\"\nversion = \"1\"\nwheels = [{{ url = \"https://f/a-1-cp312-cp312-manylinux_2_17_x86_64.whl\", hashes = {{ sha256 = \"{H1}\" }} }}]\n"
+        );
+        let err = parse_pylock(&none_fits, &cp311()).unwrap_err();
+        assert!(matches!(err, LockError::NoFile { .. }), "{err}");
+        assert!(err.to_string().contains("a-1-cp312-cp312"), "{err}");
+        let no_hash = "[[packages]]\nname = \"a\"\nversion = \"1\"\nwheels = [{ url = \"https://f/a-1-py3-none-any.whl\", hashes = { md5 = \"00\" } }]\n";
         assert!(matches!(
-            parse_report(no_hash),
+            parse_pylock(no_hash, &cp311()),
             Err(LockError::Unhashed { .. })
         ));
-        let vcs = r#"{"install": [{"download_info": {"url": "git+https://x/a", "vcs_info": {"vcs": "git"}},
-            "metadata": {"name": "a", "version": "1"}}]}"#;
+        let vcs = "[[packages]]\nname = \"a\"\nvcs = { type = \"git\", url = \"https://x/a\", commit-id = \"00\" }\n";
         assert!(matches!(
-            parse_report(vcs),
+            parse_pylock(vcs, &cp311()),
+            Err(LockError::Unlockable { .. })
+        ));
+        let dir = "[[packages]]\nname = \"a\"\ndirectory = { path = \"./a\" }\n";
+        assert!(matches!(
+            parse_pylock(dir, &cp311()),
+            Err(LockError::Unlockable { .. })
+        ));
+        let local = format!(
+            "[[packages]]\nname = \"a\"\nversion = \"1\"\nwheels = [{{ path = \"a-1-py3-none-any.whl\", hashes = {{ sha256 = \"{H1}\" }} }}]\n"
+        );
+        assert!(matches!(
+            parse_pylock(&local, &cp311()),
             Err(LockError::Unlockable { .. })
         ));
         assert!(matches!(
-            parse_report("not json"),
+            parse_pylock("packages = 3", &cp311()),
             Err(LockError::Report { .. })
         ));
+        assert_eq!(
+            parse_pylock("lock-version = \"1.0\"\n", &cp311()).unwrap(),
+            []
+        );
+    }
+
+    #[test]
+    fn resolver_words_start_at_its_error() {
+        let log = "Using Python 3.11.2 environment at: /opt/devenv/venv\n\
+                   \u{d7} No solution found when resolving dependencies:\n\
+                   \u{2570}\u{2500}\u{25b6} Because there is no version of nosuch==1.0 and you require nosuch==1.0, we can conclude that your requirements are unsatisfiable.\n";
+        let words = resolver_words(log);
+        assert!(words.starts_with("  \u{d7} No solution found"), "{words}");
+        assert!(
+            words.contains("there is no version of nosuch==1.0"),
+            "{words}"
+        );
+        assert!(!words.contains("Using Python"), "{words}");
+        assert_eq!(resolver_words("a\nb\n"), "  a\n  b");
     }
 
     #[test]

@@ -382,3 +382,15 @@ fn update_must_name_something_locked() {
         Err(LockError::LockedUpdate)
     ));
 }
+
+#[test]
+fn resolver_failures_hint_at_their_cause() {
+    let missing = "  error: No solution found when resolving dependencies\n    cause: Because nosuch was not found in the package registry and you require nosuch==1.0, we can conclude that your requirements are unsatisfiable.";
+    assert!(resolve_hint(missing).contains("a version must exist"));
+    let version = "    cause: Because there is no version of numpy==99.0 and you require numpy==99.0, we can conclude that your requirements are unsatisfiable.";
+    assert!(resolve_hint(version).contains("a version must exist"));
+    let conflict = "    cause: Because scikit-learn==1.5.2 depends on numpy>=1.19.5 and you require scikit-learn==1.5.2, we can conclude that you require numpy>=1.19.5.\n           And because you require numpy==1.18.0, we can conclude that your requirements are unsatisfiable.";
+    assert!(resolve_hint(conflict).contains("contradict each other"));
+    let down = "  error: Request failed after 3 retries in 9.5s\n    cause: Failed to fetch: https://pypi.org/simple/pandas/\n    cause: tcp connect error";
+    assert!(resolve_hint(down).contains("unreachable"));
+}

@@ -1,0 +1,330 @@
+//! uv, the Python installer and resolver devenv runs inside build and resolve containers,
+//! pinned: the wheel PyPI publishes for this host's architecture, at the version and sha256
+//! written below (the musllinux wheel: a static binary that runs in any image, glibc or musl).
+//! [`ensure`] downloads it once, verifies it, extracts the `uv` binary and commits it to
+//! `tools/uv-<version>-<arch>/uv` in the store by rename; [`Uv::mount`] binds that directory
+//! read-only at [`DIR`] in a container.
+//!
+//! Invariants: a binary enters the store only from a wheel whose sha256 matched the pin, and
+//! only complete (staged in `tmp/`, renamed); nothing here runs the binary on the host. `gc`
+//! never removes `tools/` (it collects layers, blobs, manifests and `tmp/` only), so a pinned
+//! uv is downloaded once per store. Moving the pin is a source change: a new version gets a new
+//! directory, so builds with the old one stay reproducible until `devenv cache` removes it.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::fetch::{self, Verified};
+use crate::config::Mount;
+use crate::progress::Reporter;
+use crate::store::{Store, StoreError};
+
+/// The pinned uv release.
+pub const VERSION: &str = "0.13.9";
+/// Where the pinned uv's directory appears in a container (on its `/tmp` tmpfs, so it never
+/// becomes part of a layer).
+pub const DIR: &str = "/tmp/devenv-uv";
+/// The binary inside a container.
+pub const BIN: &str = "/tmp/devenv-uv/uv";
+
+/// One architecture's pinned wheel.
+struct Pin {
+    /// `std::env::consts::ARCH`.
+    arch: &'static str,
+    url: &'static str,
+    sha256: &'static str,
+}
+
+/// From <https://pypi.org/simple/uv/>: the musllinux wheels of [`VERSION`] (aarch64's is
+/// tagged manylinux and musllinux at once; it is the same static binary).
+const PINS: &[Pin] = &[
+    Pin {
+        arch: "x86_64",
+        url: "https://files.pythonhosted.org/packages/fe/fe/794884de0efd3ac77a427cab21aa72c0483e100c55a42cd5cbb02c141b84/uv-0.13.9-py3-none-musllinux_1_1_x86_64.whl",
+        sha256: "2c45530751517d6c3bbc69a19473f6effe47cce047bede01ffd8af7ea7b36b25",
+    },
+    Pin {
+        arch: "aarch64",
+        url: "https://files.pythonhosted.org/packages/57/15/94b6cd62ac3ff6550288328e8035288875197cbc183f51554b266a69877b/uv-0.13.9-py3-none-manylinux_2_17_aarch64.manylinux2014_aarch64.musllinux_1_1_aarch64.whl",
+        sha256: "5435c5ce14a56431208ca0996416d310f1598e8c2c8ba707688985a16bb82dbe",
+    },
+];
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UvError {
+    #[error("devenv pins no uv build for the {arch} architecture")]
+    UnsupportedArch { arch: String },
+    #[error("uv {version} is not in the store and --offline forbids downloading it")]
+    Offline { version: &'static str },
+    #[error("downloading uv {version} from {url}: {message}")]
+    Download {
+        version: &'static str,
+        url: String,
+        message: String,
+    },
+    #[error("uv {version}: {url} has sha256 {actual}, devenv pins {expected}")]
+    HashMismatch {
+        version: &'static str,
+        url: String,
+        expected: &'static str,
+        actual: String,
+    },
+    #[error("uv {version}: the wheel {}: {message}", wheel.display())]
+    Wheel {
+        version: &'static str,
+        wheel: PathBuf,
+        message: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl crate::error::Hint for UvError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            UvError::UnsupportedArch { .. } => Some(
+                "Python packages are installed with uv, pinned for x86_64 and aarch64 hosts only"
+                    .into(),
+            ),
+            UvError::Offline { .. } => Some(
+                "run one `devenv build` (or `devenv lock`) with the network: devenv fetches its \
+                 pinned uv from PyPI once per store"
+                    .into(),
+            ),
+            UvError::Download { .. } => Some(
+                "devenv fetches its pinned uv from files.pythonhosted.org once per store: check \
+                 the network (and https_proxy)"
+                    .into(),
+            ),
+            UvError::HashMismatch { .. } => Some(
+                "PyPI (or a proxy) served other bytes than devenv pins; nothing was stored. \
+                 Check the proxy, or report it"
+                    .into(),
+            ),
+            UvError::Wheel { .. } => Some(
+                "the downloaded wheel matched its pin but could not be unpacked: check the \
+                 disk (df) and retry"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The pinned uv, present in the store.
+#[derive(Clone, Debug)]
+pub struct Uv {
+    /// `tools/uv-<version>-<arch>/`, holding `uv`.
+    pub dir: PathBuf,
+}
+
+impl Uv {
+    /// Bind the binary's directory read-only at [`DIR`].
+    pub fn mount(&self) -> Mount {
+        Mount {
+            source: self.dir.clone(),
+            target: PathBuf::from(DIR),
+            read_only: true,
+        }
+    }
+}
+
+/// The store directory of the pinned uv for `arch`.
+pub fn tool_dir(store: &Store, arch: &str) -> PathBuf {
+    store
+        .root()
+        .join("tools")
+        .join(format!("uv-{VERSION}-{arch}"))
+}
+
+/// The store's uv work directory, `cache/uv`: uv's cache in `cache/` (shared by resolution and
+/// every build), the venv a python step is building in `venv/`.
+pub fn work_dir(store: &Store) -> PathBuf {
+    store.root().join("cache/uv")
+}
+
+fn pin_for(arch: &str) -> Result<&'static Pin, UvError> {
+    PINS.iter()
+        .find(|p| p.arch == arch)
+        .ok_or_else(|| UvError::UnsupportedArch { arch: arch.into() })
+}
+
+/// Make the pinned uv present in the store, downloading and unpacking it when missing.
+pub fn ensure(store: &Store, offline: bool, ui: &dyn Reporter) -> Result<Uv, UvError> {
+    let arch = std::env::consts::ARCH;
+    let pin = pin_for(arch)?;
+    let dir = tool_dir(store, arch);
+    if dir.join("uv").is_file() {
+        return Ok(Uv { dir });
+    }
+    let _held = store.lock(&format!("tool-uv-{VERSION}-{arch}"))?;
+    if dir.join("uv").is_file() {
+        return Ok(Uv { dir });
+    }
+    if offline {
+        return Err(UvError::Offline { version: VERSION });
+    }
+    fs_err::create_dir_all(store.root().join("tools"))?;
+    let staging = store.staging_dir("uv")?;
+    let wheel = staging.path().join("uv.whl");
+    let agent = fetch::make_agent().map_err(|e| download_error(pin, e.to_string()))?;
+    let label = format!("uv {VERSION}");
+    match fetch::download_verified(store, &agent, pin.url, pin.sha256, &wheel, &label, ui) {
+        Ok(Verified::Stored) => {}
+        Ok(Verified::Mismatch { actual }) => {
+            return Err(UvError::HashMismatch {
+                version: VERSION,
+                url: pin.url.into(),
+                expected: pin.sha256,
+                actual,
+            });
+        }
+        Err(super::BuildError::Download { message, .. }) => {
+            return Err(download_error(pin, message));
+        }
+        Err(super::BuildError::Io(e)) => return Err(e.into()),
+        Err(e) => return Err(download_error(pin, e.to_string())),
+    }
+    let bin_dir = staging.path().join("tool");
+    fs_err::create_dir(&bin_dir)?;
+    extract_binary(&wheel, &bin_dir.join("uv"))?;
+    fs_err::remove_file(&wheel)?;
+    fs_err::set_permissions(
+        &bin_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    match fs_err::rename(&bin_dir, &dir) {
+        Ok(()) => {}
+        Err(_) if dir.join("uv").is_file() => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Uv { dir })
+}
+
+fn download_error(pin: &Pin, message: String) -> UvError {
+    UvError::Download {
+        version: VERSION,
+        url: pin.url.into(),
+        message,
+    }
+}
+
+/// The path of the binary inside the wheel: `uv-<version>.data/scripts/uv`.
+fn binary_entry() -> String {
+    format!("uv-{VERSION}.data/scripts/uv")
+}
+
+/// Copy the wheel's `uv` binary to `dest` (mode 0755, fsync'd).
+fn extract_binary(wheel: &Path, dest: &Path) -> Result<(), UvError> {
+    let bad = |message: String| UvError::Wheel {
+        version: VERSION,
+        wheel: wheel.to_path_buf(),
+        message,
+    };
+    let file = fs_err::File::open(wheel)?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
+    let name = binary_entry();
+    let mut entry = zip
+        .by_name(&name)
+        .map_err(|e| bad(format!("{name}: {e}")))?;
+    let mut out = fs_err::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = entry
+            .read(&mut buf)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        std::io::Write::write_all(&mut out, &buf[..n])?;
+    }
+    out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    out.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_name_their_version_and_a_static_wheel() {
+        for pin in PINS {
+            let name = fetch::file_name(pin.url).expect("a file name");
+            assert!(name.starts_with(&format!("uv-{VERSION}-")), "{name}");
+            assert!(name.contains("musllinux"), "the static build: {name}");
+            assert!(name.ends_with(&format!("_{}.whl", pin.arch)), "{name}");
+            assert!(
+                pin.sha256.len() == 64 && pin.sha256.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{}",
+                pin.sha256
+            );
+        }
+        assert!(pin_for("x86_64").is_ok() && pin_for("aarch64").is_ok());
+        assert!(matches!(
+            pin_for("riscv64"),
+            Err(UvError::UnsupportedArch { .. })
+        ));
+    }
+
+    /// A wheel made here the way PyPI's are laid out: the binary comes out byte for byte,
+    /// executable; a wheel without it is an error naming the entry.
+    #[test]
+    fn the_binary_comes_out_of_the_wheel() {
+        let t = tempfile::tempdir().unwrap();
+        let wheel = t.path().join("uv.whl");
+        let mut w = zip::ZipWriter::new(fs_err::File::create(&wheel).unwrap());
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        w.start_file("uv/__init__.py", opts).unwrap();
+        std::io::Write::write_all(&mut w, b"").unwrap();
+        w.start_file(binary_entry(), opts).unwrap();
+        std::io::Write::write_all(&mut w, b"\x7fELF pretend binary").unwrap();
+        w.finish().unwrap();
+        let dest = t.path().join("uv");
+        extract_binary(&wheel, &dest).unwrap();
+        assert_eq!(fs_err::read(&dest).unwrap(), b"\x7fELF pretend binary");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &fs_err::metadata(&dest).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o755);
+
+        let empty = t.path().join("empty.whl");
+        zip::ZipWriter::new(fs_err::File::create(&empty).unwrap())
+            .finish()
+            .unwrap();
+        let err = extract_binary(&empty, &t.path().join("uv2")).unwrap_err();
+        assert!(err.to_string().contains(&binary_entry()), "{err}");
+    }
+
+    /// gc collects layers, blobs, manifests and tmp/: the pinned uv and uv's cache stay.
+    #[test]
+    fn gc_keeps_the_tool_and_the_uv_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("store")).unwrap();
+        let dir = tool_dir(&store, "x86_64");
+        fs_err::create_dir_all(&dir).unwrap();
+        fs_err::write(dir.join("uv"), b"bin").unwrap();
+        let cache = work_dir(&store).join("cache/wheels-v5");
+        fs_err::create_dir_all(&cache).unwrap();
+        let plan = crate::store::gc::collect(&store, false).unwrap();
+        assert!(plan.layers.is_empty() && plan.other.is_empty());
+        assert!(dir.join("uv").is_file() && cache.is_dir());
+    }
+
+    #[test]
+    fn offline_without_the_tool_says_how_to_get_it() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("store")).unwrap();
+        let err = ensure(&store, true, &crate::progress::Silent).unwrap_err();
+        assert!(matches!(err, UvError::Offline { .. }), "{err}");
+        let hint = crate::error::Hint::hint(&err).unwrap();
+        assert!(hint.contains("with the network"), "{hint}");
+    }
+}
