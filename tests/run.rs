@@ -474,6 +474,57 @@ fn a_command_that_leaves_a_zombie_ends() {
     );
 }
 
+/// Every path below `root` with its type, size, mtime and ctime (ns): what a write changes.
+fn tree_state(root: &std::path::Path) -> std::collections::BTreeMap<String, (u32, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for e in fs_err::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                todo.push(p.clone());
+            }
+            let key = p.strip_prefix(root).unwrap().display().to_string();
+            let mtime = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+            let ctime = m.ctime() * 1_000_000_000 + m.ctime_nsec();
+            out.insert(key, (m.mode() & 0o170000, m.size(), mtime, ctime));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_warm_start_writes_nothing_to_the_store_or_the_project() {
+    let home = project("");
+    run_cmd(&home, &["true"]).success();
+    let (store, project) = (home.store(), home.root().join("project"));
+    let before = (tree_state(&store), tree_state(&project));
+    for _ in 0..2 {
+        run_cmd(&home, &["true"]).success();
+        sh(&home, "echo x > /usr/scratch; cat /usr/scratch >/dev/null").success();
+    }
+    let after = (tree_state(&store), tree_state(&project));
+    // Linux < 6.6 has no user xattrs in tmpfs: each entry then has a lock file of its own in
+    // state/run/ (created and removed), and only that directory may change.
+    let release = fs_err::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let scratch = (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 6);
+    let changed: Vec<&String> = after
+        .0
+        .iter()
+        .filter(|(k, v)| before.0.get(*k) != Some(*v))
+        .map(|(k, _)| k)
+        .chain(before.0.keys().filter(|k| !after.0.contains_key(*k)))
+        .filter(|k| scratch || !k.ends_with("state/run"))
+        .collect();
+    assert!(changed.is_empty(), "the store changed: {changed:?}");
+    assert_eq!(before.1, after.1, "the project changed");
+}
+
 #[test]
 fn a_command_that_leaves_an_orphan_running_ends_with_its_own_status() {
     let home = project("");
