@@ -18,11 +18,27 @@ use clap::{Parser, Subcommand};
 use crate::store::Store;
 use crate::ui::{Ui, Verbosity};
 
+/// The variables devenv reads (`devenv --help`; docs/cli.md has the whole list).
+const ENVIRONMENT: &str = "\
+Environment:
+  DEVENV_HOME          the store (default $XDG_CACHE_HOME/devenv, else ~/.cache/devenv)
+  DEVENV_LOG           log filter, e.g. debug (as -v)
+  DOCKER_CONFIG        registry credentials (config.json: auths, credHelpers, credsStore)
+  REGISTRY_AUTH_FILE   podman-style auth.json
+  SSL_CERT_FILE        extra CA certificates for registries, and the bundle containers trust
+  HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY
+                       proxies for registry traffic (either case; passed into containers)
+  NO_COLOR             no colour
+  DEVENV_FLATTEN=1     a flattened copy of the image instead of overlay
+
+Docs: docs/cli.md, docs/env-toml.md, docs/env-lock.md in the source tree.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "devenv",
     version,
-    about = "Rootless, daemonless developer environments from env.toml"
+    about = "Rootless, daemonless developer environments from env.toml",
+    after_long_help = ENVIRONMENT
 )]
 #[command(propagate_version = true, arg_required_else_help = true)]
 pub struct Cli {
