@@ -477,10 +477,25 @@ fn assert_status_shape(doc: &Value) {
         assert!(l["cached"].is_boolean(), "{l}");
         assert!(l["bytes"].is_u64(), "{l}");
     }
+    for t in doc["tool_layers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tool_layers array: {doc}"))
+    {
+        assert!(
+            t["key"].as_str().is_some_and(|d| d.starts_with("sha256:")),
+            "{t}"
+        );
+        assert!(t["cached"].is_boolean(), "{t}");
+        assert!(t["bytes"].is_u64(), "{t}");
+    }
     assert!(
         matches!(doc["lock"].as_str(), Some("missing" | "present")),
         "lock: {doc}"
     );
+    let drift = doc["lock_drift"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no lock_drift array: {doc}"));
+    assert!(drift.iter().all(Value::is_string), "{doc}");
     s(&doc["store"]["root"], "store.root");
     assert!(doc["store"]["bytes"].is_u64(), "store.bytes: {doc}");
     let pending = doc["pending"]
@@ -534,7 +549,16 @@ fn status_json_has_the_documented_shape_before_and_after_a_pull() {
     dv(&home, &["pull"]).success();
     let doc = json(&dv(&home, &["status", "--json"]).success());
     assert_status_shape(&doc);
+    assert_eq!(
+        doc["pending"],
+        serde_json::json!(["lock: write env.lock"]),
+        "{doc}"
+    );
+    dv(&home, &["lock"]).success();
+    let doc = json(&dv(&home, &["status", "--json"]).success());
+    assert_status_shape(&doc);
     assert_eq!(doc["pending"], Value::Array(vec![]), "{doc}");
+    assert_eq!(doc["lock_drift"], Value::Array(vec![]), "{doc}");
     assert_eq!(doc["image"]["manifest"], img.manifest_digest, "{doc}");
     assert_eq!(doc["image"]["resolved"], img.manifest_digest, "{doc}");
     let layers = doc["layers"].as_array().unwrap();
@@ -554,6 +578,30 @@ fn status_json_has_the_documented_shape_before_and_after_a_pull() {
         assert!(l["bytes"].as_u64().unwrap() > 0, "{doc}");
     }
     assert!(doc["store"]["bytes"].as_u64().unwrap() > 0, "{doc}");
+
+    // env.toml moves to another image: status says how env.lock differs, resolving nothing.
+    let other = push("status/other", &image_on_base("status", "other"));
+    write_env_toml(&home, "project", &other, "");
+    let doc = json(&dv(&home, &["status", "--json"]).success());
+    assert_status_shape(&doc);
+    let drift = doc["lock_drift"].as_array().unwrap();
+    assert!(
+        drift.len() == 1 && drift[0].as_str().unwrap().contains(&other),
+        "{doc}"
+    );
+    assert!(
+        doc["pending"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("lock: re-resolve")),
+        "{doc}"
+    );
+    let out = dv(&home, &["status"]).success();
+    assert!(
+        out.stdout.contains("env.lock differs from env.toml"),
+        "{out:?}"
+    );
 }
 
 #[test]

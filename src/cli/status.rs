@@ -13,8 +13,9 @@ use crate::store::gc::disk_usage;
 #[derive(clap::Args, Debug)]
 #[command(
     long_about = "Show the env: its name and project, the base image with the digest it is pinned \
-to, each layer and whether it is cached (with its size), the state of env.lock, the store's size, and \
-what `devenv shell` would still pull. Makes no network request."
+to, each base layer and tool layer and whether it is cached (with its size), whether env.lock is \
+current with env.toml (and how it differs when not), the store's size, and what `devenv shell` \
+would still pull, lock or build. Makes no network request and resolves nothing."
 )]
 pub struct StatusArgs {
     /// Print JSON (shape documented in docs/cli.md)
@@ -28,8 +29,12 @@ pub struct Status {
     pub env: EnvInfo,
     pub image: ImageInfo,
     pub layers: Vec<LayerInfo>,
-    /// `missing`, or `present` (drift detection arrives with tool layers).
+    /// The env's tool layers as last built (apt, python, each setup command), in order.
+    pub tool_layers: Vec<ToolLayerInfo>,
+    /// `missing`, or `present`.
     pub lock: &'static str,
+    /// How env.lock differs from env.toml, one sentence each; empty when it is current.
+    pub lock_drift: Vec<String>,
     pub store: StoreInfo,
     /// What `devenv shell` would fetch: empty when everything is cached.
     pub pending: Vec<String>,
@@ -56,6 +61,14 @@ pub struct ImageInfo {
 #[derive(Serialize)]
 pub struct LayerInfo {
     pub diff_id: Digest,
+    pub cached: bool,
+    pub bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct ToolLayerInfo {
+    /// The layer's key: the hash of its parent chain and locked inputs.
+    pub key: Digest,
     pub cached: bool,
     pub bytes: u64,
 }
@@ -102,11 +115,37 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
                 .collect()
         })
         .unwrap_or_default();
-    let pending = if cached.is_some() {
-        Vec::new()
-    } else {
-        vec![format!("pull {image}")]
+    let env_dir = store.root().join("envs").join(&project.id);
+    let tool_layers: Vec<ToolLayerInfo> = fs_err::read(env_dir.join(crate::build::TOOL_LAYERS))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vec<Digest>>(&b).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|key| {
+            let path = store.layer_path(&key);
+            ToolLayerInfo {
+                cached: path.exists(),
+                bytes: disk_usage(&path),
+                key,
+            }
+        })
+        .collect();
+    // A lock that cannot be read is one more way it differs, not a reason to show nothing.
+    let lock_drift: Vec<String> = match crate::lock::check(&loaded, &platform) {
+        Ok(drift) => drift.iter().map(ToString::to_string).collect(),
+        Err(e) => vec![format!("unreadable: {e}")],
     };
+    let mut pending = Vec::new();
+    if cached.is_none() {
+        pending.push(format!("pull {image}"));
+    }
+    if !loaded.project_dir.join(crate::lock::FILE_NAME).is_file() {
+        pending.push("lock: write env.lock".into());
+    } else if !lock_drift.is_empty() {
+        pending.push("lock: re-resolve what changed, then build what depends on it".into());
+    } else if tool_layers.iter().any(|t| !t.cached) {
+        pending.push("build the missing tool layers".into());
+    }
     let status = Status {
         env: EnvInfo {
             name: project.name.clone(),
@@ -125,11 +164,13 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
             manifest: cached.as_ref().map(|p| p.manifest.clone()),
         },
         layers,
-        lock: if loaded.project_dir.join("env.lock").is_file() {
+        tool_layers,
+        lock: if loaded.project_dir.join(crate::lock::FILE_NAME).is_file() {
             "present"
         } else {
             "missing"
         },
+        lock_drift,
         store: StoreInfo {
             root: store.root().to_path_buf(),
             bytes: disk_usage(store.root()),
@@ -169,7 +210,28 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
             }
         )?;
     }
-    writeln!(out, "lock     env.lock {}", status.lock)?;
+    for t in &status.tool_layers {
+        writeln!(
+            out,
+            "tool     {}  {}",
+            t.key.short(),
+            if t.cached {
+                human(t.bytes)
+            } else {
+                "missing".into()
+            }
+        )?;
+    }
+    match (status.lock, status.lock_drift.as_slice()) {
+        ("present", []) => writeln!(out, "lock     env.lock current")?,
+        ("present", drift) => {
+            writeln!(out, "lock     env.lock differs from env.toml:")?;
+            for d in drift {
+                writeln!(out, "           {d}")?;
+            }
+        }
+        (state, _) => writeln!(out, "lock     env.lock {state}")?,
+    }
     writeln!(
         out,
         "store    {} ({})",

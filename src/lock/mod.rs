@@ -592,16 +592,11 @@ pub(crate) fn normalize(name: &str) -> String {
     out
 }
 
-/// Make env.lock current for `loaded` and return it: read it, re-resolve only the parts that
-/// are stale (or that `opts.update` names), and write it when its text changed. With
-/// `opts.locked`, a stale part is [`LockError::Drift`] and nothing is resolved or written.
-/// When nothing is stale this contacts no registry and runs no container.
-pub fn ensure(
-    loaded: &Loaded,
-    store: &Store,
-    opts: &LockOptions,
-    ui: &dyn Reporter,
-) -> Result<Lock, LockError> {
+/// What env.toml asks for now: its expanded inputs, base image, requirements file's text and
+/// per-part wants.
+type Asked = (recipe::Inputs, ImageRef, Option<String>, Wanted);
+
+fn wanted_for(loaded: &Loaded, platform: &Platform) -> Result<Asked, LockError> {
     let inputs = recipe::expand(&loaded.env, &loaded.project_dir)?;
     let image = loaded.env.base_image()?;
     let requirements = match &inputs.requirements {
@@ -617,10 +612,31 @@ pub fn ensure(
     };
     let wanted = Wanted::new(
         &image.to_string(),
-        &opts.platform,
+        platform,
         &inputs,
         requirements.as_deref(),
     );
+    Ok((inputs, image, requirements, wanted))
+}
+
+/// How env.lock stands against env.toml for `platform`, resolving nothing: every way it
+/// differs (`devenv status`); empty when it is current.
+pub fn check(loaded: &Loaded, platform: &Platform) -> Result<Vec<Drift>, LockError> {
+    let (_, _, _, wanted) = wanted_for(loaded, platform)?;
+    Ok(drift(read(&loaded.project_dir)?.as_ref(), &wanted))
+}
+
+/// Make env.lock current for `loaded` and return it: read it, re-resolve only the parts that
+/// are stale (or that `opts.update` names), and write it when its text changed. With
+/// `opts.locked`, a stale part is [`LockError::Drift`] and nothing is resolved or written.
+/// When nothing is stale this contacts no registry and runs no container.
+pub fn ensure(
+    loaded: &Loaded,
+    store: &Store,
+    opts: &LockOptions,
+    ui: &dyn Reporter,
+) -> Result<Lock, LockError> {
+    let (inputs, image, requirements, wanted) = wanted_for(loaded, &opts.platform)?;
     let path = loaded.project_dir.join(FILE_NAME);
     let old_text = match fs_err::read_to_string(&path) {
         Ok(t) => Some(t),
