@@ -224,20 +224,31 @@ pub fn build_root<S: Syscalls>(
     let data = "mode=0755";
     let nosuid = MsFlags::MS_NOSUID;
     mount(sys, "tmpfs", None, &dev, Some("tmpfs"), nosuid, Some(data))?;
+    // The fresh tmpfs holds nothing of the image: its mount points are made directly.
+    let made = |what: &Path| {
+        let what = what.to_path_buf();
+        move |errno: Errno| RuntimeError::MountPoint {
+            target: what,
+            errno: errno as i32,
+        }
+    };
     for d in DEVICES {
         let host = Path::new("/dev").join(d);
         if sys.kind_of(&host).is_none() {
             continue; // no /dev/tty without a controlling terminal on some hosts
         }
-        let p = point(sys, &root, &host, Kind::File)?;
+        let p = dev.join(d);
+        sys.write_file(&p, "").map_err(made(&host))?;
         bind(sys, &host, &p, false)?;
     }
-    let pts = point(sys, &root, Path::new("/dev/pts"), Kind::Dir)?;
+    let pts = dev.join("pts");
+    sys.mkdir(&pts).map_err(made(Path::new("/dev/pts")))?;
     // devpts(5): a private instance; without gid=, which needs gid 5 mapped.
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
     let data = "newinstance,ptmxmode=0666,mode=620";
     mount(sys, "devpts", None, &pts, Some("devpts"), flags, Some(data))?;
-    let shm = point(sys, &root, Path::new("/dev/shm"), Kind::Dir)?;
+    let shm = dev.join("shm");
+    sys.mkdir(&shm).map_err(made(Path::new("/dev/shm")))?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount(
         sys,
@@ -249,7 +260,9 @@ pub fn build_root<S: Syscalls>(
         Some("mode=1777"),
     )?;
     if let Some(tty) = console {
-        let p = point(sys, &root, Path::new("/dev/console"), Kind::File)?;
+        let p = dev.join("console");
+        sys.write_file(&p, "")
+            .map_err(made(Path::new("/dev/console")))?;
         bind(sys, tty, &p, false)?;
     }
     let links = [
