@@ -491,8 +491,9 @@ fn mount_overlay<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<Result<(), Err
 /// After the pivot: the user's passwd/group entries, hostname, working directory and
 /// no-new-privs. Returns the command line to run.
 pub fn finish<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<Vec<String>, RuntimeError> {
+    let shell = pick_shell(sys, plan);
     let argv = if plan.argv.is_empty() {
-        vec![pick_shell(sys, plan)]
+        vec![shell.clone()]
     } else {
         plan.argv.clone()
     };
@@ -506,7 +507,7 @@ pub fn finish<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<Vec<String>, Runt
         uid,
         gid,
         home: plan.home_target.display().to_string(),
-        shell: pick_shell(sys, plan),
+        shell,
     };
     // Written after the pivot, into the fresh upper layer, through the container's own view.
     type Add = fn(&str, &User) -> Option<String>;
