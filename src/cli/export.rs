@@ -30,7 +30,7 @@ VIRTUAL_ENV when there is a venv.\n\n\
 --format oci-archive writes the same layout as one tar file (default ./<project>-env.tar). \
 Other tools take it from there, e.g.:\n  \
 skopeo copy oci:DIR:latest docker://registry.example.com/team/env:1\n  \
-podman run -it oci:DIR:latest\n\n\
+podman pull oci:DIR:latest\n\n\
 Nothing is written at PATH until the image is complete; an existing non-empty PATH is an error \
 unless --force."
 )]
