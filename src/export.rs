@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
+use crate::progress::{Bar, Reporter};
 use crate::reference::Digest;
 use crate::registry::manifest::{self, Descriptor, ManifestKind};
 use crate::store::Store;
@@ -133,7 +134,12 @@ pub struct Exported {
 }
 
 /// Write the image `opts` describes to `out`.
-pub fn export(store: &Store, opts: &ExportOptions, out: &Path) -> Result<Exported, ExportError> {
+pub fn export(
+    store: &Store,
+    opts: &ExportOptions,
+    out: &Path,
+    ui: &dyn Reporter,
+) -> Result<Exported, ExportError> {
     check_tag(opts.tag)?;
     if !is_empty_or_absent(out)? && !opts.force {
         return Err(ExportError::Exists {
@@ -152,7 +158,7 @@ pub fn export(store: &Store, opts: &ExportOptions, out: &Path) -> Result<Exporte
         .prefix(&format!(".{name}.tmp-"))
         .tempdir_in(&parent)?;
     let layout = staging.path().join("layout");
-    let exported = write_layout(store, opts, &layout)?;
+    let exported = write_layout(store, opts, &layout, ui)?;
     match opts.format {
         Format::Layout => replace(&layout, out, staging.path())?,
         Format::Archive => {
@@ -190,14 +196,26 @@ fn is_empty_or_absent(path: &Path) -> io::Result<bool> {
 /// Move `staged` to `out`; what was at `out` goes aside into `staging` first (removed with it),
 /// so `out` is always either the old thing or the whole new one.
 fn replace(staged: &Path, out: &Path, staging: &Path) -> io::Result<()> {
-    if fs_err::symlink_metadata(out).is_ok() {
-        fs_err::rename(out, staging.join("old"))?;
+    let aside = staging.join("old");
+    let had_old = fs_err::symlink_metadata(out).is_ok();
+    if had_old {
+        fs_err::rename(out, &aside)?;
     }
-    fs_err::rename(staged, out)
+    let moved = fs_err::rename(staged, out);
+    if moved.is_err() && had_old {
+        // Put the old one back rather than lose it with the staging directory.
+        let _ = fs_err::rename(&aside, out);
+    }
+    moved
 }
 
 /// The image layout at `dir` (created).
-fn write_layout(store: &Store, opts: &ExportOptions, dir: &Path) -> Result<Exported, ExportError> {
+fn write_layout(
+    store: &Store,
+    opts: &ExportOptions,
+    dir: &Path,
+    ui: &dyn Reporter,
+) -> Result<Exported, ExportError> {
     let blobs = dir.join("blobs/sha256");
     fs_err::create_dir_all(&blobs)?;
     let digest = opts.base_manifest;
@@ -247,9 +265,16 @@ fn write_layout(store: &Store, opts: &ExportOptions, dir: &Path) -> Result<Expor
     }
     let mut diff_ids = Vec::new();
     for tool in opts.tools {
-        let written = write_tool_layer(&tool.dir, &blobs).map_err(|source| ExportError::Layer {
-            dir: tool.dir.clone(),
-            source,
+        let label = tool
+            .created_by
+            .strip_prefix("devenv: ")
+            .unwrap_or(&tool.created_by);
+        let label: String = label.chars().take(40).collect();
+        let written = write_tool_layer(&tool.dir, &blobs, ui, &label).map_err(|source| {
+            ExportError::Layer {
+                dir: tool.dir.clone(),
+                source,
+            }
         })?;
         size += written.size;
         layers.push(json!({
@@ -397,26 +422,60 @@ pub struct WrittenLayer {
 }
 
 /// Write the layer directory `dir` as a gzip'd OCI layer tar into `blobs/<digest hex>`.
-pub fn write_tool_layer(dir: &Path, blobs: &Path) -> io::Result<WrittenLayer> {
+/// `ui` gets a bar named `label`, advanced by file bytes.
+pub fn write_tool_layer(
+    dir: &Path,
+    blobs: &Path,
+    ui: &dyn Reporter,
+    label: &str,
+) -> io::Result<WrittenLayer> {
+    let ops = plan(dir)?;
+    let total = ops
+        .iter()
+        .map(|op| match op {
+            EntryOp::File { size, .. } => *size,
+            _ => 0,
+        })
+        .sum();
+    let bar = ui.bar(label, Some(total));
     let mut tmp = tempfile::NamedTempFile::new_in(blobs)?;
     let written = {
         let file = io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        layer_tar_gz(dir, file)?
+        write_layer(dir, &ops, file, &*bar)?
     };
+    tmp.as_file().sync_data()?;
     tmp.persist(blobs.join(written.digest.hex()))
         .map_err(|e| e.error)?;
+    bar.finish(written.digest.short());
     Ok(written)
 }
 
 /// Stream `dir` as a gzip'd layer tar into `out`, hashing the tar and the gzip in one pass.
 pub fn layer_tar_gz(dir: &Path, out: impl Write) -> io::Result<WrittenLayer> {
+    write_layer(
+        dir,
+        &plan(dir)?,
+        out,
+        &*crate::progress::Silent.bar("", None),
+    )
+}
+
+fn write_layer(
+    dir: &Path,
+    ops: &[EntryOp],
+    out: impl Write,
+    bar: &dyn Bar,
+) -> io::Result<WrittenLayer> {
     let compressed = Hashing::new(out);
     let gz = flate2::GzBuilder::new()
         .operating_system(255)
         .write(compressed, flate2::Compression::new(GZIP_LEVEL));
     let mut tar = tar::Builder::new(Hashing::new(gz));
-    for op in plan(dir)? {
-        append(&mut tar, dir, &op)?;
+    for op in ops {
+        append(&mut tar, dir, op)?;
+        if let EntryOp::File { size, .. } = op {
+            bar.inc(*size);
+        }
     }
     let raw = tar.into_inner()?;
     let diff_id = Digest::from_sha256_bytes(&raw.hasher.finalize());

@@ -120,7 +120,7 @@ pub fn run(args: ExportArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         "Exporting",
         &format!("{} to {}", m.project.name, out.display()),
     );
-    let exported = crate::export::export(&store, &opts, &out)
+    let exported = crate::export::export(&store, &opts, &out, &ctx.ui)
         .with_context(|| format!("exporting to {}", out.display()))?;
     ctx.ui.status(
         "Exported",

@@ -163,9 +163,9 @@ fn the_same_tree_exports_to_identical_bytes() {
     fs_err::remove_dir(b.path().join("var")).unwrap();
     sample_layer(b.path());
     let blobs = tempfile::tempdir().unwrap();
-    let one = write_tool_layer(a.path(), blobs.path()).unwrap();
-    let again = write_tool_layer(a.path(), blobs.path()).unwrap();
-    let two = write_tool_layer(b.path(), blobs.path()).unwrap();
+    let one = write_tool_layer(a.path(), blobs.path(), &crate::progress::Silent, "a").unwrap();
+    let again = write_tool_layer(a.path(), blobs.path(), &crate::progress::Silent, "a").unwrap();
+    let two = write_tool_layer(b.path(), blobs.path(), &crate::progress::Silent, "b").unwrap();
     assert_eq!(one, again);
     assert_eq!(one, two);
     assert!(blobs.path().join(two.digest.hex()).is_file());
@@ -352,7 +352,7 @@ fn export_writes_a_layout_refuses_a_full_path_and_replaces_with_force() {
         force: false,
     };
     let out = tmp.path().join("out");
-    let first = export(&store, &opts, &out).unwrap();
+    let first = export(&store, &opts, &out, &crate::progress::Silent).unwrap();
     assert_eq!(first.layers, 2);
     let index: Value =
         serde_json::from_slice(&fs_err::read(out.join("index.json")).unwrap()).unwrap();
@@ -380,10 +380,10 @@ fn export_writes_a_layout_refuses_a_full_path_and_replaces_with_force() {
         r#"{"imageLayoutVersion":"1.0.0"}"#
     );
 
-    let err = export(&store, &opts, &out).unwrap_err();
+    let err = export(&store, &opts, &out, &crate::progress::Silent).unwrap_err();
     assert!(matches!(err, ExportError::Exists { .. }), "{err}");
     opts.force = true;
-    let again = export(&store, &opts, &out).unwrap();
+    let again = export(&store, &opts, &out, &crate::progress::Silent).unwrap();
     assert_eq!(again.manifest, first.manifest, "two exports, same image");
     // no staging left beside the output
     let left: Vec<_> = fs_err::read_dir(tmp.path())
@@ -396,7 +396,7 @@ fn export_writes_a_layout_refuses_a_full_path_and_replaces_with_force() {
     opts.format = Format::Archive;
     opts.force = false;
     let tar_path = tmp.path().join("image.tar");
-    export(&store, &opts, &tar_path).unwrap();
+    export(&store, &opts, &tar_path, &crate::progress::Silent).unwrap();
     let mut names: Vec<String> = tar::Archive::new(fs_err::File::open(&tar_path).unwrap())
         .entries()
         .unwrap()
@@ -425,10 +425,56 @@ fn a_missing_base_blob_fails_and_leaves_nothing() {
         force: false,
     };
     let out = tmp.path().join("out");
-    let err = export(&store, &opts, &out).unwrap_err();
+    let err = export(&store, &opts, &out, &crate::progress::Silent).unwrap_err();
     assert!(matches!(err, ExportError::NoBlob { .. }), "{err}");
     assert!(crate::error::Hint::hint(&err).is_some());
     assert!(!out.exists());
     let left = fs_err::read_dir(tmp.path()).unwrap().count();
     assert_eq!(left, 1, "only the store remains");
+}
+
+#[test]
+fn long_names_and_link_targets_survive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let deep = "d".repeat(60);
+    let dir = tmp.path().join(&deep).join(&deep);
+    fs_err::create_dir_all(&dir).unwrap();
+    let name = format!("{}.txt", "f".repeat(120));
+    fs_err::write(dir.join(&name), "long").unwrap();
+    let target = format!("../{}/{}", deep, "t".repeat(150));
+    std::os::unix::fs::symlink(&target, dir.join("link")).unwrap();
+    fs_err::hard_link(dir.join(&name), dir.join("zz-hardlink")).unwrap();
+    let mut gz = Vec::new();
+    layer_tar_gz(tmp.path(), &mut gz).unwrap();
+    let got = entries(&gz);
+    let file = format!("{deep}/{deep}/{name}");
+    assert!(
+        got.iter()
+            .any(|e| e.0 == file && e.1 == tar::EntryType::Regular && e.5 == 4),
+        "{got:?}"
+    );
+    let link = got
+        .iter()
+        .find(|e| e.0 == format!("{deep}/{deep}/link"))
+        .unwrap();
+    assert_eq!(link.6.as_deref(), Some(target.as_str()));
+    let hard = got
+        .iter()
+        .find(|e| e.0 == format!("{deep}/{deep}/zz-hardlink"))
+        .unwrap();
+    assert_eq!(hard.6.as_deref(), Some(file.as_str()));
+}
+
+#[test]
+fn a_failed_replace_keeps_the_old_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    fs_err::create_dir(&out).unwrap();
+    fs_err::write(out.join("old"), "old").unwrap();
+    let staging = tmp.path().join("staging");
+    fs_err::create_dir(&staging).unwrap();
+    // the staged thing does not exist: the rename into place fails
+    let err = replace(&staging.join("missing"), &out, &staging);
+    assert!(err.is_err());
+    assert_eq!(fs_err::read_to_string(out.join("old")).unwrap(), "old");
 }
