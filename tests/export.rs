@@ -2,7 +2,8 @@
 //! busybox test image with two `[setup]` steps (one writes /opt/marker, one removes
 //! /etc/os-release, a whiteout) is exported, then read by real tools: skopeo inspects it,
 //! umoci unpacks it, and skopeo pushes it to the shared registry, where `devenv run` in another
-//! project runs it.
+//! project runs it. One test exports a Python venv built from a real PyPI wheel on the Debian
+//! bookworm test image (network needed, as in tests/build.rs).
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::sync::OnceLock;
 use common::env::{busybox_layer, push, write_env_toml};
 use common::image::ImageBuilder;
 use common::registry::registry;
-use common::{Outcome, TestHome, as_user, devenv, run, unique};
+use common::{Outcome, TestHome, as_user, bookworm_image, devenv, run, unique};
 
 const MARKER: &str = "export-tests-image";
 
@@ -203,4 +204,68 @@ fn export_defaults_to_project_env_in_the_current_directory() {
         .find(|n| n.ends_with("-env"))
         .unwrap_or_else(|| panic!("no <project>-env in {entries:?}"));
     assert!(home.project().join(name).join("index.json").is_file());
+}
+
+#[test]
+fn an_exported_python_env_carries_the_venv_and_runs_after_a_push() {
+    let home = TestHome::new();
+    home.write(
+        "project/env.toml",
+        format!(
+            "[image]\nbase = \"{}\"\n\n[packages]\npip = [\"six==1.16.0\"]\n",
+            bookworm_image()
+        ),
+    );
+    let dir = home.root().join("image");
+    export(&home, &["-o", path(&dir)]).success();
+    let layout = format!("oci:{}", path(&dir));
+    let config = tool(&home, "skopeo", &["inspect", "--config", &layout]).success();
+    let c: serde_json::Value = serde_json::from_str(&config.stdout).unwrap();
+    let env: Vec<&str> = c["config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
+    assert!(env.contains(&"VIRTUAL_ENV=/opt/devenv/venv"), "{env:?}");
+    assert!(
+        env.iter()
+            .any(|e| e.starts_with("PATH=/opt/devenv/venv/bin:")),
+        "{env:?}"
+    );
+    let history: Vec<&str> = c["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str())
+        .collect();
+    assert!(
+        history.iter().any(|h| h.starts_with("devenv: python")),
+        "{history:?}"
+    );
+
+    let dest = format!("{}/{}:1", registry(), unique("export/py"));
+    tool(
+        &home,
+        "skopeo",
+        &[
+            "--insecure-policy",
+            "copy",
+            "--dest-tls-verify=false",
+            &layout,
+            &format!("docker://{dest}"),
+        ],
+    )
+    .success();
+    let other = TestHome::new();
+    write_env_toml(&other, "project", &dest, "");
+    let out = run(devenv(&other).args([
+        "run",
+        "--",
+        "python",
+        "-c",
+        "import six, sys; print(six.__version__, sys.prefix)",
+    ]))
+    .success();
+    assert_eq!(out.stdout, "1.16.0 /opt/devenv/venv\n", "{out:?}");
 }
