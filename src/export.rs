@@ -529,6 +529,19 @@ pub fn plan(root: &Path) -> io::Result<Vec<EntryOp>> {
     let mut ops = Vec::new();
     let mut inodes: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
     for rel in paths {
+        if rel
+            .file_name()
+            .is_some_and(|n| n.as_bytes().starts_with(b".wh."))
+        {
+            // In an OCI layer that name is a whiteout: exporting it would delete, not add.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} has a name that OCI reserves for whiteouts (`.wh.` prefix)",
+                    rel.display()
+                ),
+            ));
+        }
         let full = root.join(&rel);
         let meta = fs_err::symlink_metadata(&full)?;
         let ty = meta.file_type();

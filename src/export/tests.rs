@@ -478,3 +478,12 @@ fn a_failed_replace_keeps_the_old_output() {
     assert!(err.is_err());
     assert_eq!(fs_err::read_to_string(out.join("old")).unwrap(), "old");
 }
+
+#[test]
+fn a_real_file_named_like_a_whiteout_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs_err::create_dir(tmp.path().join("etc")).unwrap();
+    fs_err::write(tmp.path().join("etc/.wh.passwd"), "x").unwrap();
+    let err = layer_tar_gz(tmp.path(), Vec::new()).unwrap_err();
+    assert!(err.to_string().contains(".wh."), "{err}");
+}
