@@ -121,7 +121,7 @@ pub fn run(args: ExportArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         &format!("{} to {}", m.project.name, out.display()),
     );
     let exported = crate::export::export(&store, &opts, &out, &ctx.ui)
-        .with_context(|| format!("exporting to {}", out.display()))?;
+        .with_context(|| format!("exporting {}", m.project.name))?;
     ctx.ui.status(
         "Exported",
         &format!(
