@@ -140,12 +140,7 @@ pub fn export(
     out: &Path,
     ui: &dyn Reporter,
 ) -> Result<Exported, ExportError> {
-    check_tag(opts.tag)?;
-    if !is_empty_or_absent(out)? && !opts.force {
-        return Err(ExportError::Exists {
-            path: out.to_path_buf(),
-        });
-    }
+    check_target(out, opts.tag, opts.force)?;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -168,6 +163,17 @@ pub fn export(
         }
     }
     Ok(exported)
+}
+
+/// Whether `out` and `tag` are usable: a caller checks before the long work, [`export`] again.
+pub fn check_target(out: &Path, tag: &str, force: bool) -> Result<(), ExportError> {
+    check_tag(tag)?;
+    if !is_empty_or_absent(out)? && !force {
+        return Err(ExportError::Exists {
+            path: out.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 /// A tag as OCI's `ref.name` annotation takes it: non-empty, printable, no spaces.

@@ -186,6 +186,9 @@ fn export_refuses_a_non_empty_path_unless_forced() {
     let out = export(&home, &["-o", path(&dir)]).failure(&["already exists", "--force"]);
     assert!(out.stderr.contains("hint:"), "{out:?}");
     assert_eq!(fs_err::read_to_string(dir.join("keep")).unwrap(), "mine");
+    // refused before pulling or building anything
+    let layers = fs_err::read_dir(home.store().join("layers")).map_or(0, |d| d.count());
+    assert_eq!(layers, 0, "refused after the build, not before");
     export(&home, &["-o", path(&dir), "--force"]).success();
     assert!(!dir.join("keep").exists());
     assert!(dir.join("index.json").is_file());

@@ -51,6 +51,21 @@ pub struct ExportArgs {
 
 pub fn run(args: ExportArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     let loaded = crate::config::find_and_load(&ctx.cwd)?;
+    let format = match args.format {
+        ExportFormat::Oci => Format::Layout,
+        ExportFormat::OciArchive => Format::Archive,
+    };
+    let name = crate::project::Project::new(&loaded.project_dir)?.name;
+    let out = match args.output {
+        Some(p) => ctx.cwd.join(p),
+        None => ctx.cwd.join(match format {
+            Format::Layout => format!("{name}-env"),
+            Format::Archive => format!("{name}-env.tar"),
+        }),
+    };
+    // Before a build that may take minutes, not after.
+    crate::export::check_target(&out, &args.tag, args.force)
+        .with_context(|| format!("exporting {name}"))?;
     let m = super::run::materialize(ctx, &loaded)?;
     let store = ctx.store()?;
     // gc waits while blobs are copied out of the store.
@@ -97,17 +112,6 @@ pub fn run(args: ExportArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         env.sort();
     }
 
-    let format = match args.format {
-        ExportFormat::Oci => Format::Layout,
-        ExportFormat::OciArchive => Format::Archive,
-    };
-    let out = match args.output {
-        Some(p) => ctx.cwd.join(p),
-        None => ctx.cwd.join(match format {
-            Format::Layout => format!("{}-env", m.project.name),
-            Format::Archive => format!("{}-env.tar", m.project.name),
-        }),
-    };
     let opts = ExportOptions {
         base_manifest: &m.pulled.manifest,
         tools: &tools,
