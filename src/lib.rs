@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod export;
 pub mod lock;
 pub mod platform;
 pub mod progress;
@@ -69,6 +70,9 @@ pub(crate) fn known_hint(cause: &(dyn std::error::Error + 'static)) -> Option<St
         return e.hint();
     }
     if let Some(e) = cause.downcast_ref::<build::recipe::RecipeError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<export::ExportError>() {
         return e.hint();
     }
     if let Some(e) = cause.downcast_ref::<std::io::Error>() {

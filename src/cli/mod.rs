@@ -3,6 +3,7 @@
 
 mod build;
 mod doctor;
+mod export;
 mod gc;
 mod init;
 mod lock;
@@ -78,6 +79,8 @@ pub enum Command {
     Lock(lock::LockArgs),
     #[command(about = "Lock, pull and build the env's tool layers without entering it")]
     Build(build::BuildArgs),
+    #[command(about = "Write the env (base and tool layers) as an OCI image")]
+    Export(export::ExportArgs),
     #[command(about = "Show the env, what is cached and what would be fetched")]
     Status(status::StatusArgs),
     #[command(about = "Remove envs whose project is gone and what no env uses")]
@@ -144,6 +147,7 @@ pub fn main() -> ExitCode {
         Command::Shell(args) => run::shell(args, &ctx),
         Command::Run(args) => run::run(args, &ctx),
         Command::Build(args) => build::run(args, &ctx),
+        Command::Export(args) => export::run(args, &ctx),
         Command::Doctor(args) => doctor::run(args, &ctx),
         Command::Lock(args) => lock::run(args, &ctx),
         Command::Status(args) => status::run(args, &ctx),
