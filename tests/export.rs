@@ -51,6 +51,17 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 test path")
 }
 
+/// `skopeo copy SRC docker://REGISTRY/<unique repo>:1`: the exported image pushed by a real
+/// tool; the reference it was pushed to.
+fn skopeo_push(home: &TestHome, src: &str, repo: &str) -> String {
+    let dest = format!("{}/{}:1", registry(), unique(repo));
+    let args = ["--insecure-policy", "copy", "--dest-tls-verify=false", src];
+    let target = format!("docker://{dest}");
+    let all: Vec<&str> = args.iter().copied().chain([target.as_str()]).collect();
+    tool(home, "skopeo", &all).success();
+    dest
+}
+
 #[test]
 fn export_is_an_oci_layout_that_skopeo_and_umoci_read() {
     let home = project();
@@ -128,19 +139,7 @@ fn an_exported_env_pushed_with_skopeo_runs_in_another_project() {
     let home = project();
     let dir = home.root().join("image");
     export(&home, &["-o", path(&dir), "--tag", "v1"]).success();
-    let dest = format!("{}/{}:1", registry(), unique("export/x"));
-    tool(
-        &home,
-        "skopeo",
-        &[
-            "--insecure-policy",
-            "copy",
-            "--dest-tls-verify=false",
-            &format!("oci:{}:v1", path(&dir)),
-            &format!("docker://{dest}"),
-        ],
-    )
-    .success();
+    let dest = skopeo_push(&home, &format!("oci:{}:v1", path(&dir)), "export/x");
 
     let other = TestHome::new();
     write_env_toml(&other, "project", &dest, "");
@@ -247,19 +246,7 @@ fn an_exported_python_env_carries_the_venv_and_runs_after_a_push() {
         "{history:?}"
     );
 
-    let dest = format!("{}/{}:1", registry(), unique("export/py"));
-    tool(
-        &home,
-        "skopeo",
-        &[
-            "--insecure-policy",
-            "copy",
-            "--dest-tls-verify=false",
-            &layout,
-            &format!("docker://{dest}"),
-        ],
-    )
-    .success();
+    let dest = skopeo_push(&home, &layout, "export/py");
     let other = TestHome::new();
     write_env_toml(&other, "project", &dest, "");
     let out = run(devenv(&other).args([

@@ -300,6 +300,21 @@ pub fn has_venv(lock: &Lock) -> bool {
     !lock.python.packages.is_empty()
 }
 
+/// An environment for the env's command or image: where the lock has a venv, its bin first on
+/// PATH (so `python` and `pip` are the env's, not the image's) and VIRTUAL_ENV set; sorted.
+pub fn activate_venv(lock: &Lock, env: &mut Vec<(String, String)>) {
+    if !has_venv(lock) {
+        return;
+    }
+    for (k, v) in env.iter_mut() {
+        if k == "PATH" {
+            *v = path_with_venv(v);
+        }
+    }
+    env.push(("VIRTUAL_ENV".into(), VENV.into()));
+    env.sort();
+}
+
 /// Build (or find in the store) every tool layer `loaded` and `lock` call for on top of
 /// `base`; their directories, in order, to stack on the base layers.
 pub fn build(

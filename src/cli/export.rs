@@ -102,15 +102,7 @@ pub fn run(args: ExportArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         &[],
         &[],
     );
-    if crate::build::has_venv(&m.lock) {
-        for (k, v) in env.iter_mut() {
-            if k == "PATH" {
-                *v = crate::build::path_with_venv(v);
-            }
-        }
-        env.push(("VIRTUAL_ENV".into(), crate::build::VENV.into()));
-        env.sort();
-    }
+    crate::build::activate_venv(&m.lock, &mut env);
 
     let opts = ExportOptions {
         base_manifest: &m.pulled.manifest,

@@ -156,16 +156,7 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
         &host_names,
         &ours,
     );
-    if crate::build::has_venv(&lock) {
-        // The venv's bin first, so `python` and `pip` are the env's, not the image's.
-        for (k, v) in env.iter_mut() {
-            if k == "PATH" {
-                *v = crate::build::path_with_venv(v);
-            }
-        }
-        env.push(("VIRTUAL_ENV".into(), crate::build::VENV.into()));
-        env.sort();
-    }
+    crate::build::activate_venv(&lock, &mut env);
 
     let spec = Spec {
         lowers,

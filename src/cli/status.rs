@@ -198,29 +198,20 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         Some(m) => writeln!(out, "pinned   {m}")?,
         None => writeln!(out, "pinned   not pulled yet")?,
     }
+    let size = |cached: bool, bytes: u64| {
+        if cached {
+            human(bytes)
+        } else {
+            "missing".into()
+        }
+    };
     for l in &status.layers {
-        writeln!(
-            out,
-            "layer    {}  {}",
-            l.diff_id.short(),
-            if l.cached {
-                human(l.bytes)
-            } else {
-                "missing".into()
-            }
-        )?;
+        let (id, size) = (l.diff_id.short(), size(l.cached, l.bytes));
+        writeln!(out, "layer    {id}  {size}")?;
     }
     for t in &status.tool_layers {
-        writeln!(
-            out,
-            "tool     {}  {}",
-            t.key.short(),
-            if t.cached {
-                human(t.bytes)
-            } else {
-                "missing".into()
-            }
-        )?;
+        let (id, size) = (t.key.short(), size(t.cached, t.bytes));
+        writeln!(out, "tool     {id}  {size}")?;
     }
     match (status.lock, status.lock_drift.as_slice()) {
         ("present", []) => writeln!(out, "lock     env.lock current")?,
