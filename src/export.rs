@@ -443,7 +443,7 @@ pub fn write_tool_layer(
             _ => 0,
         })
         .sum();
-    let bar = ui.bar(label, Some(total));
+    let bar = ui.step_bar("Packing", "Packed", label, Some(total));
     let mut tmp = tempfile::NamedTempFile::new_in(blobs)?;
     let written = {
         let file = io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());

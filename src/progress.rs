@@ -16,8 +16,18 @@ pub trait Reporter: Sync {
     fn status(&self, verb: &str, message: &str);
     /// A warning the user should read (not an error).
     fn warn(&self, message: &str);
-    /// A bar for one step of `total` bytes, when known.
+    /// A bar for one download of `total` bytes, when known.
     fn bar(&self, label: &str, total: Option<u64>) -> Box<dyn Bar>;
+    /// A bar for another kind of step: `doing` while it runs (`Packing`), `done` when it ends.
+    fn step_bar(
+        &self,
+        _doing: &'static str,
+        _done: &'static str,
+        label: &str,
+        total: Option<u64>,
+    ) -> Box<dyn Bar> {
+        self.bar(label, total)
+    }
     /// The bar summing several steps (all layers of a pull); only a terminal shows one.
     fn total_bar(&self, _total: u64) -> Box<dyn Bar> {
         Box::new(NoBar)

@@ -116,6 +116,16 @@ impl Reporter for Ui {
     }
 
     fn bar(&self, label: &str, total: Option<u64>) -> Box<dyn Bar> {
+        self.step_bar("Fetching", "Fetched", label, total)
+    }
+
+    fn step_bar(
+        &self,
+        doing: &'static str,
+        done: &'static str,
+        label: &str,
+        total: Option<u64>,
+    ) -> Box<dyn Bar> {
         match &self.bars {
             Some(m) => {
                 let pb = m.add(ProgressBar::new(total.unwrap_or(0)));
@@ -125,18 +135,20 @@ impl Reporter for Ui {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");
                 pb.set_style(style);
-                pb.set_prefix("Fetching");
+                pb.set_prefix(doing);
                 pb.set_message(label.to_string());
                 pb.enable_steady_tick(Duration::from_millis(200));
                 Box::new(TtyBar {
                     pb,
                     multi: m.clone(),
                     label: label.to_string(),
+                    done,
                 })
             }
             None => Box::new(PlainBar {
                 label: label.to_string(),
                 print: !self.quiet(),
+                done,
             }),
         }
     }
@@ -146,6 +158,8 @@ struct TtyBar {
     pb: ProgressBar,
     multi: MultiProgress,
     label: String,
+    /// The verb of the line left when it ends.
+    done: &'static str,
 }
 
 impl Bar for TtyBar {
@@ -157,7 +171,7 @@ impl Bar for TtyBar {
         self.multi.remove(&self.pb);
         let _ = self
             .multi
-            .println(format!("{:>12} {} ({message})", "Fetched", self.label));
+            .println(format!("{:>12} {} ({message})", self.done, self.label));
     }
 }
 
@@ -176,6 +190,7 @@ impl Bar for TotalBar {
 struct PlainBar {
     label: String,
     print: bool,
+    done: &'static str,
 }
 
 impl Bar for PlainBar {
@@ -185,7 +200,7 @@ impl Bar for PlainBar {
             let _ = writeln!(
                 std::io::stderr().lock(),
                 "{:>12} {} ({message})",
-                "Fetched",
+                self.done,
                 self.label
             );
         }
