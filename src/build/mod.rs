@@ -315,19 +315,25 @@ pub fn activate_venv(lock: &Lock, env: &mut Vec<(String, String)>) {
     env.sort();
 }
 
+/// A tool layer in the store and the step that made it.
+pub struct BuiltLayer {
+    pub dir: PathBuf,
+    pub step: Step,
+}
+
 /// Build (or find in the store) every tool layer `loaded` and `lock` call for on top of
-/// `base`; their directories, in order, to stack on the base layers.
+/// `base`, for `project`'s env; in order, to stack on the base layers.
 pub fn build(
     loaded: &Loaded,
+    project: &crate::project::Project,
     base: &Pulled,
     lock: &Lock,
     store: &Store,
     opts: &BuildOptions,
     ui: &dyn Reporter,
-) -> Result<Vec<PathBuf>, BuildError> {
+) -> Result<Vec<BuiltLayer>, BuildError> {
     let inputs = recipe::expand(&loaded.env, &loaded.project_dir)?;
     let steps = plan(lock, &inputs.run);
-    let project = crate::project::Project::new(&loaded.project_dir)?;
     let env_dir = project.state_dir(store);
     let mut log = None;
     let mut lowers = base.layer_dirs(store);
@@ -335,7 +341,7 @@ pub fn build(
     let mut built = Vec::new();
     let mut keys: Vec<Digest> = Vec::new();
     let mut venv = false;
-    for step in &steps {
+    for step in steps {
         let key = step_key(&parent, step.kind, &step.inputs);
         let dest = store.layer_path(&key);
         if !dest.exists() {
@@ -359,13 +365,13 @@ pub fn build(
                     ui,
                     log: log.as_deref().unwrap_or(Path::new("build.log")),
                 };
-                run_step(&ctx, step, &key, &lowers, &dest)?;
+                run_step(&ctx, &step, &key, &lowers, &dest)?;
             }
         }
         tracing::debug!("step {} is layer {}", step.label, key.hex());
         venv |= step.kind == StepKind::Python;
         lowers.push(dest.clone());
-        built.push(dest);
+        built.push(BuiltLayer { dir: dest, step });
         keys.push(key.clone());
         parent = key;
     }

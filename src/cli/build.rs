@@ -17,7 +17,7 @@ pub struct BuildArgs {}
 pub fn run(_args: BuildArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     let loaded = crate::config::find_and_load(&ctx.cwd)?;
     let m = super::run::materialize(ctx, &loaded)?;
-    let tools = m.lowers.len() - m.pulled.layers.len();
+    let tools = m.tools.len();
     ctx.ui.status(
         "Built",
         &format!(

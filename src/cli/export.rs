@@ -71,25 +71,17 @@ pub fn run(args: ExportArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     // gc waits while blobs are copied out of the store.
     let _gc = store.lock_shared("gc")?;
 
-    // The steps the build ran, in order: one per tool layer.
-    let inputs = crate::build::recipe::expand(&loaded.env, &loaded.project_dir)?;
-    let steps = crate::build::plan(&m.lock, &inputs.run);
-    let tool_dirs = &m.lowers[m.pulled.layers.len()..];
-    anyhow::ensure!(
-        steps.len() == tool_dirs.len(),
-        "the build made {} tool layers for {} steps",
-        tool_dirs.len(),
-        steps.len()
-    );
-    let tools: Vec<ToolLayer> = steps
+    let tools: Vec<ToolLayer> = m
+        .tools
         .iter()
-        .zip(tool_dirs)
-        .map(|(step, dir)| ToolLayer {
-            dir: dir.clone(),
-            created_by: match step.kind {
-                StepKind::Apt => format!("devenv: apt install {}", step.inputs.replace('\n', " ")),
-                StepKind::Python => format!("devenv: {}", step.label),
-                StepKind::Run => format!("devenv: run {}", step.inputs),
+        .map(|t| ToolLayer {
+            dir: t.dir.clone(),
+            created_by: match t.step.kind {
+                StepKind::Apt => {
+                    format!("devenv: apt install {}", t.step.inputs.replace('\n', " "))
+                }
+                StepKind::Python => format!("devenv: {}", t.step.label),
+                StepKind::Run => format!("devenv: run {}", t.step.inputs),
             },
         })
         .collect();

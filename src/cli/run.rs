@@ -57,8 +57,18 @@ pub(super) struct Materialized {
     pub project: Project,
     /// `envs/<id>/` in the store.
     pub state_dir: PathBuf,
+    /// The base image's unpacked layers, in manifest order.
+    pub base_dirs: Vec<PathBuf>,
+    /// The tool layers on top of them, with the steps that made them.
+    pub tools: Vec<crate::build::BuiltLayer>,
+}
+
+impl Materialized {
     /// Base layers, then tool layers: the container's lowers.
-    pub lowers: Vec<PathBuf>,
+    pub fn lowers(&self) -> Vec<PathBuf> {
+        let tools = self.tools.iter().map(|t| t.dir.clone());
+        self.base_dirs.iter().cloned().chain(tools).collect()
+    }
 }
 
 /// Lock (writing env.lock when missing or stale), pull the locked image, build missing tool
@@ -98,31 +108,40 @@ pub(super) fn materialize(
         echo: ctx.ui.verbose(),
         offline: ctx.offline,
     };
-    let tools = crate::build::build(loaded, &pulled, &lock, &store, &build_opts, &ctx.ui)
-        .with_context(|| format!("building the tool layers of {}", loaded.path.display()))?;
+    let tools = crate::build::build(
+        loaded,
+        &project,
+        &pulled,
+        &lock,
+        &store,
+        &build_opts,
+        &ctx.ui,
+    )
+    .with_context(|| format!("building the tool layers of {}", loaded.path.display()))?;
     drop(gc_lock);
-    let mut lowers = pulled.layer_dirs(&store);
-    lowers.extend(tools);
     Ok(Materialized {
         image,
+        base_dirs: pulled.layer_dirs(&store),
         pulled,
         lock,
         project,
         state_dir,
-        lowers,
+        tools,
     })
 }
 
 fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<ExitCode> {
     let loaded = crate::config::find_and_load(&ctx.cwd)?;
+    let m = materialize(ctx, &loaded)?;
+    let lowers = m.lowers();
     let Materialized {
         image,
         pulled,
         lock,
         project,
         state_dir,
-        lowers,
-    } = materialize(ctx, &loaded)?;
+        ..
+    } = m;
 
     let user = runtime::host_user().name.clone();
     let home_target = if root {

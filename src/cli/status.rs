@@ -115,11 +115,7 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
                 .collect()
         })
         .unwrap_or_default();
-    let env_dir = store.root().join("envs").join(&project.id);
-    let tool_layers: Vec<ToolLayerInfo> = fs_err::read(env_dir.join(crate::build::TOOL_LAYERS))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Vec<Digest>>(&b).ok())
-        .unwrap_or_default()
+    let tool_layers: Vec<ToolLayerInfo> = crate::store::gc::tool_layers(&project.state_dir(&store))
         .into_iter()
         .map(|key| {
             let path = store.layer_path(&key);
@@ -135,11 +131,12 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         Ok(drift) => drift.iter().map(ToString::to_string).collect(),
         Err(e) => vec![format!("unreadable: {e}")],
     };
+    let lock_present = loaded.project_dir.join(crate::lock::FILE_NAME).is_file();
     let mut pending = Vec::new();
     if cached.is_none() {
         pending.push(format!("pull {image}"));
     }
-    if !loaded.project_dir.join(crate::lock::FILE_NAME).is_file() {
+    if !lock_present {
         pending.push("lock: write env.lock".into());
     } else if !lock_drift.is_empty() {
         pending.push("lock: re-resolve what changed, then build what depends on it".into());
@@ -165,11 +162,7 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         },
         layers,
         tool_layers,
-        lock: if loaded.project_dir.join(crate::lock::FILE_NAME).is_file() {
-            "present"
-        } else {
-            "missing"
-        },
+        lock: if lock_present { "present" } else { "missing" },
         lock_drift,
         store: StoreInfo {
             root: store.root().to_path_buf(),

@@ -55,6 +55,15 @@ impl EnvEntry {
     }
 }
 
+/// The keys of the tool layers last built for the env at `env_dir`, in order; none when the
+/// list is missing or unreadable.
+pub fn tool_layers(env_dir: &Path) -> Vec<Digest> {
+    fs_err::read(env_dir.join(TOOL_LAYERS))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 /// Whether a container of the env is running: the runtime keeps `state/run/<entry>.lock`
 /// flocked for the life of each entry.
 pub fn running(env_dir: &Path) -> bool {
@@ -103,11 +112,7 @@ impl Roots {
         if let Some(r) = &env.record {
             self.add(store, r);
         }
-        let tools: Vec<Digest> = fs_err::read(env.dir.join(TOOL_LAYERS))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        self.layers.extend(tools);
+        self.layers.extend(tool_layers(&env.dir));
     }
 
     /// Add `record`'s image: its manifests, config and layer blobs, and unpacked layers.
