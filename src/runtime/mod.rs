@@ -43,7 +43,7 @@ mod tests;
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -273,34 +273,19 @@ pub(crate) enum Teardown {
     Leave,
 }
 
-/// The process `run` starts and waits for: PID 1 itself, cloned from this process when it has
-/// one thread (no exec, no process in between: the cheap way), else a fresh `exe __init` that
-/// clones PID 1 and waits for it (the child of a threaded process could only make
-/// async-signal-safe calls). Tests always pass their own `exe`, which takes the second way.
-enum Child {
-    Pid1(Pid),
-    Helper(std::process::Child),
-}
-
-impl Child {
-    /// Its exit status, 128+signal when killed.
-    fn wait(self) -> Result<i32, RuntimeError> {
-        let failed = |e: &dyn std::fmt::Display| RuntimeError::Helper {
-            message: format!("waiting: {e}"),
-        };
-        match self {
-            Child::Helper(mut c) => {
-                let st = c.wait().map_err(|e| failed(&e))?;
-                Ok(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)))
+/// The exit status of `pid` (PID 1, or the `devenv __init` helper that started it), 128+signal
+/// when killed.
+fn wait_for(pid: Pid) -> Result<i32, RuntimeError> {
+    loop {
+        match nix::sys::wait::waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                return Err(RuntimeError::Helper {
+                    message: format!("waiting: {e}"),
+                });
             }
-            Child::Pid1(pid) => loop {
-                match nix::sys::wait::waitpid(pid, None) {
-                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-                    Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(e) => return Err(failed(&e)),
-                }
-            },
         }
     }
 }
@@ -363,40 +348,49 @@ fn launch(
         .map_err(|e| RuntimeError::sys("pipe for errors", e))?;
     // Ours until the command ends, then the caller's again.
     let foreground = init::foreground_tty();
-    let (child, forward) = if exe == Path::new("/proc/self/exe") && single_threaded() {
-        let take_tty = plan.argv.is_empty() && foreground;
-        let output = spec.output.as_deref().map(AsFd::as_fd);
+    // The process we start and wait for: PID 1 itself, cloned from this process when it has
+    // one thread (no exec, no process in between: the cheap way), else a fresh `exe __init`
+    // that clones PID 1 and waits for it (the child of a threaded process could only make
+    // async-signal-safe calls). Tests pass their own `exe`, which takes the second way.
+    let clone = exe == Path::new("/proc/self/exe") && single_threaded();
+    let mask = if clone {
         // Nothing buffered may be written twice.
         let _ = std::io::stdout().flush();
-        let mask = init::block_signals()?;
-        let pid1 = init::start_pid1(&plan, &err_w, output, take_tty, Some(err_r.as_raw_fd()));
-        // Forwarding in place before the signals that came meanwhile are let through.
-        let forward = pid1
-            .as_ref()
-            .ok()
-            .map(|p| init::Forward::install(p.as_raw() as u32));
-        init::restore_signals(&mask);
-        (Child::Pid1(pid1?), forward)
+        Some(init::block_signals()?)
     } else {
-        let c = spawn_helper(exe, &plan, spec, &err_w, entry.lock_fd())?;
-        let forward = init::Forward::install(c.id());
-        (Child::Helper(c), Some(forward))
+        None
     };
+    let started = if clone {
+        let take_tty = plan.argv.is_empty() && foreground;
+        let output = spec.output.as_deref().map(AsFd::as_fd);
+        init::start_pid1(&plan, &err_w, output, take_tty, Some(err_r.as_raw_fd()))
+    } else {
+        spawn_helper(exe, &plan, spec, &err_w, entry.lock_fd())
+    };
+    // Forwarding in place before the signals that came meanwhile are let through.
+    let forward = started
+        .as_ref()
+        .ok()
+        .map(|p| init::Forward::install(p.as_raw() as u32));
+    if let Some(mask) = mask {
+        init::restore_signals(&mask);
+    }
+    let child = started?;
     drop(err_w);
     let message = init::Message::read(err_r);
     let result = match message {
         init::Message::Status(code) => {
             // An entry on the disk is named by the mounts being torn down: let them go first.
             if teardown == Teardown::Wait || entry.dir.exists() {
-                child.wait()?;
+                wait_for(child)?;
             }
             Ok(code)
         }
         init::Message::Error(e) => {
-            child.wait()?;
+            wait_for(child)?;
             Err(e)
         }
-        init::Message::Nothing => child.wait(),
+        init::Message::Nothing => wait_for(child),
     };
     drop(forward);
     if foreground {
@@ -426,7 +420,7 @@ fn spawn_helper(
     spec: &Spec,
     err_w: &std::os::fd::OwnedFd,
     lock: std::os::fd::BorrowedFd<'_>,
-) -> Result<std::process::Child, RuntimeError> {
+) -> Result<Pid, RuntimeError> {
     let json = serde_json::to_vec(plan).map_err(|e| RuntimeError::Helper {
         message: e.to_string(),
     })?;
@@ -460,7 +454,8 @@ fn spawn_helper(
     drop(spec_r);
     // A helper that died early makes this EPIPE; its report and status tell why.
     let _ = std::fs::File::from(spec_w).write_all(&json);
-    Ok(child)
+    // Waited for by pid (wait_for); std's handle does not reap on drop.
+    Ok(Pid::from_raw(child.id() as i32))
 }
 
 /// The invoking user as the host's passwd names them: inside, the same uid gets the same name
