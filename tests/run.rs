@@ -541,14 +541,23 @@ fn a_command_that_leaves_an_orphan_running_ends_with_its_own_status() {
     );
     // devenv returns the status before the container's namespaces are torn down; the teardown
     // still kills the orphan right after.
-    let alive = || {
+    let alive = |marker: &str| {
         std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
             std::fs::read(e.path().join("cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("61.0713"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
         })
     };
+    // The check sees a live process at all: one of ours, on the host.
+    let mut host = std::process::Command::new("sleep")
+        .arg("61.0714")
+        .spawn()
+        .unwrap();
+    let seen = alive("61.0714");
+    host.kill().unwrap();
+    host.wait().unwrap();
+    assert!(seen, "a running `sleep 61.0714` is not found in /proc");
     let t = Instant::now();
-    while alive() {
+    while alive("61.0713") {
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "the orphan outlived its container"
