@@ -552,7 +552,12 @@ fn a_command_that_leaves_an_orphan_running_ends_with_its_own_status() {
         .arg("61.0714")
         .spawn()
         .unwrap();
-    let seen = alive("61.0714");
+    let t = Instant::now();
+    let mut seen = false;
+    while !seen && t.elapsed() < Duration::from_secs(5) {
+        seen = alive("61.0714"); // once it has exec'd
+        std::thread::sleep(Duration::from_millis(10));
+    }
     host.kill().unwrap();
     host.wait().unwrap();
     assert!(seen, "a running `sleep 61.0714` is not found in /proc");
