@@ -51,6 +51,22 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 test path")
 }
 
+/// The image config skopeo reads from `layout` (`oci:DIR`).
+fn image_config(home: &TestHome, layout: &str) -> serde_json::Value {
+    let config = tool(home, "skopeo", &["inspect", "--config", layout]).success();
+    serde_json::from_str(&config.stdout).unwrap()
+}
+
+/// The config's `Env` entries.
+fn config_env(c: &serde_json::Value) -> Vec<&str> {
+    c["config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect()
+}
+
 /// `skopeo copy SRC docker://REGISTRY/<unique repo>:1`: the exported image pushed by a real
 /// tool; the reference it was pushed to.
 fn skopeo_push(home: &TestHome, src: &str, repo: &str) -> String {
@@ -86,14 +102,8 @@ fn export_is_an_oci_layout_that_skopeo_and_umoci_read() {
         Some(3),
         "base + two setup layers: {inspect:?}"
     );
-    let config = tool(&home, "skopeo", &["inspect", "--config", &layout]).success();
-    let c: serde_json::Value = serde_json::from_str(&config.stdout).unwrap();
-    let env: Vec<&str> = c["config"]["Env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e.as_str())
-        .collect();
+    let c = image_config(&home, &layout);
+    let env = config_env(&c);
     assert!(env.contains(&"GREETING=hello from env.toml"), "{env:?}");
     assert!(env.iter().any(|e| e.starts_with("PATH=")), "{env:?}");
     // not the host's (nor the test runner's) variables
@@ -221,14 +231,8 @@ fn an_exported_python_env_carries_the_venv_and_runs_after_a_push() {
     let dir = home.root().join("image");
     export(&home, &["-o", path(&dir)]).success();
     let layout = format!("oci:{}", path(&dir));
-    let config = tool(&home, "skopeo", &["inspect", "--config", &layout]).success();
-    let c: serde_json::Value = serde_json::from_str(&config.stdout).unwrap();
-    let env: Vec<&str> = c["config"]["Env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e.as_str())
-        .collect();
+    let c = image_config(&home, &layout);
+    let env = config_env(&c);
     assert!(env.contains(&"VIRTUAL_ENV=/opt/devenv/venv"), "{env:?}");
     assert!(
         env.iter()
