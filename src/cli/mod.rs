@@ -4,6 +4,7 @@
 mod build;
 mod doctor;
 mod export;
+mod fast;
 mod gc;
 mod init;
 mod lock;
@@ -118,7 +119,8 @@ impl Context {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = fast::parse(&args).unwrap_or_else(|| Cli::parse_from(args));
     init_logging(cli.verbose);
     let verbosity = if cli.quiet {
         Verbosity::Quiet
