@@ -314,28 +314,43 @@ pub fn check_network_settings() -> Vec<Check> {
     out
 }
 
-/// NVIDIA driver presence; only a warning, and only relevant with `[container].gpu = true`.
+/// NVIDIA driver presence, and what `[container].gpu = true` would bring in; only a warning,
+/// and only relevant with `[container].gpu = true`.
 pub fn check_gpu(wanted: bool) -> Check {
-    let devices = Path::new("/dev/nvidiactl").exists();
-    let smi = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("nvidia-smi").is_file()))
-        .unwrap_or(false);
-    match (devices, wanted) {
-        (true, _) => Check::ok(
-            "gpu",
-            format!(
-                "NVIDIA driver present (/dev/nvidiactl{})",
+    match (crate::runtime::gpu::discover(), wanted) {
+        (Some(gpu), _) => {
+            let smi = gpu.programs.iter().any(|p| p.ends_with("nvidia-smi"));
+            let detail = format!(
+                "NVIDIA driver present: {} devices, {} driver libraries{}",
+                gpu.devices.len(),
+                gpu.libraries.len(),
                 if smi { ", nvidia-smi" } else { "" }
-            ),
-        ),
-        (false, false) => Check::ok(
+            );
+            if wanted
+                && !gpu
+                    .libraries
+                    .iter()
+                    .any(|(n, _)| n.starts_with("libcuda.so"))
+            {
+                Check::warn(
+                    "gpu",
+                    format!("{detail}, but no libcuda in `ldconfig -p`"),
+                    "install the driver's CUDA library (Debian: libcuda1; Ubuntu: \
+                     libnvidia-compute-<version>) and run `sudo ldconfig`",
+                )
+            } else {
+                Check::ok("gpu", detail)
+            }
+        }
+        (None, false) => Check::ok(
             "gpu",
             "no NVIDIA driver (not needed: [container].gpu is off)",
         ),
-        (false, true) => Check::warn(
+        (None, true) => Check::warn(
             "gpu",
-            "env.toml asks for a GPU but no NVIDIA driver is loaded",
-            "install the NVIDIA driver on the host; devenv brings no driver into the container",
+            "env.toml asks for a GPU but no NVIDIA driver is loaded (no /dev/nvidiactl)",
+            "install the NVIDIA driver on the host: the env uses the host's driver and starts \
+             without a GPU until there is one",
         ),
     }
 }

@@ -653,6 +653,35 @@ fn network_none_shows_only_loopback() {
 }
 
 #[test]
+fn gpu_brings_the_hosts_driver_or_says_there_is_none() {
+    // A teammate's env.toml asking for a GPU works on every machine: with the host's driver
+    // where there is one, without it and a note where there is none (CI). The binds in
+    // detail, with a stand-in driver: runtime::tests::container_gpu_binds_the_driver_it_is_given.
+    let home = project("[container]\ngpu = true\n");
+    let script = "ls /dev; ls /usr/local/nvidia/lib64 2>&1; echo \"LD=$LD_LIBRARY_PATH\"";
+    let out = run_cmd(&home, &["sh", "-c", script]).success();
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        assert!(out.stdout.lines().any(|l| l == "nvidiactl"), "{out:?}");
+        assert!(out.stdout.contains("libcuda.so.1"), "{out:?}");
+        assert!(out.stdout.contains("LD=/usr/local/nvidia/lib64"), "{out:?}");
+        let smi = run_cmd(&home, &["nvidia-smi", "-L"]).success();
+        assert!(smi.stdout.contains("GPU 0"), "{smi:?}");
+    } else {
+        assert!(
+            out.stderr
+                .contains("[container].gpu: no NVIDIA driver is loaded on this host"),
+            "{out:?}"
+        );
+        assert!(
+            !out.stdout.lines().any(|l| l.starts_with("nvidia")),
+            "{out:?}"
+        );
+        assert!(out.stdout.contains("No such file"), "{out:?}");
+        assert!(out.stdout.contains("LD=\n"), "{out:?}");
+    }
+}
+
+#[test]
 fn two_runs_at_once_in_one_project_both_succeed() {
     let home = project("");
     run(devenv(&home).arg("pull")).success();

@@ -514,6 +514,7 @@ fn run_step(
         mounts: mounts.clone(),
         upper: Some(upper.clone()),
         output: Some(Arc::new(write)),
+        gpu: None,
     };
     let result = run_container(&spec);
     drop(spec);

@@ -177,6 +177,18 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
     );
     crate::build::activate_venv(&lock, &mut env);
 
+    let gpu = if loaded.env.container.gpu {
+        let found = runtime::gpu::discover();
+        if found.is_none() {
+            ctx.ui.note(
+                "[container].gpu: no NVIDIA driver is loaded on this host (no /dev/nvidiactl); \
+                 starting without a GPU",
+            );
+        }
+        found
+    } else {
+        None
+    };
     let spec = Spec {
         lowers,
         state_dir: state_dir.join("state"),
@@ -193,6 +205,7 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
         mounts: loaded.env.container.mounts.clone(),
         upper: None,
         output: None,
+        gpu,
     };
     if spec.argv.is_empty() {
         ctx.ui.status(

@@ -117,6 +117,7 @@ impl Sandbox<'_> {
             .collect(),
             upper: None,
             output: None,
+            gpu: None,
         };
         let status = runtime::run(&spec)?;
         Ok(Ran { status, staging })

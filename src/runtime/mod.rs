@@ -33,6 +33,7 @@
 
 pub mod ca;
 mod fsutil;
+pub mod gpu;
 mod init;
 mod seccomp;
 mod setup;
@@ -94,6 +95,8 @@ pub struct Spec {
     pub upper: Option<PathBuf>,
     /// Where the command's stdout and stderr go (stdin is then /dev/null); `None`: inherited.
     pub output: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// The host's NVIDIA driver to bring in (`[container].gpu`), as [`gpu::discover`] found it.
+    pub gpu: Option<gpu::HostGpu>,
 }
 
 /// A sysctl that, set to `value`, allows unprivileged user namespaces.
@@ -523,6 +526,7 @@ fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
         keep_upper: spec.upper.is_some(),
         scratch: false,
         scratch_only: false,
+        gpu: spec.gpu.clone(),
     }
 }
 

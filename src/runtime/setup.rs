@@ -59,6 +59,9 @@ pub struct Plan {
     /// with [`RuntimeError::ScratchRefused`] instead.
     #[serde(default)]
     pub scratch_only: bool,
+    /// The host's NVIDIA devices, driver libraries and tools to bind in.
+    #[serde(default)]
+    pub gpu: Option<super::gpu::HostGpu>,
 }
 
 impl Plan {
@@ -302,6 +305,10 @@ pub fn build_root<S: Syscalls>(
         }
     }
 
+    if let Some(gpu) = &plan.gpu {
+        gpu_mounts(sys, &root, gpu)?;
+    }
+
     let home = point(sys, &root, &plan.home_target, Kind::Dir)?;
     bind(sys, &plan.home, &home, false)?;
     let project = point(sys, &root, &plan.project_dir, Kind::Dir)?;
@@ -327,6 +334,69 @@ pub fn build_root<S: Syscalls>(
     sys.chdir(Path::new("/"))
         .map_err(|e| RuntimeError::sys("entering /", e))?;
     Ok(fs)
+}
+
+/// The host's NVIDIA devices into the container's `/dev` (a tmpfs of ours, so their mount points
+/// are made directly), its driver libraries and tools read-only into a tmpfs on
+/// `/usr/local/nvidia` (see `gpu`).
+fn gpu_mounts<S: Syscalls>(
+    sys: &mut S,
+    root: &Path,
+    gpu: &super::gpu::HostGpu,
+) -> Result<(), RuntimeError> {
+    let made = |what: &Path| {
+        let what = what.to_path_buf();
+        move |errno: Errno| RuntimeError::MountPoint {
+            target: what,
+            errno: errno as i32,
+        }
+    };
+    let dev = root.join("dev");
+    for device in &gpu.devices {
+        let Some(name) = device.file_name() else {
+            continue;
+        };
+        let p = dev.join(name);
+        match sys.kind_of(device) {
+            None => continue, // gone since discovery
+            Some(Kind::Dir) => sys.mkdir(&p).map_err(made(device))?,
+            Some(Kind::File) => sys.write_file(&p, "").map_err(made(device))?,
+        }
+        bind(sys, device, &p, false)?;
+    }
+    let top = point(sys, root, Path::new("/usr/local/nvidia"), Kind::Dir)?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        sys,
+        "tmpfs",
+        None,
+        &top,
+        Some("tmpfs"),
+        flags,
+        Some("mode=0755"),
+    )?;
+    let (lib, bin) = (top.join("lib64"), top.join("bin"));
+    for d in [&lib, &bin] {
+        sys.mkdir(d).map_err(made(d))?;
+    }
+    let files = gpu
+        .libraries
+        .iter()
+        .map(|(name, host)| (lib.join(name), host))
+        .chain(
+            gpu.programs
+                .iter()
+                .filter_map(|host| Some((bin.join(host.file_name()?), host))),
+        );
+    for (p, host) in files {
+        // Names come from ldconfig and a fixed list: one plain component under lib64 or bin.
+        if p.parent() != Some(lib.as_path()) && p.parent() != Some(bin.as_path()) {
+            continue;
+        }
+        sys.write_file(&p, "").map_err(made(host))?;
+        bind(sys, host, &p, true)?;
+    }
+    Ok(())
 }
 
 /// Overlay of the layer chain on `root`, or the flattened copy bound there when the kernel or
@@ -622,6 +692,9 @@ pub fn environment(plan: &Plan) -> Vec<(String, String)> {
             env.push((k.to_string(), v));
         }
     }
+    if plan.gpu.is_some() {
+        super::gpu::add_to_env(&mut env);
+    }
     env
 }
 
@@ -656,6 +729,7 @@ mod tests {
             keep_upper: false,
             scratch: false,
             scratch_only: false,
+            gpu: None,
         }
     }
 
@@ -1008,6 +1082,69 @@ mod tests {
         assert_eq!(hostname("my_proj.v2"), "my-proj-v2");
         assert_eq!(hostname("__"), "devenv");
         assert_eq!(hostname(&"a".repeat(100)).len(), 63);
+    }
+
+    fn gpu() -> super::super::gpu::HostGpu {
+        super::super::gpu::HostGpu {
+            devices: vec![
+                "/dev/nvidia-caps".into(),
+                "/dev/nvidia0".into(),
+                "/dev/nvidiactl".into(),
+            ],
+            libraries: vec![(
+                "libcuda.so.1".into(),
+                "/usr/lib/x86_64-linux-gnu/libcuda.so.1".into(),
+            )],
+            programs: vec!["/usr/bin/nvidia-smi".into()],
+        }
+    }
+
+    #[test]
+    fn gpu_devices_go_into_dev_and_the_driver_read_only_into_usr_local_nvidia() {
+        let mut r = Recorder {
+            dirs: vec!["/dev/nvidia-caps".into()],
+            ..Recorder::default()
+        };
+        let p = Plan {
+            gpu: Some(gpu()),
+            ..plan()
+        };
+        build_root(&mut r, &p, None).unwrap();
+        let c = &r.calls;
+        let dev = r.pos("mount tmpfs - /s/run/e/root/dev ");
+        let caps_dir = r.pos("mkdir /s/run/e/root/dev/nvidia-caps");
+        let caps = r.pos(
+            "mount - /dev/nvidia-caps /s/run/e/root/dev/nvidia-caps MsFlags(MS_BIND | MS_REC)",
+        );
+        let card = r.pos("mount - /dev/nvidia0 /s/run/e/root/dev/nvidia0 ");
+        let ctl = r.pos("mount - /dev/nvidiactl /s/run/e/root/dev/nvidiactl ");
+        let top =
+            r.pos("mount tmpfs - /s/run/e/root/usr/local/nvidia MsFlags(MS_NOSUID | MS_NODEV)");
+        let lib = r.pos(
+            "mount - /usr/lib/x86_64-linux-gnu/libcuda.so.1 /s/run/e/root/usr/local/nvidia/lib64/libcuda.so.1 ",
+        );
+        let lib_ro = r.pos("setattr_ro /s/run/e/root/usr/local/nvidia/lib64/libcuda.so.1");
+        let smi =
+            r.pos("mount - /usr/bin/nvidia-smi /s/run/e/root/usr/local/nvidia/bin/nvidia-smi ");
+        let home = r.pos("mount - /s/home /s/run/e/root/home/alice ");
+        let pivot = r.pos("pivot_root . .");
+        let order = [
+            dev, caps_dir, caps, card, ctl, top, lib, lib_ro, smi, home, pivot,
+        ];
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}\n{c:#?}");
+        assert!(
+            !c.iter()
+                .any(|l| l.contains("/root/dev/nvidia") && l.contains("RDONLY")),
+            "devices stay writable: {c:#?}"
+        );
+        let env = environment(&p);
+        assert!(env.contains(&("PATH".into(), "/bin:/usr/local/nvidia/bin".into())));
+        assert!(env.contains(&("LD_LIBRARY_PATH".into(), "/usr/local/nvidia/lib64".into())));
+        assert!(
+            !environment(&plan())
+                .iter()
+                .any(|(k, _)| k == "LD_LIBRARY_PATH")
+        );
     }
 
     #[test]

@@ -76,6 +76,7 @@ impl Fixture {
             mounts: vec![],
             upper: None,
             output: None,
+            gpu: None,
         };
         Fixture {
             _dir: t,
@@ -472,4 +473,43 @@ fn container_root_chown_to_unmapped_ids_succeeds_without_effect() {
     assert_eq!(f.read("sub/owners"), "0:0\n0:0\n");
     // Without --root, chown keeps failing as it would.
     assert_ne!(f.sh("touch c && chown 6:12 c"), 0);
+}
+
+#[test]
+fn container_gpu_binds_the_driver_it_is_given() {
+    let _g = lock();
+    let f = Fixture::new();
+    // A stand-in driver: no NVIDIA hardware here, but the binds, their modes and the
+    // environment are what a real one gets (runtime::gpu::discover fills HostGpu on a GPU host).
+    let host = tempfile::tempdir().unwrap();
+    let ctl = host.path().join("nvidiactl");
+    fs_err::write(&ctl, "control\n").unwrap();
+    let lib = host.path().join("libcuda.so.550.54");
+    fs_err::write(&lib, "driver\n").unwrap();
+    let smi = host.path().join("nvidia-smi");
+    fs_err::write(&smi, "#!/bin/sh\necho smi-ran\n").unwrap();
+    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let spec = Spec {
+        gpu: Some(super::gpu::HostGpu {
+            devices: vec![ctl.clone()],
+            libraries: vec![("libcuda.so.1".into(), lib.clone())],
+            programs: vec![smi],
+        }),
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "cat /dev/nvidiactl /usr/local/nvidia/lib64/libcuda.so.1 > seen; nvidia-smi >> seen; \
+             echo \"$LD_LIBRARY_PATH\" >> seen; \
+             echo x > /usr/local/nvidia/lib64/libcuda.so.1 && echo WROTE >> seen; exit 0"
+                .into(),
+        ],
+        ..f.spec.clone()
+    };
+    assert_eq!(f.run(&spec), 0);
+    assert_eq!(
+        f.read("sub/seen"),
+        "control\ndriver\nsmi-ran\n/usr/local/nvidia/lib64\n",
+        "device and library bound, tool on PATH, the library read-only"
+    );
+    assert_eq!(fs_err::read_to_string(&lib).unwrap(), "driver\n");
 }
