@@ -438,7 +438,8 @@ fn pid1(plan: &Plan, err: &OwnedFd, take_tty: bool) -> Result<i32, RuntimeError>
 /// run …` keeps SIGHUP ignored). glibc's posix_spawn does the same but also queries and resets
 /// every signal's handler (128 system calls, 0.05 ms here), since a handler running in the
 /// child would run on the parent's memory: PID 1 installs no handler (it waits with
-/// sigwaitinfo), so there is none to reset.
+/// sigwaitinfo), and the only ones it inherits, Rust's SIGSEGV/SIGBUS stack guard, answer
+/// faults of the child's own making, not signals sent to it.
 fn spawn(program: &Path, argv: &[String], env: &[(String, String)]) -> Result<Pid, Errno> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
