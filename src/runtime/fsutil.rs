@@ -84,6 +84,149 @@ fn create(path: &Path, kind: Kind) -> io::Result<()> {
     }
 }
 
+/// What a path is in the merged view that overlayfs makes of `lowers` (layer directories, base
+/// first), read from the layers themselves, before any overlay is mounted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Merged {
+    /// A regular file: the topmost layer's copy.
+    File(PathBuf),
+    Dir,
+    Missing,
+    /// Something this reading does not model (a device, an `x`-marked directory of overlay's
+    /// xattr whiteouts, a symlink loop, an unreadable layer): ask the mounted overlay instead.
+    Unknown,
+}
+
+/// `path` (absolute, as seen inside) in the merged view of `lowers`, as overlayfs resolves it:
+/// the topmost layer that has a name decides; a whiteout (a 0/0 character device) hides it; a
+/// directory merges with the same directory in the layers below, down to the first marked
+/// opaque (`user.overlay.opaque=y`) or the first layer with a non-directory there; symlinks are
+/// followed inside the view, as if the merged root were `/`. Reads only.
+pub fn merged_lookup(lowers: &[PathBuf], path: &Path) -> Merged {
+    let roots = || -> Option<Vec<PathBuf>> {
+        let mut dirs = Vec::new();
+        for l in lowers.iter().rev() {
+            dirs.push(l.clone());
+            if opaque(l)? {
+                break;
+            }
+        }
+        Some(dirs)
+    };
+    let Some(mut dirs) = roots() else {
+        return Merged::Unknown;
+    };
+    let mut pending: VecDeque<OsString> = components(path);
+    let mut cur: Vec<OsString> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = pending.pop_front() {
+        // Back to the root with the resolved prefix in front: `..` and relative symlinks.
+        let restart = |pending: &mut VecDeque<OsString>, cur: &mut Vec<OsString>| {
+            for p in cur.drain(..).rev() {
+                pending.push_front(p);
+            }
+            roots()
+        };
+        if c == ".." {
+            cur.pop();
+            match restart(&mut pending, &mut cur) {
+                Some(d) => dirs = d,
+                None => return Merged::Unknown,
+            }
+            continue;
+        }
+        let last = pending.is_empty();
+        let mut found = None;
+        for (i, d) in dirs.iter().enumerate() {
+            let p = d.join(&c);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) => {
+                    found = Some((i, p, m));
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(_) => return Merged::Unknown,
+            }
+        }
+        let Some((i, p, m)) = found else {
+            return Merged::Missing;
+        };
+        let t = m.file_type();
+        if t.is_char_device() && m.rdev() == 0 {
+            return Merged::Missing;
+        } else if t.is_symlink() {
+            hops += 1;
+            let Ok(target) = std::fs::read_link(&p) else {
+                return Merged::Unknown;
+            };
+            if hops > MAX_HOPS {
+                return Merged::Unknown;
+            }
+            if target.is_absolute() {
+                cur.clear();
+            }
+            for t in components(&target).into_iter().rev() {
+                pending.push_front(t);
+            }
+            match restart(&mut pending, &mut cur) {
+                Some(d) => dirs = d,
+                None => return Merged::Unknown,
+            }
+        } else if t.is_dir() {
+            let mut next = vec![p.clone()];
+            match opaque(&p) {
+                None => return Merged::Unknown,
+                Some(true) => {}
+                Some(false) => {
+                    for d in &dirs[i + 1..] {
+                        let q = d.join(&c);
+                        match std::fs::symlink_metadata(&q) {
+                            Ok(m) if m.is_dir() => {
+                                let stop = opaque(&q);
+                                next.push(q);
+                                match stop {
+                                    None => return Merged::Unknown,
+                                    Some(true) => break,
+                                    Some(false) => {}
+                                }
+                            }
+                            Ok(_) => break,
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                            Err(_) => return Merged::Unknown,
+                        }
+                    }
+                }
+            }
+            cur.push(c);
+            dirs = next;
+            if last {
+                return Merged::Dir;
+            }
+        } else if t.is_file() {
+            return if last {
+                Merged::File(p)
+            } else {
+                Merged::Missing
+            };
+        } else {
+            return Merged::Unknown;
+        }
+    }
+    Merged::Dir
+}
+
+/// Whether overlay takes `dir` as opaque: `Some(true)` for `user.overlay.opaque=y`, `None` for
+/// the `x` of a directory holding xattr whiteouts (not modelled) or an unreadable attribute.
+fn opaque(dir: &Path) -> Option<bool> {
+    match xattr::get(dir, "user.overlay.opaque") {
+        Ok(None) => Some(false),
+        Ok(Some(v)) if v == b"y" => Some(true),
+        Ok(Some(_)) => None,
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Some(false),
+        Err(_) => None,
+    }
+}
+
 /// Mount points strictly below `path` in a `/proc/self/mountinfo` text, outermost first.
 pub fn submounts_in(mountinfo: &str, path: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = mountinfo
@@ -266,6 +409,77 @@ pub fn passwd_lookup(passwd: &str, uid: u32) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// base: /bin -> usr/bin, usr/bin/{bash,zsh}, etc/{passwd,group}, /x -> /etc, a loop;
+    /// top: a newer etc/passwd, a whiteout over usr/bin/zsh, an opaque usr/share.
+    fn layers() -> (tempfile::TempDir, Vec<PathBuf>) {
+        let t = tempfile::tempdir().unwrap();
+        let (base, top) = (t.path().join("base"), t.path().join("top"));
+        for d in ["usr/bin", "etc", "usr/share/doc"] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+        }
+        for f in [
+            "usr/bin/bash",
+            "usr/bin/zsh",
+            "etc/group",
+            "usr/share/doc/x",
+        ] {
+            std::fs::write(base.join(f), "").unwrap();
+        }
+        std::fs::write(base.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("usr/bin", base.join("bin")).unwrap();
+        std::os::unix::fs::symlink("/etc", base.join("x")).unwrap();
+        std::os::unix::fs::symlink("loop", base.join("loop")).unwrap();
+        for d in ["etc", "usr/bin", "usr/share"] {
+            std::fs::create_dir_all(top.join(d)).unwrap();
+        }
+        std::fs::write(top.join("etc/passwd"), "top\n").unwrap();
+        nix::sys::stat::mknod(
+            &top.join("usr/bin/zsh"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+            0,
+        )
+        .expect("mknod of a whiteout");
+        xattr::set(top.join("usr/share"), "user.overlay.opaque", b"y").unwrap();
+        (t, vec![base, top])
+    }
+
+    #[test]
+    fn merged_lookup_reads_the_layers_as_overlay_shows_them() {
+        let (_t, l) = layers();
+        let look = |p: &str| merged_lookup(&l, Path::new(p));
+        assert_eq!(look("/etc/passwd"), Merged::File(l[1].join("etc/passwd")));
+        assert_eq!(
+            look("/etc/group"),
+            Merged::File(l[0].join("etc/group")),
+            "merged /etc"
+        );
+        assert_eq!(look("/bin/bash"), Merged::File(l[0].join("usr/bin/bash")));
+        assert_eq!(look("/bin/zsh"), Merged::Missing, "a whiteout hides it");
+        assert_eq!(
+            look("/usr/share/doc/x"),
+            Merged::Missing,
+            "an opaque directory hides it"
+        );
+        assert_eq!(
+            look("/x/passwd"),
+            Merged::File(l[1].join("etc/passwd")),
+            "inside the view"
+        );
+        assert_eq!(
+            look("/etc/../bin/bash"),
+            Merged::File(l[0].join("usr/bin/bash"))
+        );
+        assert_eq!(
+            look("/../../etc/group"),
+            Merged::File(l[0].join("etc/group"))
+        );
+        assert_eq!(look("/usr/bin"), Merged::Dir);
+        assert_eq!(look("/etc/passwd/x"), Merged::Missing);
+        assert_eq!(look("/nope/passwd"), Merged::Missing);
+        assert_eq!(look("/loop/x"), Merged::Unknown);
+    }
 
     fn user() -> User {
         User {

@@ -518,6 +518,7 @@ fn scratch_overlay<S: Syscalls>(
         in_entry(sys, plan, |sys| {
             make_entry_dirs(sys, plan)?;
             sys.user_xattr(Path::new("upper"))?;
+            preset_accounts(sys, plan)?;
             sys.mount(
                 Some(Path::new("overlay")),
                 Path::new("root"),
@@ -567,25 +568,10 @@ pub fn finish<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<Vec<String>, Runt
     } else {
         plan.argv.clone()
     };
-    let (uid, gid) = plan.inside_ids();
-    let user = User {
-        name: if plan.root {
-            "root".into()
-        } else {
-            plan.user_name.clone()
-        },
-        uid,
-        gid,
-        home: plan.home_target.display().to_string(),
-        shell,
-    };
-    // Written after the pivot, into the fresh upper layer, through the container's own view.
-    type Add = fn(&str, &User) -> Option<String>;
-    let files: [(&str, Add); 2] = [
-        ("/etc/passwd", fsutil::passwd_with),
-        ("/etc/group", fsutil::group_with),
-    ];
-    for (path, add) in files {
+    let user = account(plan, shell);
+    // Written after the pivot, into the fresh upper layer, through the container's own view
+    // (a scratch entry usually has them already: `preset_accounts`).
+    for (path, add) in ACCOUNT_FILES {
         let path = Path::new(path);
         let old = sys
             .read_file(path)
@@ -604,6 +590,90 @@ pub fn finish<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<Vec<String>, Runt
     sys.no_new_privs()
         .map_err(|e| RuntimeError::sys("setting no-new-privs", e))?;
     Ok(argv)
+}
+
+/// The files that get the user's entry, and how.
+type Add = fn(&str, &User) -> Option<String>;
+const ACCOUNT_FILES: [(&str, Add); 2] = [
+    ("/etc/passwd", fsutil::passwd_with),
+    ("/etc/group", fsutil::group_with),
+];
+
+/// The user as passwd and group name them inside.
+fn account(plan: &Plan, shell: String) -> User {
+    let (uid, gid) = plan.inside_ids();
+    User {
+        name: if plan.root {
+            "root".into()
+        } else {
+            plan.user_name.clone()
+        },
+        uid,
+        gid,
+        home: plan.home_target.display().to_string(),
+        shell,
+    }
+}
+
+/// Write the user's passwd and group entries into a fresh upper directory (`upper/` of the
+/// working directory) before the overlay is mounted, from the image's files read straight from
+/// the layers: `finish` then finds them in place, and nothing is copied up (/etc and two files
+/// of it, 0.15 ms of a warm start). Nothing where the layers leave any doubt ([`fsutil::Merged::Unknown`],
+/// `/etc` not a plain directory): `finish` writes through the overlay as before.
+fn preset_accounts<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), Errno> {
+    let Some(files) = accounts_from_layers(plan) else {
+        return Ok(());
+    };
+    if files.is_empty() {
+        return Ok(());
+    }
+    let etc = Path::new("upper/etc");
+    sys.mkdir(etc)?;
+    for (path, text) in files {
+        let name = Path::new(path).file_name().unwrap_or_default();
+        sys.write_file(&etc.join(name), &text)?;
+    }
+    Ok(())
+}
+
+/// (path, new contents) of each account file `finish` would change, read from the layers;
+/// `None` where the layers leave doubt.
+fn accounts_from_layers(plan: &Plan) -> Option<Vec<(&'static str, String)>> {
+    use fsutil::{Merged, merged_lookup};
+    // upper/etc merges with the image's /etc only if that is a directory (or absent) in the
+    // topmost layer that names it; over a symlink it would replace it.
+    for l in plan.lowers.iter().rev() {
+        match std::fs::symlink_metadata(l.join("etc")) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Ok(m) if m.is_dir() => break,
+            _ => return None,
+        }
+    }
+    let mut unsure = false;
+    let shell = pick_shell_with(plan, |p| match merged_lookup(&plan.lowers, p) {
+        Merged::File(_) => true,
+        Merged::Unknown => {
+            unsure = true;
+            false
+        }
+        Merged::Dir | Merged::Missing => false,
+    });
+    if unsure {
+        return None;
+    }
+    let user = account(plan, shell);
+    let mut out = Vec::new();
+    for (path, add) in ACCOUNT_FILES {
+        let old = match merged_lookup(&plan.lowers, Path::new(path)) {
+            Merged::File(f) => String::from_utf8_lossy(&std::fs::read(f).ok()?).into_owned(),
+            Merged::Missing => String::new(),
+            Merged::Dir | Merged::Unknown => return None,
+        };
+        if let Some(new) = add(&old, &user) {
+            out.push((path, new));
+        }
+    }
+    Some(out)
 }
 
 /// A valid hostname from a project name: letters, digits and `-`, at most 63 bytes.
@@ -629,6 +699,11 @@ fn hostname(name: &str) -> String {
 
 /// `[container].shell`, else the user's host shell when the image has it, else bash, else sh.
 fn pick_shell<S: Syscalls>(sys: &mut S, plan: &Plan) -> String {
+    pick_shell_with(plan, |p| sys.kind_of(p) == Some(Kind::File))
+}
+
+/// [`pick_shell`] with `is_file` saying whether the image has a file at a path.
+fn pick_shell_with(plan: &Plan, mut is_file: impl FnMut(&Path) -> bool) -> String {
     if let Some(s) = &plan.shell {
         return s.clone();
     }
@@ -638,7 +713,7 @@ fn pick_shell<S: Syscalls>(sys: &mut S, plan: &Plan) -> String {
         .map(String::as_str)
         .chain(["/bin/bash", "/usr/bin/bash"]);
     for c in candidates {
-        if sys.kind_of(Path::new(c)) == Some(Kind::File) {
+        if is_file(Path::new(c)) {
             return c.to_string();
         }
     }
@@ -853,6 +928,79 @@ mod tests {
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}\n{c:#?}");
         assert_eq!(c[pivot - 1], "chdir /s/run/e/root");
         assert_eq!(c.last().unwrap(), "chdir /");
+    }
+
+    /// One layer: /bin -> usr/bin, usr/bin/bash, etc/passwd and etc/group with root only.
+    fn image_layer() -> (tempfile::TempDir, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let l = t.path().join("l0");
+        for d in ["usr/bin", "etc"] {
+            fs_err::create_dir_all(l.join(d)).unwrap();
+        }
+        fs_err::write(l.join("usr/bin/bash"), "").unwrap();
+        std::os::unix::fs::symlink("usr/bin", l.join("bin")).unwrap();
+        fs_err::write(l.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        fs_err::write(l.join("etc/group"), "root:x:0:\n").unwrap();
+        (t, l)
+    }
+
+    #[test]
+    fn accounts_are_read_from_the_layers_when_nothing_is_in_doubt() {
+        let (_t, l) = image_layer();
+        let p = Plan {
+            lowers: vec![l.clone()],
+            layers: 1,
+            ..plan()
+        };
+        let files = accounts_from_layers(&p).unwrap();
+        assert_eq!(
+            files,
+            [
+                (
+                    "/etc/passwd",
+                    "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:100::/home/alice:/bin/bash\n"
+                        .to_string()
+                ),
+                ("/etc/group", "root:x:0:\nalice:x:100:\n".to_string()),
+            ],
+            "host shell /bin/zsh is not in the image: bash, through the /bin link"
+        );
+        // The uid is the image's already: passwd stays as it is.
+        fs_err::write(l.join("etc/passwd"), "img:x:1000:100::/h:/bin/sh\n").unwrap();
+        let files = accounts_from_layers(&p).unwrap();
+        assert_eq!(
+            files.iter().map(|f| f.0).collect::<Vec<_>>(),
+            ["/etc/group"]
+        );
+        // A symlinked /etc would be replaced by upper/etc: leave it to `finish`.
+        let top = l.parent().unwrap().join("l1");
+        fs_err::create_dir_all(&top).unwrap();
+        std::os::unix::fs::symlink("/private/etc", top.join("etc")).unwrap();
+        let p = Plan {
+            lowers: vec![l.clone(), top],
+            layers: 2,
+            ..p
+        };
+        assert_eq!(accounts_from_layers(&p), None);
+    }
+
+    #[test]
+    fn scratch_accounts_go_into_the_upper_directory_before_the_overlay_mount() {
+        let (_t, l) = image_layer();
+        let mut r = Recorder::default();
+        let p = Plan {
+            lowers: vec![l],
+            layers: 1,
+            scratch: true,
+            ..plan()
+        };
+        build_root(&mut r, &p, None).unwrap();
+        let c = &r.calls;
+        let etc = r.pos("mkdir upper/etc");
+        let passwd = r.pos("write upper/etc/passwd 70");
+        let group = r.pos("write upper/etc/group 23");
+        let overlay = r.pos("mount overlay overlay root");
+        assert!(etc < passwd && passwd < group && group < overlay, "{c:#?}");
     }
 
     #[test]
