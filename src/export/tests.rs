@@ -27,9 +27,13 @@ fn sample_layer(root: &Path) {
     .expect("mknod of a 0/0 whiteout (Linux 5.8+)");
     fs_err::create_dir(root.join("var")).unwrap();
     xattr::set(root.join("var"), OPAQUE_XATTR, b"y").expect("user xattrs on the temp dir");
+    // Every entry's mtime, the symlink's and the whiteout's too: trees made a second apart must
+    // export alike.
     for p in [
         "opt/marker",
         "opt/tool/a",
+        "opt/link",
+        "etc/os-release",
         "opt",
         "opt/tool",
         "etc",
