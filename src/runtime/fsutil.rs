@@ -97,122 +97,135 @@ pub enum Merged {
     Unknown,
 }
 
-/// `path` (absolute, as seen inside) in the merged view of `lowers`, as overlayfs resolves it:
-/// the topmost layer that has a name decides; a whiteout (a 0/0 character device) hides it; a
-/// directory merges with the same directory in the layers below, down to the first marked
-/// opaque (`user.overlay.opaque=y`) or the first layer with a non-directory there; symlinks are
-/// followed inside the view, as if the merged root were `/`. Reads only.
-pub fn merged_lookup(lowers: &[PathBuf], path: &Path) -> Merged {
-    let roots = || -> Option<Vec<PathBuf>> {
-        let mut dirs = Vec::new();
+/// The merged view that overlayfs makes of layer directories, read from the layers themselves.
+pub struct MergedView {
+    /// The layers' roots that take part, top first: down to the first one marked opaque.
+    roots: Vec<PathBuf>,
+}
+
+impl MergedView {
+    /// The view of `lowers` (base first); `None` where a layer root's opaque mark is unreadable.
+    pub fn new(lowers: &[PathBuf]) -> Option<MergedView> {
+        let mut roots = Vec::new();
         for l in lowers.iter().rev() {
-            dirs.push(l.clone());
+            roots.push(l.clone());
             if opaque(l)? {
                 break;
             }
         }
-        Some(dirs)
-    };
-    let Some(mut dirs) = roots() else {
-        return Merged::Unknown;
-    };
-    let mut pending: VecDeque<OsString> = components(path);
-    let mut cur: Vec<OsString> = Vec::new();
-    let mut hops = 0;
-    while let Some(c) = pending.pop_front() {
-        // Back to the root with the resolved prefix in front: `..` and relative symlinks.
-        let restart = |pending: &mut VecDeque<OsString>, cur: &mut Vec<OsString>| {
-            for p in cur.drain(..).rev() {
-                pending.push_front(p);
-            }
-            roots()
-        };
-        if c == ".." {
-            cur.pop();
-            match restart(&mut pending, &mut cur) {
-                Some(d) => dirs = d,
-                None => return Merged::Unknown,
-            }
-            continue;
-        }
-        let last = pending.is_empty();
-        let mut found = None;
-        for (i, d) in dirs.iter().enumerate() {
-            let p = d.join(&c);
-            match std::fs::symlink_metadata(&p) {
-                Ok(m) => {
-                    found = Some((i, p, m));
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(_) => return Merged::Unknown,
-            }
-        }
-        let Some((i, p, m)) = found else {
-            return Merged::Missing;
-        };
-        let t = m.file_type();
-        if t.is_char_device() && m.rdev() == 0 {
-            return Merged::Missing;
-        } else if t.is_symlink() {
-            hops += 1;
-            let Ok(target) = std::fs::read_link(&p) else {
-                return Merged::Unknown;
-            };
-            if hops > MAX_HOPS {
-                return Merged::Unknown;
-            }
-            if target.is_absolute() {
-                cur.clear();
-            }
-            for t in components(&target).into_iter().rev() {
-                pending.push_front(t);
-            }
-            match restart(&mut pending, &mut cur) {
-                Some(d) => dirs = d,
-                None => return Merged::Unknown,
-            }
-        } else if t.is_dir() {
-            let mut next = vec![p.clone()];
-            match opaque(&p) {
-                None => return Merged::Unknown,
-                Some(true) => {}
-                Some(false) => {
-                    for d in &dirs[i + 1..] {
-                        let q = d.join(&c);
-                        match std::fs::symlink_metadata(&q) {
-                            Ok(m) if m.is_dir() => {
-                                let stop = opaque(&q);
-                                next.push(q);
-                                match stop {
-                                    None => return Merged::Unknown,
-                                    Some(true) => break,
-                                    Some(false) => {}
-                                }
-                            }
-                            Ok(_) => break,
-                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                            Err(_) => return Merged::Unknown,
+        Some(MergedView { roots })
+    }
+
+    /// `path` (absolute, as seen inside) as overlayfs resolves it: the topmost layer that has a
+    /// name decides; a whiteout (a 0/0 character device) hides it; a directory merges with the
+    /// same directory in the layers below ([`merge_dir`]); symlinks are followed inside the
+    /// view, as if the merged root were `/`. Reads only.
+    pub fn lookup(&self, path: &Path) -> Merged {
+        let mut dirs = self.roots.clone();
+        let mut pending: VecDeque<OsString> = components(path);
+        // The resolved path so far, walked again from the root after `..` or a symlink.
+        let mut cur: Vec<OsString> = Vec::new();
+        let mut hops = 0;
+        while let Some(c) = pending.pop_front() {
+            if c == ".." {
+                cur.pop();
+            } else {
+                match step(&dirs, &c, pending.is_empty()) {
+                    Step::Done(m) => return m,
+                    Step::Dir(next) => {
+                        cur.push(c);
+                        dirs = next;
+                        continue;
+                    }
+                    Step::Link(target) => {
+                        hops += 1;
+                        if hops > MAX_HOPS {
+                            return Merged::Unknown;
+                        }
+                        if target.is_absolute() {
+                            cur.clear();
+                        }
+                        for t in components(&target).into_iter().rev() {
+                            pending.push_front(t);
                         }
                     }
                 }
             }
-            cur.push(c);
-            dirs = next;
-            if last {
-                return Merged::Dir;
+            for p in cur.drain(..).rev() {
+                pending.push_front(p);
             }
-        } else if t.is_file() {
-            return if last {
-                Merged::File(p)
-            } else {
-                Merged::Missing
-            };
+            dirs = self.roots.clone();
+        }
+        Merged::Dir
+    }
+}
+
+/// Where one component of a lookup leads.
+enum Step {
+    Done(Merged),
+    /// A directory to go on in: the layer directories it merges.
+    Dir(Vec<PathBuf>),
+    Link(PathBuf),
+}
+
+/// `name` in the merged directory made of `dirs` (top first); `last`: it ends the path.
+fn step(dirs: &[PathBuf], name: &OsString, last: bool) -> Step {
+    let found = dirs.iter().enumerate().find_map(|(i, d)| {
+        let p = d.join(name);
+        match std::fs::symlink_metadata(&p) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            m => Some((i, p, m)),
+        }
+    });
+    let (i, p, m) = match found {
+        None => return Step::Done(Merged::Missing),
+        Some((_, _, Err(_))) => return Step::Done(Merged::Unknown),
+        Some((i, p, Ok(m))) => (i, p, m),
+    };
+    let t = m.file_type();
+    if t.is_char_device() && m.rdev() == 0 {
+        Step::Done(Merged::Missing)
+    } else if t.is_file() {
+        Step::Done(if last {
+            Merged::File(p)
         } else {
-            return Merged::Unknown;
+            Merged::Missing
+        })
+    } else if t.is_symlink() {
+        std::fs::read_link(&p).map_or(Step::Done(Merged::Unknown), Step::Link)
+    } else if !t.is_dir() {
+        Step::Done(Merged::Unknown)
+    } else {
+        match merge_dir(p, &dirs[i + 1..], name) {
+            None => Step::Done(Merged::Unknown),
+            Some(_) if last => Step::Done(Merged::Dir),
+            Some(next) => Step::Dir(next),
         }
     }
-    Merged::Dir
+}
+
+/// The layer directories a merged directory is made of, top first: `top`, then `name` in each
+/// of the directories `below` while it is a directory there, down to the first marked opaque;
+/// a file or whiteout there hides the rest. `None` where an opaque mark is unreadable.
+fn merge_dir(top: PathBuf, below: &[PathBuf], name: &OsString) -> Option<Vec<PathBuf>> {
+    let mut stop = opaque(&top)?;
+    let mut dirs = vec![top];
+    for d in below {
+        if stop {
+            break;
+        }
+        let p = d.join(name);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                stop = opaque(&p)?;
+                dirs.push(p);
+            }
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(_) => return None,
+        }
+    }
+    Some(dirs)
 }
 
 /// Whether overlay takes `dir` as opaque: `Some(true)` for `user.overlay.opaque=y`, `None` for
@@ -446,9 +459,10 @@ mod tests {
     }
 
     #[test]
-    fn merged_lookup_reads_the_layers_as_overlay_shows_them() {
+    fn merged_view_reads_the_layers_as_overlay_shows_them() {
         let (_t, l) = layers();
-        let look = |p: &str| merged_lookup(&l, Path::new(p));
+        let view = MergedView::new(&l).unwrap();
+        let look = |p: &str| view.lookup(Path::new(p));
         assert_eq!(look("/etc/passwd"), Merged::File(l[1].join("etc/passwd")));
         assert_eq!(
             look("/etc/group"),

@@ -501,7 +501,7 @@ fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
     if let Some(bundle) = ca::host_bundle() {
         ca::trust(bundle, &mut mounts, &mut env);
     }
-    setup::Plan {
+    let mut plan = setup::Plan {
         entry: entry.to_path_buf(),
         layers: spec.lowers.len(),
         lowers: spec.lowers.clone(),
@@ -527,7 +527,9 @@ fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
         scratch: false,
         scratch_only: false,
         gpu: spec.gpu.clone(),
-    }
+    };
+    plan.shell = setup::shell_from_layers(&plan);
+    plan
 }
 
 /// The filesystem type of `path`, by name where we know it.

@@ -15,7 +15,7 @@ use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
 
 use super::RuntimeError;
-use super::fsutil::{self, User};
+use super::fsutil::{self, Merged, MergedView, User};
 use super::sys::{Kind, Syscalls};
 
 /// Everything the helper needs, sent from `run` as JSON.
@@ -33,6 +33,8 @@ pub struct Plan {
     pub home_target: PathBuf,
     pub env: Vec<(String, String)>,
     pub argv: Vec<String>,
+    /// The user's shell inside: `[container].shell`, or what [`shell_from_layers`] chose while
+    /// the plan was made; `None`: PID 1 picks it in the root after the pivot.
     pub shell: Option<String>,
     pub hostname: String,
     pub net_none: bool,
@@ -618,8 +620,8 @@ fn account(plan: &Plan, shell: String) -> User {
 /// Write the user's passwd and group entries into a fresh upper directory (`upper/` of the
 /// working directory) before the overlay is mounted, from the image's files read straight from
 /// the layers: `finish` then finds them in place, and nothing is copied up (/etc and two files
-/// of it, 0.15 ms of a warm start). Nothing where the layers leave any doubt ([`fsutil::Merged::Unknown`],
-/// `/etc` not a plain directory): `finish` writes through the overlay as before.
+/// of it, 0.15 ms of a warm start). Nothing where the layers leave any doubt ([`Merged::Unknown`],
+/// `/etc` not a plain directory, no shell decided): `finish` writes through the overlay as before.
 fn preset_accounts<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), Errno> {
     let Some(files) = accounts_from_layers(plan) else {
         return Ok(());
@@ -637,9 +639,8 @@ fn preset_accounts<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), Errno> {
 }
 
 /// (path, new contents) of each account file `finish` would change, read from the layers;
-/// `None` where the layers leave doubt.
+/// `None` where the layers leave doubt, or the shell is not decided yet (`plan.shell`).
 fn accounts_from_layers(plan: &Plan) -> Option<Vec<(&'static str, String)>> {
-    use fsutil::{Merged, merged_lookup};
     // upper/etc merges with the image's /etc only if that is a directory (or absent) in the
     // topmost layer that names it; over a symlink it would replace it.
     for l in plan.lowers.iter().rev() {
@@ -649,22 +650,11 @@ fn accounts_from_layers(plan: &Plan) -> Option<Vec<(&'static str, String)>> {
             _ => return None,
         }
     }
-    let mut unsure = false;
-    let shell = pick_shell_with(plan, |p| match merged_lookup(&plan.lowers, p) {
-        Merged::File(_) => true,
-        Merged::Unknown => {
-            unsure = true;
-            false
-        }
-        Merged::Dir | Merged::Missing => false,
-    });
-    if unsure {
-        return None;
-    }
-    let user = account(plan, shell);
+    let view = MergedView::new(&plan.lowers)?;
+    let user = account(plan, plan.shell.clone()?);
     let mut out = Vec::new();
     for (path, add) in ACCOUNT_FILES {
-        let old = match merged_lookup(&plan.lowers, Path::new(path)) {
+        let old = match view.lookup(Path::new(path)) {
             Merged::File(f) => String::from_utf8_lossy(&std::fs::read(f).ok()?).into_owned(),
             Merged::Missing => String::new(),
             Merged::Dir | Merged::Unknown => return None,
@@ -674,6 +664,26 @@ fn accounts_from_layers(plan: &Plan) -> Option<Vec<(&'static str, String)>> {
         }
     }
     Some(out)
+}
+
+/// The shell [`pick_shell`] would choose, decided from the layers before anything is mounted
+/// (`run` puts it in the plan, so PID 1 looks for it neither in the layers nor, after the pivot,
+/// in the root); `None` where the layers leave doubt.
+pub fn shell_from_layers(plan: &Plan) -> Option<String> {
+    if plan.shell.is_some() {
+        return plan.shell.clone();
+    }
+    let view = MergedView::new(&plan.lowers)?;
+    let mut unsure = false;
+    let shell = pick_shell_with(plan, |p| match view.lookup(p) {
+        Merged::File(_) => true,
+        Merged::Unknown => {
+            unsure = true;
+            false
+        }
+        Merged::Dir | Merged::Missing => false,
+    });
+    (!unsure).then_some(shell)
 }
 
 /// A valid hostname from a project name: letters, digits and `-`, at most 63 bytes.
@@ -944,14 +954,40 @@ mod tests {
         (t, l)
     }
 
+    /// The test plan over `lowers`, its shell decided from them as `run` does.
+    fn planned(lowers: Vec<PathBuf>) -> Plan {
+        let mut p = Plan {
+            layers: lowers.len(),
+            lowers,
+            ..plan()
+        };
+        p.shell = shell_from_layers(&p);
+        p
+    }
+
+    #[test]
+    fn the_shell_is_decided_from_the_layers_unless_they_leave_doubt() {
+        let (_t, l) = image_layer();
+        // The host's /bin/zsh is not in the image: bash, found through the /bin link.
+        assert_eq!(planned(vec![l.clone()]).shell.as_deref(), Some("/bin/bash"));
+        let configured = Plan {
+            shell: Some("/bin/fish".into()),
+            ..planned(vec![l.clone()])
+        };
+        assert_eq!(shell_from_layers(&configured).as_deref(), Some("/bin/fish"));
+        std::os::unix::fs::symlink("loop", l.join("loop")).unwrap();
+        let doubt = Plan {
+            host_shell: Some("/loop/zsh".into()),
+            shell: None,
+            ..planned(vec![l])
+        };
+        assert_eq!(shell_from_layers(&doubt), None);
+    }
+
     #[test]
     fn accounts_are_read_from_the_layers_when_nothing_is_in_doubt() {
         let (_t, l) = image_layer();
-        let p = Plan {
-            lowers: vec![l.clone()],
-            layers: 1,
-            ..plan()
-        };
+        let p = planned(vec![l.clone()]);
         let files = accounts_from_layers(&p).unwrap();
         assert_eq!(
             files,
@@ -976,12 +1012,13 @@ mod tests {
         let top = l.parent().unwrap().join("l1");
         fs_err::create_dir_all(&top).unwrap();
         std::os::unix::fs::symlink("/private/etc", top.join("etc")).unwrap();
-        let p = Plan {
-            lowers: vec![l.clone(), top],
-            layers: 2,
-            ..p
+        assert_eq!(accounts_from_layers(&planned(vec![l.clone(), top])), None);
+        // No shell decided: leave it to `finish`.
+        let undecided = Plan {
+            shell: None,
+            ..planned(vec![l])
         };
-        assert_eq!(accounts_from_layers(&p), None);
+        assert_eq!(accounts_from_layers(&undecided), None);
     }
 
     #[test]
@@ -989,10 +1026,8 @@ mod tests {
         let (_t, l) = image_layer();
         let mut r = Recorder::default();
         let p = Plan {
-            lowers: vec![l],
-            layers: 1,
             scratch: true,
-            ..plan()
+            ..planned(vec![l])
         };
         build_root(&mut r, &p, None).unwrap();
         let c = &r.calls;
