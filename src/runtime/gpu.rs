@@ -8,7 +8,8 @@
 //!
 //! Invariants: nothing is taken but character devices named `nvidia*` under /dev (and the
 //! `nvidia-caps` directory), libraries whose names are on [`LIBRARIES`] for the host's own
-//! word size, and the programs on [`PROGRAMS`]; all of it read-only except the devices.
+//! word size, each name one path component (the mounts join it under `lib64/`), and the
+//! programs on [`PROGRAMS`]; all of it read-only except the devices.
 
 use std::path::{Path, PathBuf};
 

@@ -161,6 +161,15 @@ fn point<S: Syscalls>(
         })
 }
 
+/// The error for a mount point made directly (in a tmpfs of ours) for `what`.
+fn made(what: &Path) -> impl FnOnce(Errno) -> RuntimeError {
+    let what = what.to_path_buf();
+    move |errno| RuntimeError::MountPoint {
+        target: what,
+        errno: errno as i32,
+    }
+}
+
 /// Bind `source` onto `target` (recursively), read-only on request: the remount keeps the
 /// locked flags and covers each submount.
 fn bind<S: Syscalls>(
@@ -230,13 +239,6 @@ pub fn build_root<S: Syscalls>(
     let nosuid = MsFlags::MS_NOSUID;
     mount(sys, "tmpfs", None, &dev, Some("tmpfs"), nosuid, Some(data))?;
     // The fresh tmpfs holds nothing of the image: its mount points are made directly.
-    let made = |what: &Path| {
-        let what = what.to_path_buf();
-        move |errno: Errno| RuntimeError::MountPoint {
-            target: what,
-            errno: errno as i32,
-        }
-    };
     for d in DEVICES {
         let host = Path::new("/dev").join(d);
         if sys.kind_of(&host).is_none() {
@@ -346,13 +348,6 @@ fn gpu_mounts<S: Syscalls>(
     root: &Path,
     gpu: &super::gpu::HostGpu,
 ) -> Result<(), RuntimeError> {
-    let made = |what: &Path| {
-        let what = what.to_path_buf();
-        move |errno: Errno| RuntimeError::MountPoint {
-            target: what,
-            errno: errno as i32,
-        }
-    };
     let dev = root.join("dev");
     for device in &gpu.devices {
         let Some(name) = device.file_name() else {
@@ -390,11 +385,8 @@ fn gpu_mounts<S: Syscalls>(
                 .iter()
                 .filter_map(|host| Some((bin.join(host.file_name()?), host))),
         );
+    // Each name is one plain component (gpu::libraries refuses others; programs are file names).
     for (p, host) in files {
-        // Names come from ldconfig and a fixed list: one plain component under lib64 or bin.
-        if p.parent() != Some(lib.as_path()) && p.parent() != Some(bin.as_path()) {
-            continue;
-        }
         sys.write_file(&p, "").map_err(made(host))?;
         bind(sys, host, &p, true)?;
     }
