@@ -1,19 +1,21 @@
-//! The container's processes. The helper (a fork of `devenv` when it is single-threaded, else
-//! `devenv __init SPEC_FD ERR_FD LOCK_FD`, which reads the plan from SPEC_FD) enters the
-//! namespaces and forks PID 1 of the new PID namespace; PID 1 builds the root, forks the
-//! command, reaps every process until the command ends and then reports its status. The helper
-//! only waits for PID 1, so that PID 1 dies with it.
+//! The container's processes. PID 1 of the new PID namespace is cloned straight into its
+//! namespaces by `devenv` itself when it has one thread, else by `devenv __init SPEC_FD ERR_FD
+//! LOCK_FD` (the helper, which reads the plan from SPEC_FD and waits for PID 1, so that PID 1
+//! dies with it). PID 1 builds the root, starts the command, reaps every process until the
+//! command ends and then reports its status.
 //!
-//! Invariants: the helper is single-threaded (unshare(CLONE_NEWUSER) needs it, and fork is only
-//! safe so); the helper and PID 1 leave with `_exit` and never unwind into the caller's frames.
-//! ERR_FD carries one [`Message`] to `run`: a setup error, or the command's status; PID 1 sends
-//! the status before its namespaces are torn down, so `devenv` need not wait for the teardown.
-//! Signals sent to the helper by a process are forwarded to PID 1 and from there to the
-//! command; those the terminal sent to the whole process group are not, since the command got
-//! them too.
+//! Invariants: whoever clones PID 1 is single-threaded (clone(CLONE_NEWUSER) of a threaded
+//! process could make only async-signal-safe calls in the child). PID 1 shares the memory of
+//! the process that cloned it and leaves with `_exit`, never unwinding into its frames; the two
+//! take turns on the heap (see [`start_pid1`]). ERR_FD carries one [`Message`] to `run`: the
+//! command's status from PID 1, sent before its namespaces are torn down so that `devenv` need
+//! not wait for the teardown, or a setup error, which PID 1 leaves in memory and the helper
+//! sends on as JSON. Signals sent to `devenv` or the helper by a process are forwarded to PID 1
+//! and from there to the command; those the terminal sent to the whole process group are not,
+//! since the command got them too.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -111,9 +113,10 @@ fn read_plan(mut spec: std::fs::File) -> Result<Plan, RuntimeError> {
     })
 }
 
-/// What PID 1 (or the helper, before PID 1 exists) sends `run` on ERR_FD: a tag byte, then a
-/// setup error as JSON up to EOF, or the command's status as 4 bytes, little-endian. EOF with
-/// nothing: PID 1 died without a word (killed); the helper's exit status says how.
+/// What `run` reads on ERR_FD: a tag byte, then the command's status as 4 bytes, little-endian
+/// (from PID 1), or a setup error as JSON up to EOF (from the helper only). EOF with nothing:
+/// PID 1 ended without a status; a setup error it left in memory ([`take_failure`]), or the
+/// exit status of PID 1 or the helper says why.
 #[derive(Debug)]
 pub(super) enum Message {
     Error(RuntimeError),
@@ -127,18 +130,24 @@ const TAG_STATUS: u8 = b'S';
 impl Message {
     /// Read one message; a status is taken as soon as its bytes are in, without waiting for
     /// EOF (which comes only after PID 1's exit has closed its descriptors).
+    ///
+    /// Makes no allocation before it has a status or EOF: PID 1 may share our heap until then
+    /// (`start_pid1`), and sends nothing but a status; the JSON of an error comes from the
+    /// `__init` helper, a process of its own.
     pub(super) fn read(from: OwnedFd) -> Message {
         let mut f = std::fs::File::from(from);
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            if buf.first() == Some(&TAG_STATUS) && buf.len() >= 5 {
-                let code = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        let mut first = [0u8; 64];
+        let mut len = 0;
+        let mut buf = loop {
+            if first[0] == TAG_STATUS && len >= 5 {
+                let code = i32::from_le_bytes([first[1], first[2], first[3], first[4]]);
                 return Message::Status(code);
             }
-            match f.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            match f.read(&mut first[len..]) {
+                Ok(0) if len == 0 => return Message::Nothing,
+                Ok(0) => break first[..len].to_vec(),
+                Ok(n) if first[0] == TAG_STATUS => len += n,
+                Ok(n) => break first[..len + n].to_vec(),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     return Message::Error(RuntimeError::Helper {
@@ -146,6 +155,11 @@ impl Message {
                     });
                 }
             }
+        };
+        if let Err(e) = f.read_to_end(&mut buf) {
+            return Message::Error(RuntimeError::Helper {
+                message: format!("reading its report: {e}"),
+            });
         }
         match buf.split_first() {
             None => Message::Nothing,
@@ -177,11 +191,15 @@ fn report(err: &OwnedFd, e: &RuntimeError) {
     }
 }
 
-/// The command's status, sent to `run` as soon as it is known.
-fn report_status(err: &OwnedFd, code: i32) {
-    let mut msg = vec![TAG_STATUS];
-    msg.extend_from_slice(&code.to_le_bytes());
-    send(err, &msg);
+/// The command's status, sent to `run` as soon as it is known: one write(2) from the stack
+/// (PIPE_BUF makes it arrive whole), no allocation, as the reader may use the heap at once.
+fn report_status(err: BorrowedFd<'_>, code: i32) {
+    let c = code.to_le_bytes();
+    let msg = [TAG_STATUS, c[0], c[1], c[2], c[3]];
+    // SAFETY: writes `msg`, a live stack array, to an open descriptor.
+    while unsafe { libc::write(err.as_raw_fd(), msg.as_ptr().cast(), msg.len()) } < 0
+        && Errno::last() == Errno::EINTR
+    {}
 }
 
 /// Whether we own the terminal's foreground: then the command may get it, and it comes back to
@@ -215,15 +233,20 @@ fn helper(plan: &Plan, err: OwnedFd) -> i32 {
     {
         return SETUP_FAILED;
     }
+    let failure = Failure::default();
     let launched = block_signals().and_then(|_| {
         let take_tty = plan.argv.is_empty() && foreground_tty();
-        start_pid1(plan, &err, None, take_tty, None)
+        start_pid1(plan, err.as_raw_fd(), None, take_tty, None, &failure)
     });
     match launched {
-        Ok(pid1) => {
-            // PID 1 alone holds ERR_FD now: its EOF is PID 1's end.
-            drop(err);
-            supervise(pid1, false)
+        Ok(mut pid1) => {
+            let code = pid1.supervise();
+            drop(pid1);
+            // PID 1 is gone, so its memory is ours alone again: pass its error on.
+            if let Some(e) = take_failure(&failure) {
+                report(&err, &e);
+            }
+            code
         }
         Err(e) => {
             report(&err, &e);
@@ -250,18 +273,30 @@ pub(super) fn restore_signals(old: &SigSet) {
 /// `network = "none"`): no helper process in between. clone, unlike unshare, accepts
 /// CLONE_NEWUSER from any process, but the child of a threaded one could only make
 /// async-signal-safe calls: callers have one thread (`run` checks, `__init` is fresh).
-/// `output`: where the command's stdout and stderr go. `close_in_child`: the caller's read end
-/// of ERR_FD, which PID 1 must not hold (its EOF and POLLERR say who is alive).
-pub(super) fn start_pid1(
-    plan: &Plan,
-    err: &OwnedFd,
-    output: Option<BorrowedFd<'_>>,
+/// `err`: ERR_FD's write end, where PID 1 sends the command's status. `output`: where the
+/// command's stdout and stderr go. `close_in_child`: the caller's read end of ERR_FD, which
+/// PID 1 must not hold (its EOF and POLLERR say who is alive). A setup error goes into
+/// `failure`, which the caller reads once PID 1 has exited.
+///
+/// PID 1 runs in the caller's memory (CLONE_VM, as a vfork child does, but alongside the
+/// caller) on a stack of its own: nothing is copied at the clone, and none of the caller's
+/// pages is copied again when either side first writes it (together a third of a millisecond
+/// of every start). Both sides use one heap whose allocator believes it has one thread, so they
+/// take turns: until PID 1 has sent the status or exited, the caller makes no allocation and
+/// waits in [`Message::read`] or [`Pid1::supervise`]; once it has sent the status, PID 1 only
+/// `_exit`s. Each side has its own descriptors, signal dispositions, root and working directory
+/// (no CLONE_FILES, CLONE_SIGHAND or CLONE_FS).
+pub(super) fn start_pid1<'a>(
+    plan: &'a Plan,
+    err: RawFd,
+    output: Option<BorrowedFd<'a>>,
     take_tty: bool,
     close_in_child: Option<RawFd>,
-) -> Result<Pid, RuntimeError> {
-    let mut stack = Stack::new(PID1_STACK)?;
+    failure: &'a Failure,
+) -> Result<Pid1<'a>, RuntimeError> {
+    let stack = Stack::new(PID1_STACK)?;
     let flags = setup::namespace_flags(plan);
-    let body = Box::new(|| {
+    let body: Box<Body<'a>> = Box::new(Box::new(move || {
         let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if let Some(fd) = close_in_child {
                 // SAFETY: our copy of the caller's read end, owned by nobody in this process.
@@ -270,29 +305,113 @@ pub(super) fn start_pid1(
             if let Some(out) = output {
                 redirect_output(out);
             }
+            // SAFETY: PID 1's copy of the caller's open write end, which PID 1 never closes.
+            let err = unsafe { BorrowedFd::borrow_raw(err) };
             match pid1(plan, err, take_tty) {
                 Ok(code) => {
                     report_status(err, code);
                     code
                 }
                 Err(e) => {
-                    report(err, &e);
+                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                     SETUP_FAILED
                 }
             }
         }))
         .unwrap_or(SETUP_FAILED);
-        // SAFETY: _exit(2) ends the clone without running the parent's exit work.
+        // SAFETY: _exit(2) ends PID 1 without running the caller's exit work; after a status
+        // it is all PID 1 does, as the caller may be using the heap again.
         unsafe { libc::_exit(code) }
-    });
-    // SAFETY: no CLONE_VM: the child runs on its own copy of our memory (with `stack` as its
-    // stack) and never returns into our frames; the caller has a single thread.
-    unsafe { nix::sched::clone(body, stack.as_mut_slice(), flags, Some(libc::SIGCHLD)) }
-        .map_err(RuntimeError::user_namespace)
+    }));
+    extern "C" fn enter(body: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `body` is the Box<Body> the Pid1 handle keeps alive until PID 1 has exited.
+        let body = unsafe { &mut *body.cast::<Body<'_>>() };
+        body()
+    }
+    let body = Box::into_raw(body);
+    // SAFETY: PID 1 runs `enter` on `stack`, both kept by the returned handle until PID 1 has
+    // exited (Pid1's Drop waits; `leave` lets the process's exit end both); it never returns
+    // into our frames. What it borrows ('a) outlives the handle. The caller has one thread.
+    let pid = unsafe {
+        libc::clone(
+            enter,
+            stack.top().cast(),
+            flags.bits() | libc::CLONE_VM | libc::SIGCHLD,
+            body.cast(),
+        )
+    };
+    // SAFETY: from Box::into_raw above; PID 1, if it exists, uses it through the same pointer.
+    let body = unsafe { Box::from_raw(body) };
+    if pid < 0 {
+        return Err(RuntimeError::user_namespace(Errno::last()));
+    }
+    Ok(Pid1 {
+        pid: Pid::from_raw(pid),
+        reaped: false,
+        _stack: stack,
+        _body: body,
+    })
 }
 
-/// PID 1's stack: it runs on its own copy of our memory, on this mapping, which the parent
-/// unmaps right after the clone.
+/// What PID 1 runs: the closure [`start_pid1`] makes; boxed twice for a thin pointer.
+type Body<'a> = Box<dyn FnMut() -> libc::c_int + 'a>;
+
+/// Where PID 1 leaves a setup error for its parent, which shares its memory.
+pub(super) type Failure = std::sync::Mutex<Option<RuntimeError>>;
+
+/// The error PID 1 left in `failure`, once it has exited.
+pub(super) fn take_failure(failure: &Failure) -> Option<RuntimeError> {
+    failure.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// PID 1, running on our memory. Dropping the handle waits for PID 1 to exit, since its stack
+/// and closure are freed with the handle; [`Pid1::leave`] skips the wait where the process
+/// itself exits next.
+pub(super) struct Pid1<'a> {
+    pid: Pid,
+    reaped: bool,
+    _stack: Stack,
+    _body: Box<Body<'a>>,
+}
+
+impl Pid1<'_> {
+    pub(super) fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// PID 1's exit status, 128+signal when killed.
+    pub(super) fn wait(&mut self) -> Result<i32, RuntimeError> {
+        let code = super::wait_for(self.pid)?;
+        self.reaped = true;
+        Ok(code)
+    }
+
+    /// Wait for PID 1, forwarding signals ([`supervise`]); its exit status.
+    fn supervise(&mut self) -> i32 {
+        let code = supervise(self.pid, false);
+        self.reaped = true;
+        code
+    }
+
+    /// Done with PID 1: when it has not been waited for, it may still be tearing its
+    /// namespaces down, which the caller's exit, coming next, does not wait for (`run_last`);
+    /// its stack and closure are then left for that exit to take.
+    pub(super) fn leave(self) {
+        if !self.reaped {
+            std::mem::forget(self);
+        }
+    }
+}
+
+impl Drop for Pid1<'_> {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = super::wait_for(self.pid);
+        }
+    }
+}
+
+/// PID 1's stack, a mapping of its own inside the memory it shares with its parent.
 const PID1_STACK: usize = 4 << 20;
 
 struct Stack {
@@ -314,6 +433,13 @@ impl Stack {
         unsafe { mprotect(base, 4096, ProtFlags::PROT_NONE) }
             .map_err(|e| RuntimeError::sys("guarding PID 1's stack", e))?;
         Ok(Stack { base, len })
+    }
+
+    /// The stack's top, 16-byte aligned.
+    fn top(&self) -> *mut u8 {
+        // SAFETY: one past the end of the mapping, which `len` bytes long.
+        let end = unsafe { self.base.as_ptr().cast::<u8>().add(self.len) };
+        end.wrapping_sub(end as usize % 16)
     }
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
@@ -340,9 +466,9 @@ fn redirect_output(out: BorrowedFd<'_>) {
 
 /// Whether the process holding ERR_FD's read end (`devenv`) is gone: a pipe's write end polls
 /// POLLERR once no reader is left.
-fn reader_gone(err: &OwnedFd) -> bool {
+fn reader_gone(err: BorrowedFd<'_>) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let mut fds = [PollFd::new(err.as_fd(), PollFlags::empty())];
+    let mut fds = [PollFd::new(err, PollFlags::empty())];
     poll(&mut fds, PollTimeout::ZERO).is_ok_and(|_| {
         fds[0]
             .revents()
@@ -351,7 +477,7 @@ fn reader_gone(err: &OwnedFd) -> bool {
 }
 
 /// PID 1: build the root, start the command, reap until it ends; the command's status.
-fn pid1(plan: &Plan, err: &OwnedFd, take_tty: bool) -> Result<i32, RuntimeError> {
+fn pid1(plan: &Plan, err: BorrowedFd<'_>, take_tty: bool) -> Result<i32, RuntimeError> {
     // A `devenv` killed with SIGKILL cannot forward anything: PID 1 dies with its parent, and
     // with it the whole PID namespace, so no container outlives devenv (and its entry lock
     // frees). prctl(2): the signal must be set in the child; then make sure the parent did not
@@ -549,8 +675,15 @@ fn supervise(child: Pid, reap_all: bool) -> i32 {
 /// Forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to `devenv` itself to the helper while it
 /// runs; the previous handlers come back on drop.
 pub struct Forward {
-    old: Vec<(Signal, nix::sys::signal::SigAction)>,
+    old: [Option<nix::sys::signal::SigAction>; 4],
 }
+
+const FORWARDED_BY_DEVENV: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
 
 static HELPER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
@@ -561,12 +694,17 @@ extern "C" fn forward_handler(sig: libc::c_int, info: *mut libc::siginfo_t, _: *
     // SI_KERNEL: the terminal sent it to the whole foreground group, the command included;
     // but a hangup goes to the session leader alone, which may be us.
     if (code != libc::SI_KERNEL || sig == libc::SIGHUP) && pid > 0 {
+        // errno is shared with PID 1 (same thread-local storage): a failed kill must not
+        // change it under PID 1's feet.
+        let errno = Errno::last_raw();
         // SAFETY: kill(2) is async-signal-safe.
         unsafe { libc::kill(pid, sig) };
+        Errno::set_raw(errno);
     }
 }
 
 impl Forward {
+    /// Makes no allocation: PID 1 may be using the heap meanwhile.
     pub fn install(pid: u32) -> Forward {
         use nix::sys::signal::{SaFlags, SigAction, SigHandler, sigaction};
         HELPER.store(pid as i32, std::sync::atomic::Ordering::Relaxed);
@@ -575,27 +713,20 @@ impl Forward {
             SaFlags::SA_SIGINFO | SaFlags::SA_RESTART,
             SigSet::empty(),
         );
-        let mut old = Vec::new();
-        for sig in [
-            Signal::SIGINT,
-            Signal::SIGTERM,
-            Signal::SIGHUP,
-            Signal::SIGQUIT,
-        ] {
-            // SAFETY: the handler only loads an atomic and calls kill(2).
-            if let Ok(prev) = unsafe { sigaction(sig, &action) } {
-                old.push((sig, prev));
-            }
+        // SAFETY: the handler only loads an atomic and calls kill(2).
+        Forward {
+            old: FORWARDED_BY_DEVENV.map(|sig| unsafe { sigaction(sig, &action) }.ok()),
         }
-        Forward { old }
     }
 }
 
 impl Drop for Forward {
     fn drop(&mut self) {
-        for (sig, prev) in &self.old {
-            // SAFETY: puts back the action that was installed before ours.
-            let _ = unsafe { nix::sys::signal::sigaction(*sig, prev) };
+        for (sig, prev) in FORWARDED_BY_DEVENV.iter().zip(&self.old) {
+            if let Some(prev) = prev {
+                // SAFETY: puts back the action that was installed before ours.
+                let _ = unsafe { nix::sys::signal::sigaction(*sig, prev) };
+            }
         }
         HELPER.store(0, std::sync::atomic::Ordering::Relaxed);
     }

@@ -363,44 +363,87 @@ fn launch(
     } else {
         None
     };
+    let failure = init::Failure::default();
     let started = if clone {
         let take_tty = plan.argv.is_empty() && foreground;
         let output = spec.output.as_deref().map(AsFd::as_fd);
-        init::start_pid1(&plan, &err_w, output, take_tty, Some(err_r.as_raw_fd()))
+        let err = err_w.as_raw_fd();
+        init::start_pid1(
+            &plan,
+            err,
+            output,
+            take_tty,
+            Some(err_r.as_raw_fd()),
+            &failure,
+        )
+        .map(Child::Pid1)
     } else {
-        spawn_helper(exe, &plan, spec, &err_w, entry.lock_fd())
+        spawn_helper(exe, &plan, spec, &err_w, entry.lock_fd()).map(Child::Helper)
     };
     // Forwarding in place before the signals that came meanwhile are let through.
     let forward = started
         .as_ref()
         .ok()
-        .map(|p| init::Forward::install(p.as_raw() as u32));
+        .map(|c| init::Forward::install(c.pid().as_raw() as u32));
     if let Some(mask) = mask {
         init::restore_signals(&mask);
     }
-    let child = started?;
+    let mut child = started?;
     drop(err_w);
-    let message = init::Message::read(err_r);
-    let result = match message {
+    let result = match init::Message::read(err_r) {
         init::Message::Status(code) => {
             // An entry on the disk is named by the mounts being torn down: let them go first.
             if teardown == Teardown::Wait || entry.dir.exists() {
-                wait_for(child)?;
+                child.wait()?;
             }
             Ok(code)
         }
         init::Message::Error(e) => {
-            wait_for(child)?;
+            child.wait()?;
             Err(e)
         }
-        init::Message::Nothing => wait_for(child),
+        init::Message::Nothing => child
+            .wait()
+            .and_then(|code| init::take_failure(&failure).map_or(Ok(code), Err)),
     };
     drop(forward);
     if foreground {
         init::give_terminal(nix::unistd::getpgrp());
     }
+    child.leave();
     drop(entry);
     result
+}
+
+/// The process `launch` started and waits for.
+enum Child<'a> {
+    /// PID 1 itself, sharing our memory.
+    Pid1(init::Pid1<'a>),
+    /// `devenv __init`, which starts PID 1 and waits for it.
+    Helper(Pid),
+}
+
+impl Child<'_> {
+    fn pid(&self) -> Pid {
+        match self {
+            Child::Pid1(p) => p.pid(),
+            Child::Helper(pid) => *pid,
+        }
+    }
+
+    fn wait(&mut self) -> Result<i32, RuntimeError> {
+        match self {
+            Child::Pid1(p) => p.wait(),
+            Child::Helper(pid) => wait_for(*pid),
+        }
+    }
+
+    /// Done with it ([`init::Pid1::leave`]).
+    fn leave(self) {
+        if let Child::Pid1(p) = self {
+            p.leave();
+        }
+    }
 }
 
 /// One thread in this process (/proc/self/stat's num_threads): fork is safe.
