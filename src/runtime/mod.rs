@@ -251,11 +251,12 @@ pub fn run(spec: &Spec) -> Result<i32, RuntimeError> {
     )
 }
 
-/// [`run`] for the last thing a process does: returns as soon as the command's status is known,
-/// while PID 1 is still tearing its namespaces down (about a millisecond and a half of
-/// unmounting); it dies with the caller (parent-death signal) if it has not finished by then.
-/// The entry is released at once only when it lived in the container's private tmpfs; an
-/// entry on the disk is waited for, since its mounts still name its directories.
+/// [`run`] for the last thing a process does: returns as soon as the command's status is known.
+/// Where the entry lives in the container's private tmpfs, PID 1 then waits for the caller's
+/// exit to kill it (parent-death signal) and only then unmaps the memory they share and tears
+/// its namespaces down (about a millisecond and a half of unmounting), after the caller's exit
+/// has been reported; an entry on the disk is waited for, since its mounts still name its
+/// directories.
 pub fn run_last(spec: &Spec) -> Result<i32, RuntimeError> {
     run_with(
         Path::new("/proc/self/exe"),
@@ -364,6 +365,9 @@ fn launch(
         None
     };
     let failure = init::Failure::default();
+    // PID 1 outlives us only where we exit right after the status and its entry is in its own
+    // tmpfs (one on the disk is named by the mounts being torn down: we wait for those).
+    let linger = clone && teardown == Teardown::Leave && scratch_only;
     let started = if clone {
         let take_tty = plan.argv.is_empty() && foreground;
         let output = spec.output.as_deref().map(AsFd::as_fd);
@@ -375,6 +379,7 @@ fn launch(
             take_tty,
             Some(err_r.as_raw_fd()),
             &failure,
+            linger,
         )
         .map(Child::Pid1)
     } else {
@@ -393,7 +398,7 @@ fn launch(
     let result = match init::Message::read(err_r) {
         init::Message::Status(code) => {
             // An entry on the disk is named by the mounts being torn down: let them go first.
-            if teardown == Teardown::Wait || entry.dir.exists() {
+            if !linger && (teardown == Teardown::Wait || entry.dir.exists()) {
                 child.wait()?;
             }
             Ok(code)
