@@ -173,7 +173,7 @@ pub fn probe(store_tmp: &Path) -> (Check, Check) {
 
 /// The probe child: create a user and mount namespace, then mount overlay with userxattr.
 /// Prints `userns ok|fail …` and `overlay ok|fail …`. Single-threaded: dispatched from main.
-pub fn probe_main(dir: &Path) -> std::process::ExitCode {
+pub fn probe_main(dir: &Path) -> crate::ExitCode {
     use nix::mount::{MsFlags, mount};
     use nix::sched::{CloneFlags, unshare};
     let uid = nix::unistd::getuid();
@@ -181,7 +181,7 @@ pub fn probe_main(dir: &Path) -> std::process::ExitCode {
     // unshare(2): CLONE_NEWUSER needs a single-threaded caller; main dispatches us first.
     if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS) {
         println!("userns fail {e}");
-        return std::process::ExitCode::from(1);
+        return crate::ExitCode::from(1);
     }
     let maps = [
         ("/proc/self/setgroups", "deny".to_string()),
@@ -191,7 +191,7 @@ pub fn probe_main(dir: &Path) -> std::process::ExitCode {
     for (path, text) in maps {
         if let Err(e) = fs_err::write(path, text) {
             println!("userns fail {e}");
-            return std::process::ExitCode::from(1);
+            return crate::ExitCode::from(1);
         }
     }
     println!("userns ok");
@@ -199,7 +199,7 @@ pub fn probe_main(dir: &Path) -> std::process::ExitCode {
     for d in &dirs {
         if let Err(e) = fs_err::create_dir_all(d) {
             println!("overlay fail {e}");
-            return std::process::ExitCode::from(1);
+            return crate::ExitCode::from(1);
         }
     }
     let opts = format!(
@@ -218,7 +218,7 @@ pub fn probe_main(dir: &Path) -> std::process::ExitCode {
         Ok(()) => println!("overlay ok"),
         Err(e) => println!("overlay fail {e}"),
     }
-    std::process::ExitCode::SUCCESS
+    crate::ExitCode::SUCCESS
 }
 
 /// Extended attributes in the `user.` namespace: overlay's userxattr mode and opaque

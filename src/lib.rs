@@ -21,7 +21,26 @@ pub mod store;
 pub mod ui;
 pub mod unpack;
 
-use std::process::ExitCode;
+/// devenv's exit status. std's `ExitCode` cannot be read back as a number, which `main.rs`
+/// hands to the C runtime itself (see there); this one can, and has the same constructors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitCode(u8);
+
+impl ExitCode {
+    pub const SUCCESS: ExitCode = ExitCode(0);
+    pub const FAILURE: ExitCode = ExitCode(1);
+
+    /// The status as the process exits with it.
+    pub fn code(self) -> u8 {
+        self.0
+    }
+}
+
+impl From<u8> for ExitCode {
+    fn from(code: u8) -> ExitCode {
+        ExitCode(code)
+    }
+}
 
 /// The whole program: `main.rs` only calls this.
 pub fn main() -> ExitCode {

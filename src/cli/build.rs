@@ -1,6 +1,6 @@
 //! `devenv build`: lock, pull and build the env's tool layers without entering it.
 
-use std::process::ExitCode;
+use crate::ExitCode;
 
 use crate::progress::Reporter;
 

@@ -1,7 +1,7 @@
 //! `devenv doctor`: check this machine and say how to fix what fails.
 
+use crate::ExitCode;
 use std::io::Write;
-use std::process::ExitCode;
 
 use crate::doctor::{self, Check, Status};
 

@@ -1,7 +1,7 @@
 //! `devenv export`: materialize the env as `devenv build` does, then write it as an OCI image.
 
+use crate::ExitCode;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::Context as _;
 

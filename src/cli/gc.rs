@@ -1,7 +1,7 @@
 //! `devenv gc` and `devenv cache ls|rm`: what the store holds, and removing what no env uses.
 
+use crate::ExitCode;
 use std::io::Write;
-use std::process::ExitCode;
 
 use crate::progress::Reporter;
 use crate::reference::ImageRef;

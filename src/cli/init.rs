@@ -1,6 +1,6 @@
 //! `devenv init`: write a commented env.toml from a template.
 
-use std::process::ExitCode;
+use crate::ExitCode;
 
 use crate::config::{self, Template};
 use crate::progress::Reporter;

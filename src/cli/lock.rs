@@ -1,6 +1,6 @@
 //! `devenv lock [--update [NAME]]`: resolve what env.toml asks for and write env.lock.
 
-use std::process::ExitCode;
+use crate::ExitCode;
 
 use anyhow::Context as _;
 

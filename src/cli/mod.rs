@@ -12,8 +12,8 @@ mod pull;
 mod run;
 mod status;
 
+use crate::ExitCode;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 

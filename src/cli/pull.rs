@@ -1,6 +1,6 @@
 //! `devenv pull [IMAGE]`: fetch an image into the store without entering it.
 
-use std::process::ExitCode;
+use crate::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;

@@ -1,7 +1,7 @@
 //! `devenv shell` and `devenv run`: materialize the env and enter it.
 
+use crate::ExitCode;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::Context as _;
 

@@ -1,7 +1,7 @@
 //! `devenv status`: what the env is, what is cached, what a `devenv shell` would still fetch.
 
+use crate::ExitCode;
 use std::io::Write;
-use std::process::ExitCode;
 
 use serde::Serialize;
 
