@@ -193,7 +193,8 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
         lowers,
         state_dir: state_dir.join("state"),
         project_dir: project.dir.clone(),
-        cwd: fs_err::canonicalize(&ctx.cwd)?,
+        // Canonical already: getcwd(3), or `-C DIR` canonicalized (`resolve_cwd`).
+        cwd: ctx.cwd.clone(),
         home: state_dir.join("home"),
         home_target,
         env,

@@ -515,7 +515,8 @@ fn pid1(plan: &Plan, err: BorrowedFd<'_>, take_tty: bool) -> Result<i32, Runtime
         p.starts_with("/dev/") && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
     });
     let fs = setup::build_root(&mut sys, plan, console.as_deref())?;
-    let argv = setup::finish(&mut sys, plan)?;
+    let accounts = matches!(fs, RootFs::Overlay { accounts: true });
+    let argv = setup::finish(&mut sys, plan, accounts)?;
     if plan.force_flatten {
         eprintln!("note: DEVENV_FLATTEN=1; using a flattened copy of the image");
     } else if let RootFs::Flattened(_) = fs {

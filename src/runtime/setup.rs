@@ -208,7 +208,9 @@ fn bind<S: Syscalls>(
 /// What the root turned out to be.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RootFs {
-    Overlay,
+    /// `accounts`: the user's passwd and group entries went into the fresh upper before the
+    /// mount ([`preset_accounts`]), so [`finish`] has nothing to check.
+    Overlay { accounts: bool },
     /// Overlay failed with this errno; the root is a flattened copy.
     Flattened(i32),
 }
@@ -403,7 +405,7 @@ fn mount_rootfs<S: Syscalls>(
     if plan.scratch {
         if !plan.force_flatten {
             match scratch_overlay(sys, plan)? {
-                Ok(()) => return Ok(RootFs::Overlay),
+                Ok(accounts) => return Ok(RootFs::Overlay { accounts }),
                 Err(errno) if plan.scratch_only => {
                     return Err(RuntimeError::ScratchRefused {
                         errno: errno as i32,
@@ -421,7 +423,7 @@ fn mount_rootfs<S: Syscalls>(
         mount_overlay(sys, plan)?
     };
     match res {
-        Ok(()) => Ok(RootFs::Overlay),
+        Ok(()) => Ok(RootFs::Overlay { accounts: false }),
         // A build step's writes must land in its upper directory: a copy would lose them.
         Err(refused @ (Errno::EINVAL | Errno::EPERM | Errno::ENODEV)) if plan.keep_upper => {
             Err(RuntimeError::OverlayRequired {
@@ -493,13 +495,14 @@ fn make_entry_dirs<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), Errno> {
 
 /// The overlay with the entry, its upper and work directories in a tmpfs on `run/`, private to
 /// this mount namespace: it vanishes with the container, so the store's disk sees no entry
-/// directory, no copy-up, no mount points, no removal. False (and the tmpfs gone) where tmpfs
-/// cannot hold overlay's user xattrs or overlay refuses it (the errno): the caller falls back to
-/// the disk.
+/// directory, no copy-up, no mount points, no removal. Whether the user's passwd and group
+/// entries went in before the mount ([`preset_accounts`]); the errno (and the tmpfs gone) where
+/// tmpfs cannot hold overlay's user xattrs or overlay refuses it: the caller falls back to the
+/// disk.
 fn scratch_overlay<S: Syscalls>(
     sys: &mut S,
     plan: &Plan,
-) -> Result<Result<(), Errno>, RuntimeError> {
+) -> Result<Result<bool, Errno>, RuntimeError> {
     let opts = overlay_options(plan.layers)?;
     let Some(run) = plan.entry.parent() else {
         return Ok(Err(Errno::EINVAL));
@@ -512,27 +515,29 @@ fn scratch_overlay<S: Syscalls>(
         in_entry(sys, plan, |sys| {
             make_entry_dirs(sys, plan)?;
             sys.user_xattr(Path::new("upper"))?;
-            preset_accounts(sys, plan)?;
+            let accounts = preset_accounts(sys, plan)?;
             sys.mount(
                 Some(Path::new("overlay")),
                 Path::new("root"),
                 Some("overlay"),
                 MsFlags::MS_NOSUID,
                 Some(&opts),
-            )
+            )?;
+            Ok(accounts)
         })
     });
-    if let Err(e) = made {
-        tracing::debug!("no overlay in a tmpfs: {e}");
-        sys.umount(run, MntFlags::MNT_DETACH)
-            .map_err(|e| RuntimeError::sys("unmounting the scratch tmpfs", e))?;
-        let errno = match e {
-            RuntimeError::Sys { errno, .. } => Errno::from_raw(errno),
-            _ => Errno::EINVAL,
-        };
-        return Ok(Err(errno));
-    }
-    Ok(Ok(()))
+    let e = match made {
+        Ok(accounts) => return Ok(Ok(accounts)),
+        Err(e) => e,
+    };
+    tracing::debug!("no overlay in a tmpfs: {e}");
+    sys.umount(run, MntFlags::MNT_DETACH)
+        .map_err(|e| RuntimeError::sys("unmounting the scratch tmpfs", e))?;
+    let errno = match e {
+        RuntimeError::Sys { errno, .. } => Errno::from_raw(errno),
+        _ => Errno::EINVAL,
+    };
+    Ok(Err(errno))
 }
 
 /// The overlay mount itself; the mount's errno is the caller's to judge.
@@ -553,26 +558,32 @@ fn mount_overlay<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<Result<(), Err
     Ok(res)
 }
 
-/// After the pivot: the user's passwd/group entries, hostname, working directory and
-/// no-new-privs. Returns the command line to run.
-pub fn finish<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<Vec<String>, RuntimeError> {
+/// After the pivot: the user's passwd/group entries (unless `accounts`: written before the
+/// overlay was mounted), hostname, working directory and no-new-privs. Returns the command line
+/// to run.
+pub fn finish<S: Syscalls>(
+    sys: &mut S,
+    plan: &Plan,
+    accounts: bool,
+) -> Result<Vec<String>, RuntimeError> {
     let shell = pick_shell(sys, plan);
     let argv = if plan.argv.is_empty() {
         vec![shell.clone()]
     } else {
         plan.argv.clone()
     };
-    let user = account(plan, shell);
-    // Written after the pivot, into the fresh upper layer, through the container's own view
-    // (a scratch entry usually has them already: `preset_accounts`).
-    for (path, add) in ACCOUNT_FILES {
-        let path = Path::new(path);
-        let old = sys
-            .read_file(path)
-            .map_err(|e| RuntimeError::sys(format!("reading {}", path.display()), e))?;
-        if let Some(new) = add(old.as_deref().unwrap_or(""), &user) {
-            sys.write_file(path, &new)
-                .map_err(|e| RuntimeError::sys(format!("writing {}", path.display()), e))?;
+    if !accounts {
+        // Written after the pivot, into the fresh upper layer, through the container's own view.
+        let user = account(plan, shell);
+        for (path, add) in ACCOUNT_FILES {
+            let path = Path::new(path);
+            let old = sys
+                .read_file(path)
+                .map_err(|e| RuntimeError::sys(format!("reading {}", path.display()), e))?;
+            if let Some(new) = add(old.as_deref().unwrap_or(""), &user) {
+                sys.write_file(path, &new)
+                    .map_err(|e| RuntimeError::sys(format!("writing {}", path.display()), e))?;
+            }
         }
     }
     sys.sethostname(&hostname(&plan.hostname))
@@ -611,15 +622,16 @@ fn account(plan: &Plan, shell: String) -> User {
 
 /// Write the user's passwd and group entries into a fresh upper directory (`upper/` of the
 /// working directory) before the overlay is mounted, from the image's files read straight from
-/// the layers: `finish` then finds them in place, and nothing is copied up (/etc and two files
-/// of it, 0.15 ms of a warm start). Nothing where the layers leave any doubt ([`Merged::Unknown`],
-/// `/etc` not a plain directory, no shell decided): `finish` writes through the overlay as before.
-fn preset_accounts<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), Errno> {
+/// the layers: nothing is copied up (/etc and two files of it, 0.15 ms of a warm start), and
+/// `finish` need not read them back. True when it decided them (written, or the image has
+/// them already); false where the layers leave any doubt ([`Merged::Unknown`], `/etc` not a
+/// plain directory, no shell decided): `finish` then writes through the overlay as before.
+fn preset_accounts<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<bool, Errno> {
     let Some(files) = accounts_from_layers(plan) else {
-        return Ok(());
+        return Ok(false);
     };
     if files.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     let etc = Path::new("upper/etc");
     sys.mkdir(etc)?;
@@ -627,7 +639,7 @@ fn preset_accounts<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), Errno> {
         let name = Path::new(path).file_name().unwrap_or_default();
         sys.write_file(&etc.join(name), &text)?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// (path, new contents) of each account file `finish` would change, read from the layers;
@@ -893,7 +905,7 @@ mod tests {
         let tty = Path::new("/dev/pts/7");
         assert_eq!(
             build_root(&mut r, &plan(), Some(tty)).unwrap(),
-            RootFs::Overlay
+            RootFs::Overlay { accounts: false }
         );
         let c = &r.calls;
         let private = r.pos("mount - - / MsFlags(MS_REC | MS_PRIVATE)");
@@ -1037,7 +1049,10 @@ mod tests {
             scratch: true,
             ..plan()
         };
-        assert_eq!(build_root(&mut r, &p, None).unwrap(), RootFs::Overlay);
+        assert_eq!(
+            build_root(&mut r, &p, None).unwrap(),
+            RootFs::Overlay { accounts: false }
+        );
         let c = &r.calls;
         let tmpfs = r.pos("mount tmpfs - /s/run MsFlags(MS_NOSUID) mode=0700");
         assert_eq!(
@@ -1077,7 +1092,10 @@ mod tests {
             scratch: true,
             ..plan()
         };
-        assert_eq!(build_root(&mut r, &p, None).unwrap(), RootFs::Overlay);
+        assert_eq!(
+            build_root(&mut r, &p, None).unwrap(),
+            RootFs::Overlay { accounts: false }
+        );
         let c = &r.calls;
         let probe = r.pos("xattr upper");
         let umount = r.pos("umount /s/run");
@@ -1221,7 +1239,7 @@ mod tests {
             file: Some("root:x:0:0:root:/root:/bin/sh\n".into()),
             ..Default::default()
         };
-        let argv = finish(&mut r, &plan()).unwrap();
+        let argv = finish(&mut r, &plan(), false).unwrap();
         assert_eq!(argv, ["/bin/zsh"], "the host shell, which the image has");
         let passwd = r.pos("write /etc/passwd");
         let group = r.pos("write /etc/group");
@@ -1248,8 +1266,24 @@ mod tests {
             argv: vec!["true".into()],
             ..plan()
         };
-        assert_eq!(finish(&mut r, &p).unwrap(), ["true"]);
+        assert_eq!(finish(&mut r, &p, false).unwrap(), ["true"]);
         assert!(!r.calls.iter().any(|c| c.starts_with("write /etc/")));
+    }
+
+    #[test]
+    fn finish_leaves_accounts_written_before_the_mount_alone() {
+        let mut r = Recorder {
+            file: Some("root:x:0:0:root:/root:/bin/sh\n".into()),
+            ..Default::default()
+        };
+        assert_eq!(finish(&mut r, &plan(), true).unwrap(), ["/bin/zsh"]);
+        assert!(
+            !r.calls.iter().any(|c| c.contains("/etc/")),
+            "{:?}",
+            r.calls
+        );
+        r.pos("sethostname proj");
+        r.pos("no_new_privs");
     }
 
     #[test]

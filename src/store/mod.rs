@@ -64,7 +64,13 @@ impl Store {
             "tmp",
             "locks",
         ] {
-            fs_err::create_dir_all(root.join(d))?;
+            let dir = root.join(d);
+            // One mkdir(2) each on the warm path, where all exist; create_dir_all would stat
+            // each again to see that it is a directory (a file there fails at first use).
+            match std::fs::create_dir(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                _ => fs_err::create_dir_all(&dir)?,
+            }
         }
         Ok(Store { root })
     }
