@@ -7,22 +7,23 @@
 //! open (a closed one would be reused by the next file we open), SIGPIPE ignored (a write to a
 //! closed pipe is an error, not death), stdout flushed at the end. What is given up: on a stack
 //! overflow the process dies of SIGSEGV without std's one-line message, and a panic names its
-//! thread `<unnamed>` instead of `main`; both only in a bug.
-#![no_main]
+//! thread `<unnamed>` instead of `main`; both only in a bug. (A test build keeps std's `main`,
+//! the harness's.)
+#![cfg_attr(not(test), no_main)]
 
-use std::io::Write;
-
+#[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     stdio_open();
     // SAFETY: SIG_IGN installs no handler code.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let code = devenv::main();
-    let _ = std::io::stdout().flush();
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     libc::c_int::from(code.code())
 }
 
 /// /dev/null on any of descriptors 0-2 that is closed, as std's start-up does.
+#[cfg(not(test))]
 fn stdio_open() {
     let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
         fd,
