@@ -461,6 +461,34 @@ fn sigkill_to_devenv_leaves_no_process_of_the_container_behind() {
 // Processes
 
 #[test]
+fn processes_left_running_end_with_the_run() {
+    let home = project("");
+    // PID 1 outlives devenv by a moment (it waits for devenv's exit to kill it): what the command
+    // left in the background must still go with the container.
+    let needle = format!("sleep 28.{}", std::process::id());
+    run(devenv(&home).arg("pull")).success();
+    // devenv's exit status alone: a container left behind would hold pipes open forever.
+    let status = devenv(&home)
+        .args(["run", "--", "sh", "-c", &format!("{needle} & exit 3")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "{status:?}");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if processes_with(&needle).is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = processes_with(&needle);
+    kill_processes(&left);
+    panic!("5 s after devenv exited, the container still runs: {left:?}");
+}
+
+#[test]
 fn a_command_that_leaves_a_zombie_ends() {
     let home = project("");
     let t = Instant::now();
