@@ -82,6 +82,29 @@ fn root_flag_is_uid_0_inside_and_files_stay_the_users_on_the_host() {
 }
 
 #[test]
+fn not_even_root_inside_reaches_pid_1s_memory() {
+    // PID 1 shares devenv's memory, and devenv runs in the host's namespaces: a process of the
+    // container that could read or write PID 1's memory could make devenv do anything the user
+    // can. Root inside holds every capability PID 1 holds, which is all ptrace asks otherwise.
+    let home = project("");
+    for root in [false, true] {
+        let mut args = vec!["run"];
+        if root {
+            args.push("--root");
+        }
+        args.extend([
+            "--",
+            "sh",
+            "-c",
+            "for f in maps mem environ; do head -c 64 /proc/1/$f >/dev/null 2>&1 && echo $f; done; \
+             echo checked",
+        ]);
+        let out = run(devenv(&home).args(&args)).success();
+        assert_eq!(out.stdout, "checked\n", "root={root}: {out:?}");
+    }
+}
+
+#[test]
 fn file_created_in_the_project_is_owned_by_the_user_on_the_host() {
     let home = project("");
     sh(&home, "echo hello > created && mkdir createdir").success();

@@ -399,15 +399,23 @@ impl Pid1<'_> {
     /// PID 1's exit status, 128+signal when killed.
     pub(super) fn wait(&mut self) -> Result<i32, RuntimeError> {
         let code = super::wait_for(self.pid)?;
-        self.reaped = true;
+        self.reaped();
         Ok(code)
     }
 
     /// Wait for PID 1, forwarding signals ([`supervise`]); its exit status.
     fn supervise(&mut self) -> i32 {
         let code = supervise(self.pid, false);
-        self.reaped = true;
+        self.reaped();
         code
+    }
+
+    /// PID 1 is gone, and with it every process of its PID namespace (the kernel kills and
+    /// reaps them before PID 1's exit completes): our memory may be dumpable again (`pid1`
+    /// made it not), so that the next PID 1 can open its own /proc files to map its ids.
+    fn reaped(&mut self) {
+        self.reaped = true;
+        let _ = nix::sys::prctl::set_dumpable(true);
     }
 
     /// Done with PID 1: when it has not been waited for, it may still be tearing its
@@ -427,7 +435,9 @@ impl Drop for Pid1<'_> {
                 // It would wait for our exit while we wait for its.
                 let _ = kill(self.pid, Signal::SIGKILL);
             }
-            let _ = super::wait_for(self.pid);
+            if super::wait_for(self.pid).is_ok() {
+                self.reaped();
+            }
         }
     }
 }
@@ -534,6 +544,13 @@ fn pid1(plan: &Plan, err: BorrowedFd<'_>, take_tty: bool) -> Result<i32, Runtime
         super::seccomp::ignore_unmapped_chown()
             .map_err(|errno| RuntimeError::sys("installing the chown filter (seccomp)", errno))?;
     }
+    // We share the memory of devenv (or the helper), a process in the host's namespaces: the
+    // container's processes must not reach it through us. A root inside holds every capability
+    // we hold, which is what ptrace(2) and /proc/1/mem ask of a same-uid process that is
+    // dumpable; a non-dumpable one also takes CAP_SYS_PTRACE in the host's user namespace, where
+    // our memory was made. Our caller makes it dumpable again once we are gone (`Pid1::wait`).
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|e| RuntimeError::sys("prctl(PR_SET_DUMPABLE)", e))?;
     let _ = err; // kept open (close-on-exec) until the status is sent
     let env = setup::environment(plan);
     let spawned = if take_tty {
