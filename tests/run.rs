@@ -468,16 +468,21 @@ fn sigkill_to_devenv_leaves_no_process_of_the_container_behind() {
     drop((child.stdout.take(), child.stderr.take(), what));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    assert_gone_soon(&needle, "was killed");
+}
+
+/// The processes whose command line holds `needle` end within 5 s (killed if not, then fail).
+fn assert_gone_soon(needle: &str, after: &str) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(5) {
-        if processes_with(&needle).is_empty() {
+        if processes_with(needle).is_empty() {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let left = processes_with(&needle);
+    let left = processes_with(needle);
     kill_processes(&left);
-    panic!("5 s after devenv was killed, the container still runs: {left:?}");
+    panic!("5 s after devenv {after}, the container still runs: {left:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -499,16 +504,7 @@ fn processes_left_running_end_with_the_run() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(3), "{status:?}");
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
-        if processes_with(&needle).is_empty() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let left = processes_with(&needle);
-    kill_processes(&left);
-    panic!("5 s after devenv exited, the container still runs: {left:?}");
+    assert_gone_soon(&needle, "exited");
 }
 
 #[test]
