@@ -290,7 +290,7 @@ pub(super) fn restore_signals(old: &SigSet) {
 /// of every start). Both sides use one heap whose allocator believes it has one thread, so they
 /// take turns: until PID 1 has sent the status or exited, the caller makes no allocation and
 /// waits in [`Message::read`] or [`Pid1::supervise`]; once it has sent the status, PID 1 only
-/// `_exit`s. Each side has its own descriptors, signal dispositions, root and working directory
+/// `_exit`s (or, with `linger`, waits to be killed). Each side has its own descriptors, signal dispositions, root and working directory
 /// (no CLONE_FILES, CLONE_SIGHAND or CLONE_FS).
 pub(super) fn start_pid1<'a>(
     plan: &'a Plan,
@@ -399,21 +399,21 @@ impl Pid1<'_> {
     /// PID 1's exit status, 128+signal when killed.
     pub(super) fn wait(&mut self) -> Result<i32, RuntimeError> {
         let code = super::wait_for(self.pid)?;
-        self.reaped();
+        self.mark_reaped();
         Ok(code)
     }
 
     /// Wait for PID 1, forwarding signals ([`supervise`]); its exit status.
     fn supervise(&mut self) -> i32 {
         let code = supervise(self.pid, false);
-        self.reaped();
+        self.mark_reaped();
         code
     }
 
     /// PID 1 is gone, and with it every process of its PID namespace (the kernel kills and
     /// reaps them before PID 1's exit completes): our memory may be dumpable again (`pid1`
     /// made it not), so that the next PID 1 can open its own /proc files to map its ids.
-    fn reaped(&mut self) {
+    fn mark_reaped(&mut self) {
         self.reaped = true;
         let _ = nix::sys::prctl::set_dumpable(true);
     }
@@ -436,7 +436,7 @@ impl Drop for Pid1<'_> {
                 let _ = kill(self.pid, Signal::SIGKILL);
             }
             if super::wait_for(self.pid).is_ok() {
-                self.reaped();
+                self.mark_reaped();
             }
         }
     }
@@ -468,7 +468,7 @@ impl Stack {
 
     /// The stack's top, 16-byte aligned.
     fn top(&self) -> *mut u8 {
-        // SAFETY: one past the end of the mapping, which `len` bytes long.
+        // SAFETY: one past the end of the mapping, which is `len` bytes long.
         let end = unsafe { self.base.as_ptr().cast::<u8>().add(self.len) };
         end.wrapping_sub(end as usize % 16)
     }
