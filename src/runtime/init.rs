@@ -529,11 +529,8 @@ fn pid1(plan: &Plan, err: BorrowedFd<'_>, take_tty: bool) -> Result<i32, Runtime
     let argv = setup::finish(&mut sys, plan, accounts)?;
     if plan.force_flatten {
         eprintln!("note: DEVENV_FLATTEN=1; using a flattened copy of the image");
-    } else if let RootFs::Flattened(_) = fs {
-        eprintln!(
-            "note: overlay unavailable on {}; using a flattened copy of the image",
-            plan.store_fs
-        );
+    } else if let RootFs::Flattened { fs, .. } = &fs {
+        eprintln!("note: overlay unavailable on {fs}; using a flattened copy of the image");
     }
     // Ctrl-C or a kill while we were building the root: do not start the command at all.
     if let Some(sig) = pending_stop() {

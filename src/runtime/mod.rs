@@ -569,7 +569,6 @@ fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
         host_gid: gid,
         user_name,
         host_shell,
-        store_fs: fs_name(&spec.state_dir),
         force_flatten: false,
         keep_upper: spec.upper.is_some(),
         scratch: false,

@@ -44,8 +44,6 @@ pub struct Plan {
     pub host_gid: u32,
     pub user_name: String,
     pub host_shell: Option<String>,
-    /// The store's filesystem type, for the fallback notice.
-    pub store_fs: String,
     /// Skip overlay and use the flattened copy (`DEVENV_FLATTEN=1`, and tests).
     pub force_flatten: bool,
     /// `upper` links to a persistent upper directory (a build step): no flattened fallback.
@@ -211,8 +209,9 @@ pub enum RootFs {
     /// `accounts`: the user's passwd and group entries went into the fresh upper before the
     /// mount ([`preset_accounts`]), so [`finish`] has nothing to check.
     Overlay { accounts: bool },
-    /// Overlay failed with this errno; the root is a flattened copy.
-    Flattened(i32),
+    /// Overlay failed with `errno`; the root is a flattened copy, on `fs` (the store's
+    /// filesystem type, for the notice: looked up only then).
+    Flattened { errno: i32, fs: String },
 }
 
 /// Mount everything under the new root and pivot into it. In PID 1 of the new PID namespace.
@@ -448,7 +447,10 @@ fn mount_rootfs<S: Syscalls>(
                 flags,
                 None,
             )?;
-            Ok(RootFs::Flattened(refused as i32))
+            Ok(RootFs::Flattened {
+                errno: refused as i32,
+                fs: super::fs_name(&plan.flat_cache),
+            })
         }
         Err(errno) => Err(RuntimeError::Mount {
             what: "overlay".into(),
@@ -813,7 +815,6 @@ mod tests {
             host_gid: 100,
             user_name: "alice".into(),
             host_shell: Some("/bin/zsh".into()),
-            store_fs: "ext4".into(),
             force_flatten: false,
             keep_upper: false,
             scratch: false,
@@ -1145,10 +1146,13 @@ mod tests {
             force_flatten: true,
             ..plan()
         };
-        assert_eq!(
+        assert!(matches!(
             build_root(&mut r, &p, None).unwrap(),
-            RootFs::Flattened(libc::EINVAL)
-        );
+            RootFs::Flattened {
+                errno: libc::EINVAL,
+                ..
+            }
+        ));
         assert!(
             !r.calls
                 .iter()
@@ -1180,7 +1184,13 @@ mod tests {
             ..Default::default()
         };
         let fs = build_root(&mut r, &plan(), None).unwrap();
-        assert_eq!(fs, RootFs::Flattened(libc::EINVAL));
+        assert!(matches!(
+            fs,
+            RootFs::Flattened {
+                errno: libc::EINVAL,
+                ..
+            }
+        ));
         let flat = r.pos("flatten 3 /s/run/e/root");
         let bind = r.pos("mount - /s/run/e/root /s/run/e/root MsFlags(MS_BIND | MS_REC)");
         assert!(r.pos("mount overlay") < flat && flat < bind);
