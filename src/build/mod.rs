@@ -515,6 +515,7 @@ fn run_step(
         upper: Some(upper.clone()),
         output: Some(Arc::new(write)),
         gpu: None,
+        sandbox: Default::default(),
     };
     let result = run_container(&spec);
     drop(spec);

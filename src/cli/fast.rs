@@ -24,7 +24,10 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
         no_progress: false,
         offline: false,
         locked: false,
-        command: Command::Shell(run::ShellArgs { root: false }),
+        command: Command::Shell(run::ShellArgs {
+            root: false,
+            preserve_fds: 0,
+        }),
     };
     let mut rest = words.into_iter();
     let sub = loop {
@@ -49,7 +52,10 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
         if rest.next().is_some() {
             return None;
         }
-        Command::Shell(run::ShellArgs { root })
+        Command::Shell(run::ShellArgs {
+            root,
+            preserve_fds: 0,
+        })
     } else {
         if rest.next_if_eq(&"--").is_none() && rest.peek()?.starts_with('-') {
             return None;
@@ -58,7 +64,11 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
         if command.is_empty() {
             return None;
         }
-        Command::Run(run::RunArgs { root, command })
+        Command::Run(run::RunArgs {
+            root,
+            preserve_fds: 0,
+            command,
+        })
     };
     Some(cli)
 }
@@ -131,6 +141,9 @@ mod tests {
             &["shell", "--help"],
             &["shell", "extra"],
             &["shell", "--root", "-q"],
+            &["shell", "--preserve-fds", "1"],
+            &["run", "--preserve-fds", "1", "--", "true"],
+            &["run", "--root", "--preserve-fds=2", "true"],
             &["-qv", "run", "true"],
             &["-C"],
             &["-C", "-q", "run", "true"],

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+use crate::error::HintExt as _;
+
 use crate::progress::Reporter;
 use crate::project::{self, Project};
 use crate::pull::{self, PullOptions};
@@ -20,6 +22,9 @@ pub struct ShellArgs {
     /// Be uid 0 inside (still unprivileged on the host)
     #[arg(long)]
     pub root: bool,
+    /// Pass descriptors 3 to 3+N-1 on to the shell (every other one above 2 is closed)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub preserve_fds: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -31,6 +36,10 @@ pub struct RunArgs {
     /// Be uid 0 inside (still unprivileged on the host)
     #[arg(long)]
     pub root: bool,
+    /// Pass descriptors 3 to 3+N-1 on to the command (every other one above 2 is closed;
+    /// systemd's LISTEN_FDS are passed when LISTEN_PID names devenv)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub preserve_fds: u32,
     /// The command and its arguments
     #[arg(
         required = true,
@@ -42,11 +51,64 @@ pub struct RunArgs {
 }
 
 pub fn shell(args: ShellArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
-    enter(ctx, Vec::new(), args.root)
+    let passed = Passed::new(args.preserve_fds, None)?;
+    enter(ctx, Vec::new(), args.root, passed)
 }
 
 pub fn run(args: RunArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
-    enter(ctx, args.command, args.root)
+    let listen = socket_activation(|k| std::env::var(k).ok(), std::process::id());
+    let passed = Passed::new(args.preserve_fds, listen)?;
+    enter(ctx, args.command, args.root, passed)
+}
+
+/// Descriptors the user hands to the command on purpose.
+struct Passed {
+    preserve_fds: u32,
+    /// `LISTEN_FDS` and `LISTEN_FDNAMES` for the command, when they were meant for us.
+    listen_env: Vec<(String, String)>,
+}
+
+impl Passed {
+    fn new(preserve_fds: u32, listen: Option<Listen>) -> anyhow::Result<Passed> {
+        let (listen_fds, listen_env) = match listen {
+            Some(l) => (l.fds, l.env),
+            None => (0, Vec::new()),
+        };
+        for fd in 3..3u32.saturating_add(preserve_fds) {
+            // SAFETY: F_GETFD only reads a descriptor's flags; a closed one fails with EBADF.
+            if unsafe { libc::fcntl(fd as i32, libc::F_GETFD) } < 0 {
+                return Err(anyhow::anyhow!(
+                    "--preserve-fds {preserve_fds}: descriptor {fd} is not open"
+                ))
+                .hint("open descriptors 3 to 3+N-1 before starting devenv (in sh: `3<file`)");
+            }
+        }
+        Ok(Passed {
+            preserve_fds: preserve_fds.max(listen_fds),
+            listen_env,
+        })
+    }
+}
+
+/// systemd's socket activation (sd_listen_fds(3)): descriptors 3 to 3+LISTEN_FDS-1, meant for
+/// the process whose pid is LISTEN_PID.
+#[derive(Debug, PartialEq, Eq)]
+struct Listen {
+    fds: u32,
+    env: Vec<(String, String)>,
+}
+
+fn socket_activation(var: impl Fn(&str) -> Option<String>, pid: u32) -> Option<Listen> {
+    let for_us = var("LISTEN_PID")?.trim().parse::<u32>().ok()? == pid;
+    let fds = var("LISTEN_FDS")?.trim().parse::<u32>().ok()?;
+    if !for_us || fds == 0 {
+        return None;
+    }
+    let mut env = vec![("LISTEN_FDS".to_string(), fds.to_string())];
+    if let Some(names) = var("LISTEN_FDNAMES") {
+        env.push(("LISTEN_FDNAMES".to_string(), names));
+    }
+    Some(Listen { fds, env })
 }
 
 /// An env ready to enter: the base image pulled, env.lock current, tool layers built.
@@ -130,7 +192,12 @@ pub(super) fn materialize(
     })
 }
 
-fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<ExitCode> {
+fn enter(
+    ctx: &super::Context,
+    argv: Vec<String>,
+    root: bool,
+    passed: Passed,
+) -> anyhow::Result<ExitCode> {
     let loaded = crate::config::find_and_load(&ctx.cwd)?;
     let m = materialize(ctx, &loaded)?;
     let lowers = m.lowers();
@@ -176,6 +243,8 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
         &ours,
     );
     crate::build::activate_venv(&lock, &mut env);
+    let listen_pid = !passed.listen_env.is_empty();
+    env.extend(passed.listen_env);
 
     let gpu = if loaded.env.container.gpu {
         let found = runtime::gpu::discover();
@@ -207,6 +276,11 @@ fn enter(ctx: &super::Context, argv: Vec<String>, root: bool) -> anyhow::Result<
         upper: None,
         output: None,
         gpu,
+        sandbox: runtime::Sandbox {
+            preserve_fds: passed.preserve_fds,
+            listen_pid,
+            allow_syscalls: loaded.env.container.allow_syscalls.clone(),
+        },
     };
     if spec.argv.is_empty() {
         ctx.ui.status(
@@ -233,4 +307,46 @@ fn image_home(lowers: &[PathBuf], user: &str) -> Option<PathBuf> {
             (f.len() >= 7 && f[0] == user).then(|| PathBuf::from(f[5]))
         })
         .find(|h| h.is_absolute() && h != Path::new("/") && h != Path::new("/nonexistent"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn socket_activation_is_taken_only_when_listen_pid_names_us() {
+        let env = [
+            ("LISTEN_PID", "42"),
+            ("LISTEN_FDS", "2"),
+            ("LISTEN_FDNAMES", "http:https"),
+        ];
+        let got = socket_activation(vars(&env), 42).unwrap();
+        assert_eq!(got.fds, 2);
+        assert_eq!(
+            got.env,
+            [
+                ("LISTEN_FDS".to_string(), "2".to_string()),
+                ("LISTEN_FDNAMES".to_string(), "http:https".to_string())
+            ]
+        );
+        assert_eq!(socket_activation(vars(&env), 43), None, "meant for another");
+        assert_eq!(
+            socket_activation(vars(&env[1..]), 42),
+            None,
+            "no LISTEN_PID"
+        );
+        let zero = [("LISTEN_PID", "42"), ("LISTEN_FDS", "0")];
+        assert_eq!(socket_activation(vars(&zero), 42), None);
+        let junk = [("LISTEN_PID", "42"), ("LISTEN_FDS", "x")];
+        assert_eq!(socket_activation(vars(&junk), 42), None);
+    }
 }

@@ -132,6 +132,8 @@ pub struct Container {
     pub network: Network,
     pub gpu: bool,
     pub mounts: Vec<Mount>,
+    /// Groups or syscalls the default seccomp profile lets through (`runtime::seccomp::GROUPS`).
+    pub allow_syscalls: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

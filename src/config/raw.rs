@@ -127,6 +127,8 @@ struct RawContainer {
     gpu: Option<bool>,
     #[serde(default)]
     mounts: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow_syscalls: Vec<Spanned<String>>,
 }
 
 impl RawFile {
@@ -308,11 +310,18 @@ impl RawContainer {
             })?;
             mounts.push(mount);
         }
+        let allow_syscalls = list(
+            src,
+            self.allow_syscalls,
+            "a name in [container].allow_syscalls",
+            syscall_problem,
+        )?;
         Ok(Container {
             shell: self.shell.map(Spanned::into_inner),
             network,
             gpu: self.gpu.unwrap_or(false),
             mounts,
+            allow_syscalls,
         })
     }
 }
@@ -399,6 +408,24 @@ fn apt_problem(name: &str) -> Option<(String, String)> {
     } else {
         None
     }
+}
+
+fn syscall_problem(name: &str) -> Option<(String, String)> {
+    (!crate::runtime::seccomp::is_allowable(name)).then(|| {
+        let groups: Vec<&str> = crate::runtime::seccomp::GROUPS
+            .iter()
+            .map(|(g, _)| *g)
+            .collect();
+        (
+            format!(
+                "`{name}` in [container].allow_syscalls is not a call the seccomp profile refuses"
+            ),
+            format!(
+                "name one of: {}, or a syscall of one of them",
+                groups.join(", ")
+            ),
+        )
+    })
 }
 
 fn pip_problem(req: &str) -> Option<(String, String)> {

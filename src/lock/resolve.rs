@@ -118,6 +118,7 @@ impl Sandbox<'_> {
             upper: None,
             output: None,
             gpu: None,
+            sandbox: Default::default(),
         };
         let status = runtime::run(&spec)?;
         Ok(Ran { status, staging })

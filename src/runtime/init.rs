@@ -536,10 +536,13 @@ fn pid1(plan: &Plan, err: BorrowedFd<'_>, take_tty: bool) -> Result<i32, Runtime
     if let Some(sig) = pending_stop() {
         return Ok(128 + sig);
     }
-    // After no-new-privs (finish), which an unprivileged seccomp filter needs; inherited.
-    if plan.root {
-        super::seccomp::ignore_unmapped_chown()
-            .map_err(|errno| RuntimeError::sys("installing the chown filter (seccomp)", errno))?;
+    // A directory on stdin, stdout or stderr is a handle on the host's tree (openat(fd, "..")).
+    for fd in 0..3 {
+        if replace_directory(fd) {
+            eprintln!(
+                "note: descriptor {fd} is a directory on the host; the command gets /dev/null"
+            );
+        }
     }
     // We share the memory of devenv (or the helper), a process in the host's namespaces: the
     // container's processes must not reach it through us. A root inside holds every capability
@@ -550,12 +553,14 @@ fn pid1(plan: &Plan, err: BorrowedFd<'_>, take_tty: bool) -> Result<i32, Runtime
         .map_err(|e| RuntimeError::sys("prctl(PR_SET_DUMPABLE)", e))?;
     let _ = err; // kept open (close-on-exec) until the status is sent
     let env = setup::environment(plan);
+    let first_closed = 3u32.saturating_add(plan.sandbox.preserve_fds);
     let spawned = if take_tty {
         let mut cmd = Command::new(&argv[0]);
         // SAFETY: between fork and exec the closure calls only async-signal-safe functions
-        // (sigprocmask, setpgid, signal, tcsetpgrp, getpid).
+        // (close_range or fcntl, sigprocmask, setpgid, signal, tcsetpgrp, getpid).
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                close_inherited(first_closed);
                 let empty = libc_sigset_empty();
                 libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
                 // setpgid(2) + tcsetpgrp(3): the shell leads the terminal's foreground group,
@@ -576,7 +581,8 @@ fn pid1(plan: &Plan, err: BorrowedFd<'_>, take_tty: bool) -> Result<i32, Runtime
             .map(|(_, v)| v.as_str());
         let program = setup::find_program(&argv[0], path_var.unwrap_or(""))
             .unwrap_or_else(|| argv[0].clone().into());
-        spawn(&program, &argv, &env).map_err(std::io::Error::from)
+        let listen_pid = plan.sandbox.listen_pid;
+        spawn(&program, &argv, &env, first_closed, listen_pid).map_err(std::io::Error::from)
     };
     // From here on errors are the command's, printed by us like the rest of devenv.
     match spawned {
@@ -602,7 +608,18 @@ fn pid1(plan: &Plan, err: BorrowedFd<'_>, take_tty: bool) -> Result<i32, Runtime
 /// child would run on the parent's memory: PID 1 installs no handler (it waits with
 /// sigwaitinfo), and the only ones it inherits, Rust's SIGSEGV/SIGBUS stack guard, answer
 /// faults of the child's own making, not signals sent to it.
-fn spawn(program: &Path, argv: &[String], env: &[(String, String)]) -> Result<Pid, Errno> {
+///
+/// The exec closes every descriptor from `first_closed` up: what devenv's parent
+/// left open without close-on-exec (a directory among them is a way onto the host's whole
+/// tree) must not reach the command. With `listen_pid`, `LISTEN_PID` is set to the command's
+/// own pid, which only the child knows.
+fn spawn(
+    program: &Path,
+    argv: &[String],
+    env: &[(String, String)],
+    first_closed: u32,
+    listen_pid: bool,
+) -> Result<Pid, Errno> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     use std::sync::atomic::{AtomicI32, Ordering};
@@ -622,15 +639,30 @@ fn spawn(program: &Path, argv: &[String], env: &[(String, String)]) -> Result<Pi
             .chain(std::iter::once(std::ptr::null()))
             .collect()
     };
-    let (argv, envp) = (ptrs(&args), ptrs(&vars));
+    let argv = ptrs(&args);
+    // "LISTEN_PID=" and room for the digits of a pid and a NUL, filled in by the child.
+    let mut listen = [0u8; 11 + 12];
+    listen[..11].copy_from_slice(b"LISTEN_PID=");
+    let listen_at = listen.as_mut_ptr();
+    let mut envp: Vec<*const libc::c_char> = vars.iter().map(|s| s.as_ptr()).collect();
+    if listen_pid {
+        envp.push(listen_at.cast_const().cast());
+    }
+    envp.push(std::ptr::null());
     let empty = libc_sigset_empty();
     let exec_errno = AtomicI32::new(0);
     let mut stack = Stack::new(SPAWN_STACK).map_err(|_| Errno::ENOMEM)?;
     let body = Box::new(|| {
         // SAFETY: the child runs on its own stack while PID 1 is suspended (CLONE_VFORK) and
         // makes only async-signal-safe calls on data built before the clone: every pointer
-        // (path, the NULL-terminated argv and envp arrays, the empty set) outlives it.
+        // (path, the NULL-terminated argv and envp arrays, the empty set) outlives it, and the
+        // one it writes (`listen`, 23 bytes: 11 of name, at most 10 digits and a NUL) is read
+        // by nobody else until the child has exec'd.
         unsafe {
+            close_inherited(first_closed);
+            if listen_pid {
+                write_decimal(listen_at.add(11), libc::getpid() as u32);
+            }
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
@@ -649,6 +681,76 @@ fn spawn(program: &Path, argv: &[String], env: &[(String, String)]) -> Result<Pi
             Err(Errno::from_raw(errno))
         }
     }
+}
+
+/// Mark every descriptor from `first` up close-on-exec, so the exec that follows closes them
+/// (close_range(2) with CLOSE_RANGE_CLOEXEC, Linux 5.11; one fcntl(2) each up to the
+/// descriptor limit before that). Marked rather than closed: std's spawn reports a failed exec
+/// through a close-on-exec pipe of its own, which must stay open until then. Async-signal-safe:
+/// for a child between fork and exec.
+fn close_inherited(first: u32) {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2; // linux/close_range.h
+    // SAFETY: changes descriptor flags only; a range with closed descriptors is no error.
+    if unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) } == 0 {
+        return;
+    }
+    // SAFETY: rlim is plain data that getrlimit(2) fills.
+    let mut rlim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) } == 0 {
+        rlim.rlim_cur.min(1 << 20) as u32
+    } else {
+        1 << 16
+    };
+    for fd in first..limit {
+        // SAFETY: F_SETFD on a descriptor number; a closed one fails with EBADF.
+        unsafe { libc::fcntl(fd as libc::c_int, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
+/// Write `n` in decimal and a NUL at `at`: at most 11 bytes. Async-signal-safe.
+///
+/// # Safety
+/// `at` must be valid for 11 bytes of writes.
+unsafe fn write_decimal(at: *mut u8, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        // SAFETY: i < len <= 10, within the 11 bytes the caller vouches for.
+        unsafe { *at.add(i) = digits[len - 1 - i] };
+    }
+    // SAFETY: len <= 10.
+    unsafe { *at.add(len) = 0 };
+}
+
+/// When descriptor `fd` is a directory, put /dev/null in its place; whether it did.
+fn replace_directory(fd: libc::c_int) -> bool {
+    // SAFETY: st is plain data that fstat(2) fills; a closed fd fails with EBADF.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return false;
+    }
+    // SAFETY: open(2) of a constant path; dup2(2) onto the directory's number closes it.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null < 0 || libc::dup2(null, fd) < 0 {
+            // Leave no way back to the directory: the descriptor goes, whatever it was for.
+            libc::close(fd);
+        }
+        if null >= 0 {
+            libc::close(null);
+        }
+    }
+    true
 }
 
 /// The spawning child's stack: a few frames of libc before execve.

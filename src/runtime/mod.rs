@@ -35,7 +35,7 @@ pub mod ca;
 mod fsutil;
 pub mod gpu;
 mod init;
-mod seccomp;
+pub mod seccomp;
 mod setup;
 mod state;
 mod sys;
@@ -97,6 +97,20 @@ pub struct Spec {
     pub output: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     /// The host's NVIDIA driver to bring in (`[container].gpu`), as [`gpu::discover`] found it.
     pub gpu: Option<gpu::HostGpu>,
+    /// What crosses into the container on purpose: descriptors, syscalls the profile refuses.
+    pub sandbox: Sandbox,
+}
+
+/// The holes a user opens on purpose in what the container is kept from (docs/security.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// Descriptors 3 to 3+N-1 stay open in the command (`--preserve-fds N`, systemd's
+    /// `LISTEN_FDS`); every other one above 2 is closed before it starts.
+    pub preserve_fds: u32,
+    /// Set `LISTEN_PID` to the command's pid (socket activation: `LISTEN_FDS` was ours).
+    pub listen_pid: bool,
+    /// `[container].allow_syscalls`: what the seccomp profile lets through.
+    pub allow_syscalls: Vec<String>,
 }
 
 /// A sysctl that, set to `value`, allows unprivileged user namespaces.
@@ -574,6 +588,7 @@ fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
         scratch: false,
         scratch_only: false,
         gpu: spec.gpu.clone(),
+        sandbox: spec.sandbox.clone(),
     };
     plan.shell = setup::shell_from_layers(&plan);
     plan

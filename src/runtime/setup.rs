@@ -62,6 +62,9 @@ pub struct Plan {
     /// The host's NVIDIA devices, driver libraries and tools to bind in.
     #[serde(default)]
     pub gpu: Option<super::gpu::HostGpu>,
+    /// Descriptors kept open, syscalls let through.
+    #[serde(default)]
+    pub sandbox: super::Sandbox,
 }
 
 impl Plan {
@@ -596,7 +599,53 @@ pub fn finish<S: Syscalls>(
     })?;
     sys.no_new_privs()
         .map_err(|e| RuntimeError::sys("setting no-new-privs", e))?;
+    if plan.root {
+        lock_mounts(sys)?;
+    }
+    confine(sys, plan)?;
     Ok(argv)
+}
+
+/// Root inside holds every capability over the mounts PID 1 made in its own user namespace:
+/// it could remount a `:ro` mount read-write and write the host's files through it, or unmount
+/// what covers something. A nested user and mount namespace of the same ids locks them
+/// (user_namespaces(7), "Restrictions on mount namespaces": mounts that reach a namespace owned
+/// by a less privileged user namespace are locked together, their read-only, nosuid, nodev and
+/// noexec flags fixed). Without root there is no capability to undo anything with.
+fn lock_mounts<S: Syscalls>(sys: &mut S) -> Result<(), RuntimeError> {
+    sys.unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
+        .map_err(|e| RuntimeError::sys("locking the mounts (a nested user namespace)", e))?;
+    // We are uid 0 of the outer namespace, mapping our own ids: no privilege needed.
+    for (path, text) in [
+        ("/proc/self/setgroups", "deny"),
+        ("/proc/self/uid_map", "0 0 1\n"),
+        ("/proc/self/gid_map", "0 0 1\n"),
+    ] {
+        sys.write_proc(Path::new(path), text)
+            .map_err(|errno| RuntimeError::sys(format!("writing {path}"), errno))?;
+    }
+    Ok(())
+}
+
+/// The last steps before the command: a session keyring of the container's own, so that the
+/// host's session keys (Kerberos tickets, tokens) are not the container's even where the
+/// keyring calls are let through, then the seccomp filter (see `seccomp`), which PID 1 and
+/// everything it starts inherit.
+fn confine<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), RuntimeError> {
+    let profile = super::seccomp::Profile {
+        allow: plan.sandbox.allow_syscalls.clone(),
+        ignore_unmapped_chown: plan.root,
+    };
+    match sys.join_session_keyring() {
+        Ok(()) => {}
+        // A kernel without keys has no keyring to reach; with the calls refused by the filter
+        // the host's keys cannot be reached either, so a full key quota is no reason to fail.
+        Err(Errno::ENOSYS) => {}
+        Err(_) if profile.refuses_keyring() => {}
+        Err(e) => return Err(RuntimeError::sys("joining a fresh session keyring", e)),
+    }
+    sys.seccomp(&profile)
+        .map_err(|e| RuntimeError::sys("installing the seccomp filter", e))
 }
 
 /// The files that get the user's entry, and how.
@@ -820,6 +869,7 @@ mod tests {
             scratch: false,
             scratch_only: false,
             gpu: None,
+            sandbox: Default::default(),
         }
     }
 
@@ -1257,7 +1307,40 @@ mod tests {
         let cwd = r.pos("chdir /home/alice/proj/sub");
         let nnp = r.pos("no_new_privs");
         assert!(passwd < group && group < host && host < cwd && cwd < nnp);
-        assert_eq!(nnp, r.calls.len() - 1);
+        // Then the container's own session keyring and, last, the filter: PID 1 is under it.
+        assert_eq!(
+            r.calls[nnp + 1..],
+            ["join_session_keyring", "seccomp allow=[] chown=false"]
+        );
+    }
+
+    #[test]
+    fn root_locks_the_mounts_in_a_nested_namespace_before_the_filter() {
+        let mut r = Recorder {
+            file: Some("root:x:0:0:root:/root:/bin/sh\n".into()),
+            ..Default::default()
+        };
+        let plan = Plan {
+            root: true,
+            sandbox: crate::runtime::Sandbox {
+                allow_syscalls: vec!["io_uring".into()],
+                ..Default::default()
+            },
+            ..plan()
+        };
+        finish(&mut r, &plan, false).unwrap();
+        let nnp = r.pos("no_new_privs");
+        assert_eq!(
+            r.calls[nnp + 1..],
+            [
+                "unshare CloneFlags(CLONE_NEWNS | CLONE_NEWUSER)",
+                "write /proc/self/setgroups deny",
+                "write /proc/self/uid_map 0 0 1",
+                "write /proc/self/gid_map 0 0 1",
+                "join_session_keyring",
+                "seccomp allow=[\"io_uring\"] chown=true",
+            ]
+        );
     }
 
     #[test]

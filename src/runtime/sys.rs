@@ -59,6 +59,12 @@ pub trait Syscalls {
     fn submounts(&mut self, path: &Path) -> Vec<PathBuf>;
     fn loopback_up(&mut self) -> Result<(), Errno>;
     fn no_new_privs(&mut self) -> Result<(), Errno>;
+    /// unshare(2) `flags` for this process.
+    fn unshare(&mut self, flags: nix::sched::CloneFlags) -> Result<(), Errno>;
+    /// A new anonymous session keyring for this process and its children.
+    fn join_session_keyring(&mut self) -> Result<(), Errno>;
+    /// Install the seccomp filter for `profile`; needs no-new-privs.
+    fn seccomp(&mut self, profile: &super::seccomp::Profile) -> Result<(), Errno>;
     /// Apply the layer chain (base first) into the empty directory `dest`, through a cache.
     fn flatten(&mut self, lowers: &[PathBuf], cache: &Path, dest: &Path) -> std::io::Result<()>;
 }
@@ -256,6 +262,29 @@ impl Syscalls for Real {
         nix::sys::prctl::set_no_new_privs()
     }
 
+    fn unshare(&mut self, flags: nix::sched::CloneFlags) -> Result<(), Errno> {
+        // unshare(2): PID 1 has one thread and its own fs struct, as CLONE_NEWUSER requires.
+        nix::sched::unshare(flags)
+    }
+
+    fn join_session_keyring(&mut self) -> Result<(), Errno> {
+        // keyctl(2) KEYCTL_JOIN_SESSION_KEYRING with no name: a fresh anonymous keyring,
+        // as runc gives each container (the old one is no longer possessed).
+        // SAFETY: a plain syscall; a null name is what the call documents for "anonymous".
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_keyctl,
+                libc::KEYCTL_JOIN_SESSION_KEYRING,
+                std::ptr::null::<libc::c_char>(),
+            )
+        };
+        if rc < 0 { Err(Errno::last()) } else { Ok(()) }
+    }
+
+    fn seccomp(&mut self, profile: &super::seccomp::Profile) -> Result<(), Errno> {
+        super::seccomp::install(profile)
+    }
+
     fn flatten(&mut self, lowers: &[PathBuf], cache: &Path, dest: &Path) -> std::io::Result<()> {
         fsutil::flatten(lowers, cache, dest)
     }
@@ -395,6 +424,21 @@ impl Syscalls for Recorder {
     }
     fn no_new_privs(&mut self) -> Result<(), Errno> {
         self.log("no_new_privs".into());
+        Ok(())
+    }
+    fn unshare(&mut self, flags: nix::sched::CloneFlags) -> Result<(), Errno> {
+        self.log(format!("unshare {flags:?}"));
+        Ok(())
+    }
+    fn join_session_keyring(&mut self) -> Result<(), Errno> {
+        self.log("join_session_keyring".into());
+        Ok(())
+    }
+    fn seccomp(&mut self, profile: &super::seccomp::Profile) -> Result<(), Errno> {
+        self.log(format!(
+            "seccomp allow={:?} chown={}",
+            profile.allow, profile.ignore_unmapped_chown
+        ));
         Ok(())
     }
     fn flatten(&mut self, lowers: &[PathBuf], _: &Path, dest: &Path) -> std::io::Result<()> {

@@ -77,6 +77,7 @@ impl Fixture {
             upper: None,
             output: None,
             gpu: None,
+            sandbox: Default::default(),
         };
         Fixture {
             _dir: t,
