@@ -170,7 +170,13 @@ pub fn as_user(program: impl AsRef<OsStr>) -> Command {
 
 /// The real devenv binary, run as the test user, with everything it reads pointed into `home`.
 pub fn devenv(home: &TestHome) -> Command {
-    let mut cmd = as_user(devenv_bin());
+    user_in(home, devenv_bin())
+}
+
+/// `program` run as the test user with devenv's environment pointed into `home` (a host shell
+/// that starts devenv itself, a wrapper around it), in the project directory.
+pub fn user_in(home: &TestHome, program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = as_user(program);
     cmd.env("HOME", home.home())
         .env("XDG_CACHE_HOME", home.home().join(".cache"))
         .env("XDG_CONFIG_HOME", home.config())
