@@ -626,6 +626,23 @@ fn status_makes_no_network_request_and_sees_env_lock() {
 // cache
 
 #[test]
+fn an_env_whose_only_image_choice_is_tools_python_has_a_base_everywhere() {
+    // `[tools] python = "3.12"` stands for python:3.12-slim (docs/env-toml.md); every command
+    // must see the same base, not only the lock.
+    let home = TestHome::new();
+    home.write("project/env.toml", "[tools]\npython = \"3.12\"\n");
+    let out = dv(&home, &["status", "--json"]).success();
+    let doc = json(&out);
+    assert_eq!(
+        doc["image"]["reference"], "docker.io/library/python:3.12-slim",
+        "{out:?}"
+    );
+    dv(&home, &["--offline", "pull"]).failure(&[
+        "docker.io/library/python:3.12-slim is not in the store and --offline forbids fetching it",
+    ]);
+}
+
+#[test]
 fn cache_ls_json_has_the_documented_shape() {
     let home = TestHome::new();
     let img = busybox_image("cache-ls").build();

@@ -44,7 +44,7 @@ pub fn run(args: DoctorArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     }
     checks.extend(doctor::check_network_settings());
     if let Some(loaded) = &env
-        && let Ok(image) = super::base_image(loaded)
+        && let Ok(image) = loaded.env.base_image()
         && !ctx.offline
     {
         checks.push(super::pull::check_registry(&image));

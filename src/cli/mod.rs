@@ -185,18 +185,6 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The env's base image: `[image].base`.
-pub(crate) fn base_image(
-    loaded: &crate::config::Loaded,
-) -> anyhow::Result<crate::reference::ImageRef> {
-    loaded
-        .env
-        .image
-        .base
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("{} has no [image].base", loaded.path.display()))
-}
-
 fn resolve_cwd(dir: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
     use anyhow::Context as _;
     let cwd = std::env::current_dir().context("reading the current directory")?;

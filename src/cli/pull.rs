@@ -30,10 +30,7 @@ pub fn run(args: PullArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         Some(s) => (s.parse::<ImageRef>()?, None),
         None => {
             let loaded = crate::config::find_and_load(&ctx.cwd)?;
-            (
-                super::base_image(&loaded)?,
-                loaded.env.image.platform.clone(),
-            )
+            (loaded.env.base_image()?, loaded.env.image.platform.clone())
         }
     };
     let platform = match &args.platform {

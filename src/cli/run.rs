@@ -149,7 +149,7 @@ pub(super) fn materialize(
         .with_context(|| format!("locking {}", loaded.path.display()))?;
     let image = match lock.image_for(&platform) {
         Some(pinned) => pinned,
-        None => super::base_image(loaded)?,
+        None => loaded.env.base_image()?,
     };
     let opts = PullOptions {
         platform,
@@ -162,7 +162,7 @@ pub(super) fn materialize(
     // The record names the image as env.toml does; the digests pin what it resolved to.
     let state_dir = project.touch(
         &store,
-        &super::base_image(loaded)?.to_string(),
+        &loaded.env.base_image()?.to_string(),
         &pulled.resolved,
         &pulled.manifest,
     )?;

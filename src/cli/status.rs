@@ -81,7 +81,7 @@ pub struct StoreInfo {
 
 pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     let loaded = crate::config::find_and_load(&ctx.cwd)?;
-    let image = super::base_image(&loaded)?;
+    let image = loaded.env.base_image()?;
     let store = ctx.store()?;
     let project = Project::new(&loaded.project_dir)?;
     let platform = loaded.env.platform();

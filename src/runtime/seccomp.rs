@@ -458,10 +458,7 @@ mod tests {
         assert_eq!(i386(288, [0; 6]), RET_EPERM, "keyctl");
         assert_eq!(i386(425, [0; 6]), RET_EPERM, "io_uring_setup");
         assert_eq!(i386(54, [0, TIOCSTI as u64, 0, 0, 0, 0]), RET_EPERM);
-        assert_eq!(
-            i386(54, [0, libc::TIOCGWINSZ, 0, 0, 0, 0]),
-            RET_ALLOW
-        );
+        assert_eq!(i386(54, [0, libc::TIOCGWINSZ, 0, 0, 0, 0]), RET_ALLOW);
         assert_eq!(i386(250, [0; 6]), RET_ALLOW, "i386's 250 is fadvise64");
         // x32: the x86_64 arch with bit 30 in the number.
         let x32 = (X32_SYSCALL_BIT as i64) + libc::SYS_keyctl;
