@@ -1037,6 +1037,28 @@ fn a_missing_mount_source_is_an_error_with_a_hint() {
     let home = project("[container]\nmounts = [\"/nonexistent-devenv-source:/x\"]\n");
     let out = run_cmd(&home, &["true"]).failure(&["/nonexistent-devenv-source"]);
     assert!(out.stderr.contains("hint:"), "no hint: {out:?}");
+    // Said before anything was fetched or locked.
+    assert!(!home.project().join("env.lock").exists(), "{out:?}");
+    assert!(!home.store().join("blobs").exists(), "{out:?}");
+}
+
+#[test]
+fn a_missing_mount_source_under_the_home_is_made_and_said_so() {
+    // Templates mount caches such as ~/.keras, which a fresh machine does not have.
+    let home = project("[container]\nmounts = [\"~/.keras\"]\n");
+    let keras = home.home().join(".keras");
+    let out = run_cmd(
+        &home,
+        &["sh", "-c", &format!("touch {}/seen", keras.display())],
+    )
+    .success();
+    assert!(
+        out.stderr.contains("created") && out.stderr.contains(".keras"),
+        "{out:?}"
+    );
+    assert!(keras.join("seen").exists(), "{out:?}");
+    let again = run_cmd(&home, &["true"]).success();
+    assert!(!again.stderr.contains("created"), "{again:?}");
 }
 
 #[test]

@@ -199,6 +199,7 @@ fn enter(
     passed: Passed,
 ) -> anyhow::Result<ExitCode> {
     let loaded = crate::config::find_and_load(&ctx.cwd)?;
+    prepare_mounts(&loaded.env.container.mounts, home_dir().as_deref(), &ctx.ui)?;
     let m = materialize(ctx, &loaded)?;
     let lowers = m.lowers();
     let Materialized {
@@ -290,6 +291,42 @@ fn enter(
     }
     let code = runtime::run_last(&spec)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// `$HOME` on the host, as `~` in env.toml expands.
+fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Check `[container].mounts` before anything is pulled or built: a missing source under the
+/// user's home (a cache such as `~/.keras`, which templates mount and a fresh machine lacks)
+/// is made, and said so; any other missing source is an error now rather than after the build.
+fn prepare_mounts(
+    mounts: &[crate::config::Mount],
+    home: Option<&Path>,
+    ui: &crate::ui::Ui,
+) -> anyhow::Result<()> {
+    for m in mounts {
+        if fs_err::symlink_metadata(&m.source).is_ok() {
+            continue;
+        }
+        let under_home = home.is_some_and(|h| m.source.starts_with(h) && m.source != h);
+        if !under_home {
+            return Err(runtime::RuntimeError::MountSource {
+                path: m.source.clone(),
+            }
+            .into());
+        }
+        fs_err::create_dir_all(&m.source)
+            .with_context(|| "making a [container].mounts source".to_string())?;
+        ui.note(&format!(
+            "created {} for [container].mounts (it did not exist)",
+            m.source.display()
+        ));
+    }
+    Ok(())
 }
 
 /// The home directory the image's /etc/passwd gives `user`, read from the topmost layer that
