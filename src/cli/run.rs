@@ -212,11 +212,7 @@ fn enter(
     } = m;
 
     let user = runtime::host_user().name.clone();
-    let home_target = if root {
-        PathBuf::from("/root")
-    } else {
-        image_home(&lowers, &user).unwrap_or_else(|| PathBuf::from("/home").join(&user))
-    };
+    let home_target = runtime::home_target(&lowers, &user, root);
     let image_env = pulled.config.config.env.clone();
     let host_names: Vec<String> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
@@ -327,23 +323,6 @@ fn prepare_mounts(
         ));
     }
     Ok(())
-}
-
-/// The home directory the image's /etc/passwd gives `user`, read from the topmost layer that
-/// has the file.
-fn image_home(lowers: &[PathBuf], user: &str) -> Option<PathBuf> {
-    let passwd = lowers
-        .iter()
-        .rev()
-        .map(|l| l.join("etc/passwd"))
-        .find(|p| p.is_file())?;
-    let text = fs_err::read_to_string(&passwd).ok()?;
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 7 && f[0] == user).then(|| PathBuf::from(f[5]))
-        })
-        .find(|h| h.is_absolute() && h != Path::new("/") && h != Path::new("/nonexistent"))
 }
 
 #[cfg(test)]

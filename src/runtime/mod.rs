@@ -549,6 +549,31 @@ pub fn host_user() -> &'static HostUser {
     })
 }
 
+/// Where the env's persistent home appears inside: `/root` for `--root`; else the home the
+/// image's `/etc/passwd` gives `user` (read through the merged view of `lowers`, base first:
+/// whiteouts hide it, symlinks stay inside the image), else `/home/<user>`.
+pub fn home_target(lowers: &[PathBuf], user: &str, root: bool) -> PathBuf {
+    if root {
+        return PathBuf::from("/root");
+    }
+    image_home(lowers, user).unwrap_or_else(|| PathBuf::from("/home").join(user))
+}
+
+fn image_home(lowers: &[PathBuf], user: &str) -> Option<PathBuf> {
+    let fsutil::Merged::File(passwd) =
+        fsutil::MergedView::new(lowers)?.lookup(Path::new("/etc/passwd"))
+    else {
+        return None;
+    };
+    let text = fs_err::read_to_string(&passwd).ok()?;
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 7 && f[0] == user).then(|| PathBuf::from(f[5]))
+        })
+        .find(|h| h.is_absolute() && h != Path::new("/") && h != Path::new("/nonexistent"))
+}
+
 fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
@@ -637,6 +662,90 @@ pub(crate) fn test_binary() -> PathBuf {
         p.display()
     );
     p
+}
+
+#[cfg(test)]
+mod home_tests {
+    use super::*;
+
+    fn layer(root: &Path, name: &str, passwd: Option<&str>) -> PathBuf {
+        let l = root.join(name);
+        fs_err::create_dir_all(l.join("etc")).unwrap();
+        if let Some(p) = passwd {
+            fs_err::write(l.join("etc/passwd"), p).unwrap();
+        }
+        l
+    }
+
+    #[test]
+    fn home_is_the_images_passwd_entry_through_the_merged_view() {
+        let t = tempfile::tempdir().unwrap();
+        let base = layer(
+            t.path(),
+            "l0",
+            Some("alice:x:1000:100::/work/alice:/bin/sh\n"),
+        );
+        assert_eq!(
+            home_target(&[base.clone()], "alice", false),
+            Path::new("/work/alice")
+        );
+        assert_eq!(
+            home_target(&[base.clone()], "bob", false),
+            Path::new("/home/bob")
+        );
+        assert_eq!(
+            home_target(&[base.clone()], "alice", true),
+            Path::new("/root")
+        );
+        // A layer above without passwd leaves the base's in view.
+        let mid = layer(t.path(), "l1", None);
+        assert_eq!(
+            home_target(&[base.clone(), mid.clone()], "alice", false),
+            Path::new("/work/alice")
+        );
+    }
+
+    #[test]
+    fn a_whiteout_of_passwd_hides_the_lower_layers_entry() {
+        let t = tempfile::tempdir().unwrap();
+        let base = layer(
+            t.path(),
+            "l0",
+            Some("alice:x:1000:100::/work/alice:/bin/sh\n"),
+        );
+        let top = layer(t.path(), "l1", None);
+        // A whiteout as the store keeps it: a 0/0 character device (as fsutil's tests, this
+        // needs root: scripts/test runs the unit tests as root).
+        nix::sys::stat::mknod(
+            &top.join("etc/passwd"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+            0,
+        )
+        .expect("mknod of a whiteout");
+        assert_eq!(
+            home_target(&[base, top], "alice", false),
+            Path::new("/home/alice")
+        );
+    }
+
+    #[test]
+    fn an_absolute_symlink_in_the_image_is_not_followed_onto_the_host() {
+        let t = tempfile::tempdir().unwrap();
+        // The host file the naive reading reached: <root>/hostetc/passwd, named by the image
+        // as an absolute link, which inside the view means the image's own /hostetc.
+        let host = t.path().join("hostetc");
+        fs_err::create_dir_all(&host).unwrap();
+        fs_err::write(
+            host.join("passwd"),
+            "alice:x:1000:100::/host/secret:/bin/sh\n",
+        )
+        .unwrap();
+        let l = t.path().join("l0");
+        fs_err::create_dir_all(&l).unwrap();
+        std::os::unix::fs::symlink(&host, l.join("etc")).unwrap();
+        assert_eq!(home_target(&[l], "alice", false), Path::new("/home/alice"));
+    }
 }
 
 #[cfg(test)]
