@@ -498,6 +498,12 @@ fn assert_status_shape(doc: &Value) {
     assert!(drift.iter().all(Value::is_string), "{doc}");
     s(&doc["store"]["root"], "store.root");
     assert!(doc["store"]["bytes"].is_u64(), "store.bytes: {doc}");
+    for c in ["pip", "uv", "apt", "tools"] {
+        assert!(
+            doc["store"]["caches"][c].is_u64(),
+            "store.caches.{c}: {doc}"
+        );
+    }
     let pending = doc["pending"]
         .as_array()
         .unwrap_or_else(|| panic!("no pending: {doc}"));
@@ -640,6 +646,103 @@ fn an_env_whose_only_image_choice_is_tools_python_has_a_base_everywhere() {
     dv(&home, &["--offline", "pull"]).failure(&[
         "docker.io/library/python:3.12-slim is not in the store and --offline forbids fetching it",
     ]);
+}
+
+/// A file in the store's download caches, as builds leave them, last used `days_ago`.
+fn cache_entry(home: &TestHome, rel: &str, bytes: usize, days_ago: u64) -> std::path::PathBuf {
+    let path = home.write(format!("cache/{rel}"), vec![b'x'; bytes]);
+    let when = std::time::SystemTime::now() - Duration::from_secs(days_ago * 86_400);
+    let times = std::fs::FileTimes::new()
+        .set_accessed(when)
+        .set_modified(when);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_times(times))
+        .unwrap();
+    path
+}
+
+#[test]
+fn gc_prunes_download_caches_by_age_and_all_with_sizes() {
+    let home = TestHome::new();
+    write_env_toml(
+        &home,
+        "project",
+        &push("lc/caches", &busybox_image("caches").build()),
+        "",
+    );
+    let old_wheel = cache_entry(
+        &home,
+        &format!("cache/pip/sha256/{}", "a".repeat(64)),
+        3000,
+        40,
+    );
+    let new_wheel = cache_entry(
+        &home,
+        &format!("cache/pip/sha256/{}", "b".repeat(64)),
+        2000,
+        1,
+    );
+    let old_deb = cache_entry(&home, "cache/apt/libfoo_1.0_amd64.deb", 5000, 90);
+    let uv = cache_entry(&home, "cache/uv/cache/wheels-v5/pypi/x.http", 700, 0);
+    let old_tool = cache_entry(&home, "tools/uv-0.0.1-x86_64/uv", 400, 60);
+
+    let status = json(&dv(&home, &["status", "--json"]).success());
+    assert_eq!(status["store"]["caches"]["pip"], 5000, "{status}");
+    assert_eq!(status["store"]["caches"]["apt"], 5000, "{status}");
+    assert_eq!(status["store"]["caches"]["uv"], 700, "{status}");
+    assert_eq!(status["store"]["caches"]["tools"], 400, "{status}");
+    let human = dv(&home, &["status"]).success();
+    assert!(
+        human
+            .stdout
+            .contains("caches   pip 4.9 KiB, uv 700 B, apt 4.9 KiB, tools 400 B"),
+        "{human:?}"
+    );
+
+    let dry = dv(&home, &["gc", "--dry-run"]).success();
+    for (p, size) in [(&old_wheel, "2.9 KiB"), (&old_deb, "4.9 KiB")] {
+        assert!(
+            dry.stderr.contains(&format!("{} ({size})", p.display())),
+            "{dry:?}"
+        );
+    }
+    assert!(
+        dry.stderr.contains("pip cache 2.9 KiB") && dry.stderr.contains("apt cache 4.9 KiB"),
+        "{dry:?}"
+    );
+    assert!(
+        !dry.stderr.contains(&new_wheel.display().to_string()),
+        "{dry:?}"
+    );
+    assert!(
+        old_wheel.exists() && old_deb.exists(),
+        "a dry run removes nothing"
+    );
+
+    dv(&home, &["gc"]).success();
+    assert!(
+        !old_wheel.exists() && !old_deb.exists(),
+        "unused for 30 days: gone"
+    );
+    assert!(
+        !old_tool.parent().unwrap().exists(),
+        "an unused tool is gone"
+    );
+    assert!(new_wheel.exists() && uv.exists(), "used lately: kept");
+
+    dv(&home, &["gc", "--cache-age", "1"]).success();
+    assert!(
+        !new_wheel.exists() && uv.exists(),
+        "--cache-age 1 takes the day-old wheel only"
+    );
+    dv(&home, &["gc", "--all"]).success();
+    assert!(!uv.exists(), "--all empties uv's cache");
+    let status = json(&dv(&home, &["status", "--json"]).success());
+    for c in ["pip", "uv", "apt", "tools"] {
+        assert_eq!(status["store"]["caches"][c], 0, "{status}");
+    }
 }
 
 #[test]

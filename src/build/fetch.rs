@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
 
 use sha2::{Digest as _, Sha256};
 
@@ -59,6 +60,10 @@ pub fn fetch(
                 return Err(BuildError::Offline { file: file_name });
             }
             missing.push((p, sha, path.clone(), file_name.clone()));
+        } else {
+            // Used now: `devenv gc` keeps what was used lately (its modification time, since
+            // access times are not kept on every mount).
+            let _ = std::fs::File::open(&path).and_then(|f| f.set_modified(SystemTime::now()));
         }
         out.push(Cached { path, file_name });
     }

@@ -303,9 +303,11 @@ mod tests {
         assert!(err.to_string().contains(&binary_entry()), "{err}");
     }
 
-    /// gc collects layers, blobs, manifests and tmp/: the pinned uv and uv's cache stay.
+    /// gc keeps the pinned uv and uv's cache while they are in use, and removes both with
+    /// `--all` (a build fetches uv again, verified, and uv fills its cache again).
     #[test]
-    fn gc_keeps_the_tool_and_the_uv_cache() {
+    fn gc_keeps_the_tool_and_the_uv_cache_in_use_and_all_removes_them() {
+        use crate::store::gc::{Cache, Caches, collect};
         let t = tempfile::tempdir().unwrap();
         let store = Store::open(t.path().join("store")).unwrap();
         let dir = tool_dir(&store, "x86_64");
@@ -313,9 +315,15 @@ mod tests {
         fs_err::write(dir.join("uv"), b"bin").unwrap();
         let cache = work_dir(&store).join("cache/wheels-v5");
         fs_err::create_dir_all(&cache).unwrap();
-        let plan = crate::store::gc::collect(&store, false).unwrap();
-        assert!(plan.layers.is_empty() && plan.other.is_empty());
+        let plan = collect(&store, false, Caches::DEFAULT).unwrap();
+        assert!(plan.is_empty(), "{plan:?}");
         assert!(dir.join("uv").is_file() && cache.is_dir());
+        let plan = collect(&store, true, Caches::All).unwrap();
+        let kinds: Vec<Cache> = plan.caches.iter().map(|(c, _)| *c).collect();
+        assert_eq!(kinds, [Cache::Uv, Cache::Tools], "{plan:?}");
+        assert!(dir.join("uv").is_file(), "a dry run removes nothing");
+        collect(&store, false, Caches::All).unwrap();
+        assert!(!dir.exists() && !cache.exists());
     }
 
     #[test]

@@ -10,13 +10,22 @@ use crate::store::gc::{self, Plan};
 #[derive(clap::Args, Debug)]
 #[command(
     long_about = "Remove envs whose project directory (with its env.toml) is gone, then every \
-layer, blob and manifest that no remaining env uses. Never removes what a running `devenv run` or \
-`devenv shell` uses, and waits for pulls in progress. Prints what it frees."
+layer, blob and manifest that no remaining env uses, then the download caches' entries \
+(Python files, uv's cache, apt archives, tools) not used for --cache-age days (all of them with \
+--all; builds fetch what they need again). Never removes what a running `devenv run` or \
+`devenv shell` uses, and waits for pulls and builds in progress. Prints what it frees."
 )]
 pub struct GcArgs {
-    /// Show what would be removed, remove nothing
+    /// Show what would be removed, with sizes; remove nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Remove download-cache entries (wheels, uv's cache, apt archives, tools) not used for
+    /// DAYS days
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    pub cache_age: u64,
+    /// Empty the download caches whatever their age
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -37,7 +46,14 @@ pub enum CacheCommand {
 
 pub fn gc(args: GcArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     let store = ctx.store()?;
-    let plan = gc::collect(&store, args.dry_run)?;
+    let caches = if args.all {
+        gc::Caches::All
+    } else {
+        gc::Caches::UnusedFor(std::time::Duration::from_secs(
+            args.cache_age.saturating_mul(86_400),
+        ))
+    };
+    let plan = gc::collect(&store, args.dry_run, caches)?;
     let verb = if args.dry_run { "Would free" } else { "Freed" };
     if ctx.ui.verbose() || args.dry_run {
         for p in plan.paths() {
@@ -47,7 +63,7 @@ pub fn gc(args: GcArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
                 } else {
                     "Removed"
                 },
-                &p.display().to_string(),
+                &format!("{} ({})", p.display(), human_bytes(plan.size_of(p))),
             );
         }
     }
@@ -56,15 +72,20 @@ pub fn gc(args: GcArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
 }
 
 fn summary(plan: &Plan) -> String {
-    format!(
-        "{} ({} envs, {} layers, {} blobs, {} manifests, {} leftovers)",
+    let mut s = format!(
+        "{} ({} envs, {} layers, {} blobs, {} manifests, {} leftovers",
         human_bytes(plan.bytes),
         plan.envs.len(),
         plan.layers.len(),
         plan.blobs.len(),
         plan.manifests.len(),
         plan.other.len()
-    )
+    );
+    for (cache, bytes) in plan.cache_bytes() {
+        s.push_str(&format!(", {} cache {}", cache.name(), human_bytes(bytes)));
+    }
+    s.push(')');
+    s
 }
 
 pub fn cache(cmd: CacheCommand, ctx: &super::Context) -> anyhow::Result<ExitCode> {

@@ -77,6 +77,8 @@ pub struct ToolLayerInfo {
 pub struct StoreInfo {
     pub root: std::path::PathBuf,
     pub bytes: u64,
+    /// Bytes in each download cache (`devenv gc --cache-age`/`--all` prunes them).
+    pub caches: std::collections::BTreeMap<&'static str, u64>,
 }
 
 pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
@@ -167,6 +169,10 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         store: StoreInfo {
             root: store.root().to_path_buf(),
             bytes: disk_usage(store.root()),
+            caches: crate::store::gc::cache_sizes(&store)
+                .into_iter()
+                .map(|(c, b)| (c.name(), b))
+                .collect(),
         },
         pending,
     };
@@ -222,6 +228,11 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         status.store.root.display(),
         human(status.store.bytes)
     )?;
+    let caches: Vec<String> = crate::store::gc::Cache::ALL
+        .iter()
+        .map(|c| format!("{} {}", c.name(), human(status.store.caches[c.name()])))
+        .collect();
+    writeln!(out, "caches   {}", caches.join(", "))?;
     if status.pending.is_empty() {
         writeln!(
             out,

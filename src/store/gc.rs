@@ -1,5 +1,6 @@
 //! Garbage collection: remove envs whose project is gone, then every layer, blob and manifest
-//! no live env references.
+//! no live env references, then the download caches builds keep (wheels, uv's cache, apt's
+//! archives, unpinned tools) that were not used for a while ([`Caches`]).
 //!
 //! Safety against concurrent work: gc holds the store's `gc` lock exclusively while it plans
 //! and deletes; pulls and env entries hold it shared from the first fetch until their env record
@@ -144,8 +145,132 @@ pub struct Plan {
     pub blobs: Vec<PathBuf>,
     pub manifests: Vec<PathBuf>,
     pub other: Vec<PathBuf>,
+    /// Cache entries, each with the cache it is in.
+    pub caches: Vec<(Cache, PathBuf)>,
     /// Bytes the removal frees (apparent sizes).
     pub bytes: u64,
+    /// Each removed path's size, measured before the removal.
+    pub sizes: std::collections::BTreeMap<PathBuf, u64>,
+}
+
+/// The download caches of builds: nothing refers to them, they only save fetching again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cache {
+    /// `cache/pip/sha256/`: Python files by sha256.
+    Pip,
+    /// `cache/uv/cache/`: uv's cache (index pages, metadata, unpacked wheels).
+    Uv,
+    /// `cache/apt/`: apt's downloaded archives.
+    Apt,
+    /// `tools/`: tools of versions devenv no longer pins.
+    Tools,
+}
+
+impl Cache {
+    pub const ALL: [Cache; 4] = [Cache::Pip, Cache::Uv, Cache::Apt, Cache::Tools];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cache::Pip => "pip",
+            Cache::Uv => "uv",
+            Cache::Apt => "apt",
+            Cache::Tools => "tools",
+        }
+    }
+
+    /// Its directory in the store.
+    pub fn dir(self, store: &Store) -> PathBuf {
+        store.root().join(match self {
+            Cache::Pip => "cache/pip/sha256",
+            Cache::Uv => "cache/uv/cache",
+            Cache::Apt => "cache/apt",
+            Cache::Tools => "tools",
+        })
+    }
+
+    /// The entries gc removes one by one, each as its own unit: a file of pip's or apt's
+    /// cache, a tool's directory (the pinned uv too: a build fetches it again, verified).
+    /// uv's cache is one unit: its entries point at each other (index pages at unpacked
+    /// archives), so it goes whole or not at all.
+    fn units(self, store: &Store) -> Vec<PathBuf> {
+        let dir = self.dir(store);
+        if self == Cache::Uv {
+            return vec![dir].into_iter().filter(|d| d.exists()).collect();
+        }
+        let mut out: Vec<PathBuf> = fs_err::read_dir(&dir)
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        // apt's lock and partial/ are apt's own bookkeeping.
+        out.retain(|p| {
+            self != Cache::Apt || !matches!(p.file_name(), Some(n) if n == "lock" || n == "partial")
+        });
+        out.sort();
+        out
+    }
+}
+
+/// Which cache entries a collection removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caches {
+    /// Those not used (read or written) for this long: the newest access or modification
+    /// time of the entry's files.
+    UnusedFor(std::time::Duration),
+    All,
+}
+
+impl Caches {
+    /// What `devenv gc` removes without being told: entries unused for 30 days.
+    pub const DEFAULT: Caches = Caches::UnusedFor(std::time::Duration::from_secs(30 * 86_400));
+}
+
+/// The bytes each cache holds now.
+pub fn cache_sizes(store: &Store) -> Vec<(Cache, u64)> {
+    Cache::ALL
+        .iter()
+        .map(|&c| (c, c.units(store).iter().map(|u| disk_usage(u)).sum()))
+        .collect()
+}
+
+/// The latest access or modification time of `path`, or for a directory, of the files below
+/// it (a directory's own times move when it is listed or made, which is no use of its files);
+/// an empty directory's own.
+fn last_used(path: &Path) -> std::time::SystemTime {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return std::time::SystemTime::UNIX_EPOCH;
+    };
+    let own = [meta.accessed(), meta.modified()]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+    if !meta.is_dir() {
+        return own;
+    }
+    std::fs::read_dir(path)
+        .map(|r| r.flatten().map(|e| last_used(&e.path())).max())
+        .ok()
+        .flatten()
+        .unwrap_or(own)
+}
+
+fn stale_caches(store: &Store, which: Caches) -> Vec<(Cache, PathBuf)> {
+    let now = std::time::SystemTime::now();
+    let mut out = Vec::new();
+    for c in Cache::ALL {
+        for unit in c.units(store) {
+            let remove = match which {
+                Caches::All => true,
+                Caches::UnusedFor(age) => now
+                    .duration_since(last_used(&unit))
+                    .is_ok_and(|idle| idle >= age),
+            };
+            if remove {
+                out.push((c, unit));
+            }
+        }
+    }
+    out
 }
 
 impl Plan {
@@ -160,11 +285,31 @@ impl Plan {
         ]
         .into_iter()
         .flatten()
+        .chain(self.caches.iter().map(|(_, p)| p))
+    }
+
+    /// Bytes freed per cache, for caches with something removed.
+    pub fn cache_bytes(&self) -> Vec<(Cache, u64)> {
+        let mut out: Vec<(Cache, u64)> = Vec::new();
+        for (c, p) in &self.caches {
+            let b = self.size_of(p);
+            match out.iter_mut().find(|(k, _)| k == c) {
+                Some((_, total)) => *total += b,
+                None => out.push((*c, b)),
+            }
+        }
+        out
+    }
+
+    /// What removing `path` frees (0 for a path not in the plan).
+    pub fn size_of(&self, path: &Path) -> u64 {
+        self.sizes.get(path).copied().unwrap_or(0)
     }
 
     /// Size the removal frees, and then the removal (unless `dry_run`).
     fn carry_out(&mut self, dry_run: bool) -> Result<(), StoreError> {
-        self.bytes = self.paths().map(|p| disk_usage(p)).sum();
+        self.sizes = self.paths().map(|p| (p.clone(), disk_usage(p))).collect();
+        self.bytes = self.sizes.values().sum();
         if !dry_run {
             for p in self.paths() {
                 super::remove_tree(p)?;
@@ -179,11 +324,13 @@ impl Plan {
             && self.blobs.is_empty()
             && self.manifests.is_empty()
             && self.other.is_empty()
+            && self.caches.is_empty()
     }
 }
 
-/// Collect: plan under the exclusive gc lock and, unless `dry_run`, remove.
-pub fn collect(store: &Store, dry_run: bool) -> Result<Plan, StoreError> {
+/// Collect: plan under the exclusive gc lock and, unless `dry_run`, remove. Builds hold the
+/// lock shared while they use the caches, so no cache entry goes while a build reads it.
+pub fn collect(store: &Store, dry_run: bool, caches: Caches) -> Result<Plan, StoreError> {
     let _gc = store.lock("gc")?;
     let mut plan = Plan::default();
     let mut roots = Roots::default();
@@ -214,6 +361,7 @@ pub fn collect(store: &Store, dry_run: bool) -> Result<Plan, StoreError> {
     for e in fs_err::read_dir(store.root().join("tmp"))? {
         plan.other.push(e?.path());
     }
+    plan.caches = stale_caches(store, caches);
     plan.carry_out(dry_run)?;
     if !dry_run {
         remove_dangling_tags(store)?;
@@ -405,7 +553,7 @@ mod tests {
         let (_, gone_layer) = image(&store, "b", &root.path().join("deleted"));
         fs_err::create_dir_all(store.root().join("tmp/layer-leftover")).unwrap();
 
-        let dry = collect(&store, true).unwrap();
+        let dry = collect(&store, true, Caches::DEFAULT).unwrap();
         assert_eq!(dry.envs, vec![store.root().join("envs/b")]);
         assert_eq!(dry.layers, vec![store.layer_path(&gone_layer)]);
         assert_eq!(
@@ -421,14 +569,14 @@ mod tests {
             "dry run removes nothing"
         );
 
-        let plan = collect(&store, false).unwrap();
+        let plan = collect(&store, false, Caches::DEFAULT).unwrap();
         assert!(plan.bytes > 0);
         assert!(!store.layer_path(&gone_layer).exists());
         assert!(!store.root().join("envs/b").exists());
         assert!(store.layer_path(&kept_layer).exists());
         assert!(store.root().join("envs/a/home").exists());
         assert!(
-            collect(&store, false).unwrap().is_empty(),
+            collect(&store, false, Caches::DEFAULT).unwrap().is_empty(),
             "a second gc finds nothing"
         );
     }
@@ -441,10 +589,18 @@ mod tests {
         let run = store.root().join("envs/a/state/run");
         fs_err::create_dir_all(run.join("1")).unwrap();
         let held = lock_file(&run.join("1.lock"), LockMode::Exclusive).unwrap();
-        assert!(collect(&store, false).unwrap().envs.is_empty());
+        assert!(
+            collect(&store, false, Caches::DEFAULT)
+                .unwrap()
+                .envs
+                .is_empty()
+        );
         assert!(store.layer_path(&layer).exists());
         drop(held);
-        assert_eq!(collect(&store, false).unwrap().envs.len(), 1);
+        assert_eq!(
+            collect(&store, false, Caches::DEFAULT).unwrap().envs.len(),
+            1
+        );
         assert!(!store.layer_path(&layer).exists());
     }
 }
