@@ -686,15 +686,15 @@ mod home_tests {
             Some("alice:x:1000:100::/work/alice:/bin/sh\n"),
         );
         assert_eq!(
-            home_target(&[base.clone()], "alice", false),
+            home_target(std::slice::from_ref(&base), "alice", false),
             Path::new("/work/alice")
         );
         assert_eq!(
-            home_target(&[base.clone()], "bob", false),
+            home_target(std::slice::from_ref(&base), "bob", false),
             Path::new("/home/bob")
         );
         assert_eq!(
-            home_target(&[base.clone()], "alice", true),
+            home_target(std::slice::from_ref(&base), "alice", true),
             Path::new("/root")
         );
         // A layer above without passwd leaves the base's in view.
