@@ -331,6 +331,49 @@ fn a_failing_setup_step_shows_its_status_last_lines_and_log() {
     );
 }
 
+#[test]
+fn a_setup_step_is_built_again_when_the_project_files_it_names_change() {
+    let image = push("build/setup-inputs", &busybox_image("setup-inputs").build());
+    let home = TestHome::new();
+    home.write("project/vendor/mylib/VERSION", "1\n");
+    home.write("project/notes.txt", "not an input\n");
+    home.write(
+        "project/env.toml",
+        format!(
+            "[image]\nbase = \"{image}\"\n\n[setup]\nrun = [\"mkdir -p /opt; echo plain > /opt/plain\", \
+             {{ cmd = \"cp vendor/mylib/VERSION /opt/mylib\", inputs = [\"vendor/mylib/**\"] }}]\n"
+        ),
+    );
+    let installed = |home: &TestHome| {
+        devenv_in(home, &["run", "--", "cat", "/opt/mylib"])
+            .success()
+            .stdout
+    };
+    assert_eq!(installed(&home), "1\n");
+    // Nothing it reads changed: nothing built.
+    home.write("project/notes.txt", "edited\n");
+    let out = devenv_in(&home, &["build"]).success();
+    assert!(!out.stderr.contains("Building"), "{out:?}");
+    // Its input changed: that step alone is built again.
+    home.write("project/vendor/mylib/VERSION", "2\n");
+    let out = devenv_in(&home, &["build"]).success();
+    assert!(
+        out.stderr.contains("Building run `cp vendor/mylib/VERSION"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("Building run `mkdir"), "{out:?}");
+    assert_eq!(installed(&home), "2\n");
+    // A pattern that matches nothing is a typo, said before anything runs.
+    home.write(
+        "project/env.toml",
+        format!(
+            "[image]\nbase = \"{image}\"\n\n[setup]\nrun = [\
+             {{ cmd = \"true\", inputs = [\"vendr/**\"] }}]\n"
+        ),
+    );
+    devenv_in(&home, &["build"]).failure(&["input `vendr/**`: matches no file in the project"]);
+}
+
 /// man-db ships /var/cache/man owned by man:man, which a one-id namespace cannot hold: dpkg's
 /// chown succeeds without effect instead of failing the unpack.
 #[test]

@@ -17,6 +17,7 @@
 
 mod clean;
 pub(crate) mod fetch;
+mod inputs;
 mod log;
 pub mod recipe;
 pub mod uv;
@@ -75,6 +76,8 @@ pub enum BuildError {
     },
     #[error("{file} is not in the store and --offline forbids downloading it")]
     Offline { file: String },
+    #[error("[setup].run input `{pattern}`: {message}")]
+    Inputs { pattern: String, message: String },
     #[error(transparent)]
     Uv(#[from] uv::UvError),
     #[error(transparent)]
@@ -181,8 +184,13 @@ pub struct Step {
     pub argv: Vec<String>,
 }
 
-/// The steps `lock` and the `[setup].run` commands call for, in build order.
-pub fn plan(lock: &Lock, run: &[String]) -> Vec<Step> {
+/// The steps `lock` and the `[setup].run` commands call for, in build order; a command's key
+/// takes in the project files its `inputs` name (read from `project_dir`).
+pub fn plan(
+    lock: &Lock,
+    run: &[crate::config::SetupStep],
+    project_dir: &std::path::Path,
+) -> Result<Vec<Step>, BuildError> {
     let mut steps = Vec::new();
     if !lock.apt.packages.is_empty() {
         let mut pins = lock.apt_pins();
@@ -243,15 +251,22 @@ pub fn plan(lock: &Lock, run: &[String]) -> Vec<Step> {
             argv: vec!["/bin/sh".into(), "-c".into(), script],
         });
     }
-    for cmd in run {
+    for step in run {
+        let cmd = &step.cmd;
+        // A step without inputs keeps the key it always had: its command alone.
+        let mut key_inputs = cmd.clone();
+        if !step.inputs.is_empty() {
+            key_inputs.push_str("\ninputs\n");
+            key_inputs.push_str(&inputs::describe(project_dir, &step.inputs)?);
+        }
         steps.push(Step {
             kind: StepKind::Run,
             label: format!("run `{cmd}`"),
-            inputs: cmd.clone(),
+            inputs: key_inputs,
             argv: vec!["/bin/sh".into(), "-c".into(), cmd.clone()],
         });
     }
-    steps
+    Ok(steps)
 }
 
 fn count(n: usize, what: &str) -> String {
@@ -333,7 +348,7 @@ pub fn build(
     ui: &dyn Reporter,
 ) -> Result<Vec<BuiltLayer>, BuildError> {
     let inputs = recipe::expand(&loaded.env, &loaded.project_dir)?;
-    let steps = plan(lock, &inputs.run);
+    let steps = plan(lock, &inputs.run, &loaded.project_dir)?;
     let env_dir = project.state_dir(store);
     let mut log = None;
     let mut lowers = base.layer_dirs(store);

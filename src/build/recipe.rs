@@ -111,7 +111,7 @@ pub struct Inputs {
     pub index_url: Option<String>,
     pub extra_index_urls: Vec<String>,
     /// `[setup].run` commands, one build step each.
-    pub run: Vec<String>,
+    pub run: Vec<crate::config::SetupStep>,
 }
 
 impl Inputs {
@@ -296,7 +296,7 @@ mod tests {
         );
         assert_eq!(i.apt, ["git", "jq"]);
         assert_eq!(i.requirements, Some(PathBuf::from("/p/req.txt")));
-        assert_eq!(i.run, ["echo hi"]);
+        assert_eq!(i.run, [crate::config::SetupStep::cmd("echo hi")]);
         assert_eq!(i.index_url, None);
         assert!(i.has_python());
     }

@@ -1,5 +1,7 @@
 use super::*;
+use crate::config::SetupStep;
 use crate::lock::{AptPackage, PythonPackage};
+use std::path::Path;
 
 fn py(name: &str, version: &str, url: &str, sha256: &str) -> PythonPackage {
     PythonPackage {
@@ -42,7 +44,12 @@ fn lock(six_117: bool) -> Lock {
 
 #[test]
 fn steps_in_order_apt_python_run() {
-    let steps = plan(&lock(false), &["echo hi".into(), "make".into()]);
+    let steps = plan(
+        &lock(false),
+        &[SetupStep::cmd("echo hi"), SetupStep::cmd("make")],
+        Path::new("/nonexistent"),
+    )
+    .unwrap();
     let labels: Vec<&str> = steps.iter().map(|s| s.label.as_str()).collect();
     assert_eq!(
         labels,
@@ -66,12 +73,17 @@ fn steps_in_order_apt_python_run() {
         ]
     );
     assert_eq!(steps[3].argv, ["/bin/sh", "-c", "make"]);
-    assert!(plan(&Lock::default(), &[]).is_empty(), "nothing to build");
+    assert!(
+        plan(&Lock::default(), &[], Path::new("/nonexistent"))
+            .unwrap()
+            .is_empty(),
+        "nothing to build"
+    );
 }
 
 #[test]
 fn requirements_are_sorted_pinned_and_hashed() {
-    let steps = plan(&lock(false), &[]);
+    let steps = plan(&lock(false), &[], Path::new("/nonexistent")).unwrap();
     let text = &steps[1].inputs;
     assert_eq!(
         *text,
@@ -85,7 +97,7 @@ fn requirements_are_sorted_pinned_and_hashed() {
 
 #[test]
 fn python_step_installs_with_uv_from_the_store_and_adds_the_images_pip() {
-    let steps = plan(&lock(false), &[]);
+    let steps = plan(&lock(false), &[], Path::new("/nonexistent")).unwrap();
     let script = &steps[1].argv[2];
     assert!(
         script.contains("python3 -m venv --without-pip /opt/devenv/venv"),
@@ -118,7 +130,7 @@ fn python_step_installs_with_uv_from_the_store_and_adds_the_images_pip() {
         "https://f/pip-24.0-py3-none-any.whl",
         NUMPY_SHA,
     ));
-    let script = &plan(&with_pip, &[])[1].argv[2];
+    let script = &plan(&with_pip, &[], Path::new("/nonexistent")).unwrap()[1].argv[2];
     assert!(
         !script.contains("python-wheels"),
         "a locked pip wins: {script}"
@@ -130,7 +142,8 @@ fn changing_one_step_changes_its_key_and_those_after_not_those_before() {
     let base = Digest::of(b"base manifest");
     let keys = |l: &Lock| {
         let mut parent = base.clone();
-        plan(l, &["make".into()])
+        plan(l, &[SetupStep::cmd("make")], Path::new("/nonexistent"))
+            .unwrap()
             .iter()
             .map(|s| {
                 parent = step_key(&parent, s.kind, &s.inputs);
@@ -148,7 +161,7 @@ fn changing_one_step_changes_its_key_and_those_after_not_those_before() {
     let other_base = step_key(
         &Digest::of(b"other"),
         StepKind::Apt,
-        &plan(&lock(false), &[])[0].inputs,
+        &plan(&lock(false), &[], Path::new("/nonexistent")).unwrap()[0].inputs,
     );
     assert_ne!(a[0], other_base, "another base image, another layer");
     assert_ne!(

@@ -122,7 +122,26 @@ pub struct Packages {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Setup {
     /// Shell commands run at build time, in order, each a cached step.
-    pub run: Vec<String>,
+    pub run: Vec<SetupStep>,
+}
+
+/// One `[setup].run` entry: `"cmd"`, or `{ cmd = "…", inputs = ["vendor/mylib/**"] }`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetupStep {
+    pub cmd: String,
+    /// Glob patterns of project files the command reads, relative to the project directory
+    /// (`*`, `?`, `**`): their contents are part of the step's cache key.
+    pub inputs: Vec<String>,
+}
+
+impl SetupStep {
+    /// A step that reads no project file.
+    pub fn cmd(cmd: impl Into<String>) -> SetupStep {
+        SetupStep {
+            cmd: cmd.into(),
+            inputs: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

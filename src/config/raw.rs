@@ -12,7 +12,7 @@ use toml::Spanned;
 use super::diagnose::Source;
 use super::error::{ConfigError, DiagnosticKind as Kind};
 use super::mount::{Expansion, parse_mount};
-use super::{Container, EnvFile, ImageSection, Network, Packages, Setup, VERSION};
+use super::{Container, EnvFile, ImageSection, Network, Packages, Setup, SetupStep, VERSION};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,7 +116,93 @@ struct RawPackages {
 #[serde(deny_unknown_fields)]
 struct RawSetup {
     #[serde(default)]
-    run: Vec<Spanned<String>>,
+    run: Vec<Spanned<toml::Value>>,
+}
+
+impl RawSetup {
+    fn validate(self, src: &Source<'_>) -> Result<Setup, ConfigError> {
+        let mut run = Vec::with_capacity(self.run.len());
+        for item in self.run {
+            let span = item.span();
+            let bad = |message: String, hint: &str| {
+                src.error(span.clone(), Kind::Value, message, Some(hint.into()))
+            };
+            let shape =
+                "a [setup].run entry is a command, or { cmd = \"…\", inputs = [\"path/**\"] }";
+            let step = match item.into_inner() {
+                toml::Value::String(cmd) => SetupStep::cmd(cmd),
+                toml::Value::Table(mut t) => {
+                    let cmd = match t.remove("cmd") {
+                        Some(toml::Value::String(c)) => c,
+                        _ => {
+                            return Err(bad(
+                                "a [setup].run table needs `cmd`, a string".into(),
+                                shape,
+                            ));
+                        }
+                    };
+                    let inputs = match t.remove("inputs") {
+                        None => Vec::new(),
+                        Some(toml::Value::Array(a)) => a
+                            .into_iter()
+                            .map(|v| match v {
+                                toml::Value::String(s) => Ok(s),
+                                _ => {
+                                    Err(bad("`inputs` in [setup].run lists strings".into(), shape))
+                                }
+                            })
+                            .collect::<Result<_, _>>()?,
+                        Some(_) => {
+                            return Err(bad(
+                                "`inputs` in [setup].run is an array of strings".into(),
+                                shape,
+                            ));
+                        }
+                    };
+                    if let Some(k) = t.keys().next() {
+                        return Err(bad(
+                            format!("unknown key `{k}` in a [setup].run entry"),
+                            "the keys are `cmd` and `inputs`",
+                        ));
+                    }
+                    SetupStep { cmd, inputs }
+                }
+                _ => {
+                    return Err(bad(
+                        "a [setup].run entry is a string or a table".into(),
+                        shape,
+                    ));
+                }
+            };
+            if step.cmd.trim().is_empty() {
+                return Err(bad("a run command in [setup] is empty".into(), shape));
+            }
+            for pattern in &step.inputs {
+                if let Some(reason) = input_problem(pattern) {
+                    return Err(bad(
+                        format!("input `{pattern}` of `{}`: {reason}", step.cmd),
+                        "inputs are paths or globs (`*`, `?`, `**`) relative to the project directory",
+                    ));
+                }
+            }
+            run.push(step);
+        }
+        Ok(Setup { run })
+    }
+}
+
+/// Why `pattern` cannot name project files, if it cannot.
+fn input_problem(pattern: &str) -> Option<&'static str> {
+    let p = std::path::Path::new(pattern);
+    if pattern.trim().is_empty() {
+        Some("it is empty")
+    } else if p.is_absolute() {
+        Some("it is absolute")
+    } else if p.components().any(|c| c == std::path::Component::ParentDir) {
+        Some("it leaves the project (`..`)")
+    } else {
+        None
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -209,9 +295,7 @@ impl RawFile {
                 .collect(),
             tool_variants,
             packages: self.packages.validate(src)?,
-            setup: Setup {
-                run: list(src, self.setup.run, "a run command in [setup]", |_| None)?,
-            },
+            setup: self.setup.validate(src)?,
             env: validate_env(src, self.env)?,
             container: self.container.validate(src, exp)?,
         })

@@ -84,7 +84,9 @@ mounts = ["~/.cache/huggingface", "data:/data:ro", "/opt/models:ro"]
     );
     assert_eq!(
         env.setup.run,
-        ["python -m pip install --no-deps ./vendor/mylib"]
+        [SetupStep::cmd(
+            "python -m pip install --no-deps ./vendor/mylib"
+        )]
     );
     assert_eq!(env.env["TF_CPP_MIN_LOG_LEVEL"], "2");
     assert_eq!(env.env["_PRIVATE"], "x y");
@@ -465,4 +467,48 @@ fn a_tool_may_name_a_variant_in_a_table() {
         fail("[tools]\npython = \"3.11\"\ntorch = { version = \"\" }\n");
     assert_eq!((kind, line, col), (DiagnosticKind::Value, 3, 21));
     assert!(msg.contains("is empty"), "{msg}");
+}
+
+#[test]
+fn setup_steps_name_their_inputs_in_a_table() {
+    let env = load_str(
+        "[image]\nbase = \"debian:12\"\n[setup]\nrun = [\"make\", { cmd = \"pip install ./vendor/mylib\", inputs = [\"vendor/mylib/**\"] }]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        env.setup.run,
+        [
+            SetupStep::cmd("make"),
+            SetupStep {
+                cmd: "pip install ./vendor/mylib".into(),
+                inputs: vec!["vendor/mylib/**".into()],
+            }
+        ]
+    );
+}
+
+#[test]
+fn setup_step_tables_are_checked_where_they_are_written() {
+    let base = "[image]\nbase = \"debian:12\"\n[setup]\n";
+    for (entry, needle) in [
+        ("{ inputs = [\"a\"] }", "needs `cmd`"),
+        ("{ cmd = \"x\", inputs = \"a\" }", "is an array of strings"),
+        ("{ cmd = \"x\", inputs = [1] }", "lists strings"),
+        ("{ cmd = \"x\", input = [\"a\"] }", "unknown key `input`"),
+        (
+            "{ cmd = \"x\", inputs = [\"/etc/passwd\"] }",
+            "it is absolute",
+        ),
+        (
+            "{ cmd = \"x\", inputs = [\"../up\"] }",
+            "it leaves the project",
+        ),
+        ("{ cmd = \" \" }", "is empty"),
+        ("3", "a string or a table"),
+    ] {
+        let (_, line, _, message, hint) = fail(&format!("{base}run = [{entry}]\n"));
+        assert_eq!(line, 4, "{entry}: {message}");
+        assert!(message.contains(needle), "{entry}: {message}");
+        assert!(hint.is_some(), "{entry}");
+    }
 }
