@@ -72,3 +72,34 @@ pub fn render(err: &anyhow::Error) -> String {
     }
     out
 }
+
+/// Whether `err` is a bug in devenv rather than something the user can act on: the namespace
+/// helper breaking its own protocol (an unreadable plan or report).
+pub fn is_internal(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::runtime::RuntimeError>(),
+            Some(crate::runtime::RuntimeError::Helper { .. })
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context as _;
+
+    #[test]
+    fn a_broken_helper_protocol_is_internal_and_user_errors_are_not() {
+        let helper: anyhow::Result<()> = Err(crate::runtime::RuntimeError::Helper {
+            message: "unreadable report".into(),
+        }
+        .into());
+        let err = helper.context("running the container").unwrap_err();
+        assert!(is_internal(&err));
+        let user: anyhow::Result<()> =
+            Err(crate::runtime::RuntimeError::MountSource { path: "/x".into() }.into());
+        assert!(!is_internal(&user.unwrap_err()));
+        assert!(!is_internal(&anyhow::anyhow!("env.toml: bad")));
+    }
+}

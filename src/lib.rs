@@ -28,7 +28,10 @@ pub struct ExitCode(u8);
 
 impl ExitCode {
     pub const SUCCESS: ExitCode = ExitCode(0);
+    /// An error devenv reports to the user: bad input, an unreachable registry, a full disk.
     pub const FAILURE: ExitCode = ExitCode(1);
+    /// A bug in devenv: a panic, or the namespace helper breaking its own protocol.
+    pub const INTERNAL: ExitCode = ExitCode(2);
 
     /// The status as the process exits with it.
     pub fn code(self) -> u8 {
@@ -61,7 +64,18 @@ pub fn main() -> ExitCode {
             .unwrap_or_default();
         return doctor::probe_main(&dir);
     }
-    cli::main()
+    // A panic is a bug: std's hook has printed where; say what it means and exit with the
+    // internal code instead of unwinding out of the C runtime's main.
+    match std::panic::catch_unwind(cli::main) {
+        Ok(code) => code,
+        Err(_) => {
+            eprintln!(
+                "error: internal error: devenv panicked (a bug in devenv)\n\
+                 hint: please report it with the command line and `devenv --version`"
+            );
+            ExitCode::INTERNAL
+        }
+    }
 }
 
 /// Hints that core error types know for themselves, found anywhere along an error chain.

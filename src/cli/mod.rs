@@ -180,7 +180,11 @@ pub fn main() -> ExitCode {
         }
         Err(e) => {
             ctx.ui.error(&crate::error::render(&e));
-            ExitCode::from(1)
+            if crate::error::is_internal(&e) {
+                ExitCode::INTERNAL
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
