@@ -97,9 +97,9 @@ mod tests {
         .into());
         let err = helper.context("running the container").unwrap_err();
         assert!(is_internal(&err));
-        let user: anyhow::Result<()> =
-            Err(crate::runtime::RuntimeError::MountSource { path: "/x".into() }.into());
-        assert!(!is_internal(&user.unwrap_err()));
+        let user =
+            anyhow::Error::from(crate::runtime::RuntimeError::MountSource { path: "/x".into() });
+        assert!(!is_internal(&user));
         assert!(!is_internal(&anyhow::anyhow!("env.toml: bad")));
     }
 }
