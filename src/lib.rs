@@ -69,10 +69,14 @@ pub fn main() -> ExitCode {
     match std::panic::catch_unwind(cli::main) {
         Ok(code) => code,
         Err(_) => {
-            eprintln!(
-                "error: internal error: devenv panicked (a bug in devenv)\n\
-                 hint: please report it with the command line and `devenv --version`"
-            );
+            // The ui went down with the panic; an error is shown even with -q.
+            #[allow(clippy::disallowed_macros)]
+            {
+                eprintln!(
+                    "error: internal error: devenv panicked (a bug in devenv)\n\
+                     hint: please report it with the command line and `devenv --version`"
+                );
+            }
             ExitCode::INTERNAL
         }
     }

@@ -168,6 +168,9 @@ fn a_directory_on_stdin_is_replaced_by_dev_null() {
         out.stderr.contains("descriptor 0 is a directory"),
         "{out:?}"
     );
+    // PID 1's notes follow -q like the rest of devenv's.
+    let quiet = host_sh(&home, &format!("exec \"$DEVENV\" -q run -- true < {dir}")).success();
+    assert_eq!(quiet.stderr, "", "{quiet:?}");
 }
 
 #[test]

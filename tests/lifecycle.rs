@@ -655,10 +655,12 @@ fn cache_entry(home: &TestHome, rel: &str, bytes: usize, days_ago: u64) -> std::
     let times = std::fs::FileTimes::new()
         .set_accessed(when)
         .set_modified(when);
-    std::fs::File::options()
+    fs_err::OpenOptions::new()
         .write(true)
         .open(&path)
-        .and_then(|f| f.set_times(times))
+        .unwrap()
+        .into_file()
+        .set_times(times)
         .unwrap();
     path
 }

@@ -9,6 +9,9 @@
 //! exit 1, an `error:` line on stderr, and no new `layers/*` or `blobs/sha256/*` entry for the
 //! failed content.
 
+// Tests print for the person running them; no ui here.
+#![allow(clippy::disallowed_macros)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -529,7 +529,7 @@ fn tree_state(root: &std::path::Path) -> std::collections::BTreeMap<String, (u32
     while let Some(dir) = todo.pop() {
         for e in fs_err::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
+            let m = fs_err::symlink_metadata(&p).unwrap();
             if m.is_dir() {
                 todo.push(p.clone());
             }
@@ -589,8 +589,8 @@ fn a_command_that_leaves_an_orphan_running_ends_with_its_own_status() {
     // devenv returns the status before the container's namespaces are torn down; the teardown
     // still kills the orphan right after.
     let alive = |marker: &str| {
-        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-            std::fs::read(e.path().join("cmdline"))
+        fs_err::read_dir("/proc").unwrap().flatten().any(|e| {
+            fs_err::read(e.path().join("cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
         })
     };

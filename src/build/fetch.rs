@@ -63,7 +63,7 @@ pub fn fetch(
         } else {
             // Used now: `devenv gc` keeps what was used lately (its modification time, since
             // access times are not kept on every mount).
-            let _ = std::fs::File::open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+            let _ = fs_err::File::open(&path).and_then(|f| f.set_modified(SystemTime::now()));
         }
         out.push(Cached { path, file_name });
     }

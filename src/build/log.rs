@@ -80,7 +80,7 @@ mod tests {
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let t = tempfile::tempdir().unwrap();
         let path = t.path().join("build.log");
-        let tee = Tee::start(r, std::fs::File::create(&path).unwrap(), false);
+        let tee = Tee::start(r, fs_err::File::create(&path).unwrap().into_file(), false);
         std::fs::File::from(w).write_all(b"a\nb\n").unwrap();
         assert_eq!(tee.finish().unwrap(), ["a", "b"]);
         assert_eq!(fs_err::read_to_string(&path).unwrap(), "a\nb\n");

@@ -394,7 +394,7 @@ pub fn build(
     fs_err::create_dir_all(&env_dir)?;
     // A warm start finds the same list: rewriting it (with its fdatasync) cost milliseconds.
     let path = env_dir.join(TOOL_LAYERS);
-    if std::fs::read(&path).ok().as_deref() != Some(json.as_slice()) {
+    if fs_err::read(&path).ok().as_deref() != Some(json.as_slice()) {
         store.write_atomic(&path, &json)?;
     }
     Ok(built)
@@ -531,6 +531,7 @@ fn run_step(
         output: Some(Arc::new(write)),
         gpu: None,
         sandbox: Default::default(),
+        quiet: false,
     };
     let result = run_container(&spec);
     drop(spec);

@@ -278,6 +278,7 @@ fn enter(
             listen_pid,
             allow_syscalls: loaded.env.container.allow_syscalls.clone(),
         },
+        quiet: ctx.ui.quiet(),
     };
     if spec.argv.is_empty() {
         ctx.ui.status(

@@ -50,7 +50,7 @@ struct Ran {
 
 impl Ran {
     fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.staging.path().join("out").join(name)).unwrap_or_default()
+        fs_err::read_to_string(self.staging.path().join("out").join(name)).unwrap_or_default()
     }
 }
 
@@ -119,6 +119,7 @@ impl Sandbox<'_> {
             output: None,
             gpu: None,
             sandbox: Default::default(),
+            quiet: false,
         };
         let status = runtime::run(&spec)?;
         Ok(Ran { status, staging })

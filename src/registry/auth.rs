@@ -553,6 +553,22 @@ mod tests {
         p
     }
 
+    /// An executable script at `dir/name`, written by a `cp` of its own: a file this process
+    /// had open for writing could still be open in a child another test thread forked
+    /// meanwhile, and exec(2) of it would then fail with ETXTBSY.
+    fn write_executable(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let src = write(dir, &format!("{name}.src"), text);
+        let p = dir.join(name);
+        let ok = std::process::Command::new("cp")
+            .arg(&src)
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        fs_err::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
     fn b64(s: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(s)
     }
@@ -657,7 +673,7 @@ mod tests {
     #[test]
     fn a_credential_helper_that_never_answers_is_stopped() {
         let dir = tempfile::tempdir().unwrap();
-        let helper = write(
+        let helper = write_executable(
             dir.path(),
             "docker-credential-stuck",
             "#!/bin/sh\nexec sleep 600\n",
@@ -683,7 +699,7 @@ mod tests {
     fn credential_helpers_are_run_with_the_server_on_stdin() {
         let dir = tempfile::tempdir().unwrap();
         // A fake helper that answers only for ghcr.io and records what it was asked.
-        let helper = write(
+        let helper = write_executable(
             dir.path(),
             "docker-credential-fake",
             &format!(

@@ -4,6 +4,9 @@
 //! Invariant: a path taken from the image is resolved with its symlinks kept inside the root,
 //! so an image symlink (`/home -> /etc`) can never make us create or mount anything on the host.
 
+// std::fs here on purpose: this module returns raw errnos to the launcher (`sys::io_errno`), which fs-err's errors wrap away, and reads layers where a failure only means "ask the mounted overlay".
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::VecDeque;
 use std::ffi::{CString, OsString};
 use std::io;

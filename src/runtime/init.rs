@@ -65,7 +65,7 @@ pub fn init_main() -> ExitCode {
         fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
     };
     let [spec_fd, err_fd, lock_fd] = fds[..] else {
-        eprintln!("error: `devenv __init` is internal to `devenv run` and `devenv shell`");
+        error("`devenv __init` is internal to `devenv run` and `devenv shell`");
         return ExitCode::from(2);
     };
     if !fds.iter().all(|&fd| valid(fd))
@@ -73,7 +73,7 @@ pub fn init_main() -> ExitCode {
         || err_fd == lock_fd
         || spec_fd == lock_fd
     {
-        eprintln!("error: `devenv __init` is internal to `devenv run` and `devenv shell`");
+        error("`devenv __init` is internal to `devenv run` and `devenv shell`");
         return ExitCode::from(2);
     }
     // SAFETY: `run` passed these three descriptors open and meant only for us; each is
@@ -189,7 +189,7 @@ fn send(err: &OwnedFd, msg: &[u8]) -> bool {
 fn report(err: &OwnedFd, e: &RuntimeError) {
     let mut msg = vec![TAG_ERROR];
     if serde_json::to_writer(&mut msg, e).is_err() || !send(err, &msg) {
-        eprintln!("error: {e}");
+        error(&e.to_string());
     }
 }
 
@@ -488,11 +488,30 @@ impl Drop for Stack {
 
 /// stdin from /dev/null, stdout and stderr to `out` (a build step's log).
 fn redirect_output(out: BorrowedFd<'_>) {
-    if let Ok(null) = std::fs::File::open("/dev/null") {
+    if let Ok(null) = fs_err::File::open("/dev/null") {
         let _ = nix::unistd::dup2_stdin(null);
     }
     let _ = nix::unistd::dup2_stdout(out);
     let _ = nix::unistd::dup2_stderr(out);
+}
+
+/// A note from PID 1 or the helper, worded as `ui` words one; none with `-q`. The only places
+/// in the runtime that print (clippy's disallowed-macros keeps it so).
+fn note(plan: &Plan, text: &str) {
+    if !plan.quiet {
+        #[allow(clippy::disallowed_macros)]
+        {
+            eprintln!("note: {text}");
+        }
+    }
+}
+
+/// An error from PID 1 or the helper: shown even with `-q`.
+fn error(text: &str) {
+    #[allow(clippy::disallowed_macros)]
+    {
+        eprintln!("error: {text}");
+    }
 }
 
 /// Whether the process holding ERR_FD's read end (`devenv`) is gone: a pipe's write end polls
@@ -521,16 +540,22 @@ fn pid1(plan: &Plan, err: BorrowedFd<'_>, take_tty: bool) -> Result<i32, Runtime
     let mut sys = Real;
     setup::map_ids(&mut sys, plan)?;
     // Still the host's view: /proc/self/fd/0 names the terminal's device in the host's /dev.
-    let console = std::fs::read_link("/proc/self/fd/0").ok().filter(|p| {
+    let console = fs_err::read_link("/proc/self/fd/0").ok().filter(|p| {
         p.starts_with("/dev/") && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
     });
     let fs = setup::build_root(&mut sys, plan, console.as_deref())?;
     let accounts = matches!(fs, RootFs::Overlay { accounts: true });
     let argv = setup::finish(&mut sys, plan, accounts)?;
     if plan.force_flatten {
-        eprintln!("note: DEVENV_FLATTEN=1; using a flattened copy of the image");
+        note(
+            plan,
+            "DEVENV_FLATTEN=1; using a flattened copy of the image",
+        );
     } else if let RootFs::Flattened { fs, .. } = &fs {
-        eprintln!("note: overlay unavailable on {fs}; using a flattened copy of the image");
+        note(
+            plan,
+            &format!("overlay unavailable on {fs}; using a flattened copy of the image"),
+        );
     }
     // Ctrl-C or a kill while we were building the root: do not start the command at all.
     if let Some(sig) = pending_stop() {
@@ -539,8 +564,9 @@ fn pid1(plan: &Plan, err: BorrowedFd<'_>, take_tty: bool) -> Result<i32, Runtime
     // A directory on stdin, stdout or stderr is a handle on the host's tree (openat(fd, "..")).
     for fd in 0..3 {
         if replace_directory(fd) {
-            eprintln!(
-                "note: descriptor {fd} is a directory on the host; the command gets /dev/null"
+            note(
+                plan,
+                &format!("descriptor {fd} is a directory on the host; the command gets /dev/null"),
             );
         }
     }
@@ -593,7 +619,7 @@ fn pid1(plan: &Plan, err: BorrowedFd<'_>, take_tty: bool) -> Result<i32, Runtime
                 std::io::ErrorKind::PermissionDenied => (126, "permission denied".to_string()),
                 _ => (126, e.to_string()),
             };
-            eprintln!("error: {}: {what}", argv[0]);
+            error(&format!("{}: {what}", argv[0]));
             Ok(code)
         }
     }

@@ -99,6 +99,8 @@ pub struct Spec {
     pub gpu: Option<gpu::HostGpu>,
     /// What crosses into the container on purpose: descriptors, syscalls the profile refuses.
     pub sandbox: Sandbox,
+    /// `-q`: the runtime prints no notes (errors still).
+    pub quiet: bool,
 }
 
 /// The holes a user opens on purpose in what the container is kept from (docs/security.md).
@@ -175,11 +177,7 @@ impl RuntimeError {
 
     /// unshare(CLONE_NEWUSER) failed: find the sysctl that forbids it, if any.
     pub(crate) fn user_namespace(errno: Errno) -> RuntimeError {
-        let read = |p: &str| {
-            std::fs::read_to_string(p)
-                .ok()
-                .map(|s| s.trim().to_string())
-        };
+        let read = |p: &str| fs_err::read_to_string(p).ok().map(|s| s.trim().to_string());
         let checks = [
             ("kernel.unprivileged_userns_clone", "0", "1"),
             ("user.max_user_namespaces", "0", "15000"),
@@ -467,7 +465,7 @@ impl Child<'_> {
 
 /// One thread in this process (/proc/self/stat's num_threads): fork is safe.
 fn single_threaded() -> bool {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    let Ok(stat) = fs_err::read_to_string("/proc/self/stat") else {
         return false;
     };
     // pid (comm) state ppid ...: comm may hold spaces and parentheses; num_threads is the
@@ -536,7 +534,7 @@ pub fn host_user() -> &'static HostUser {
     static USER: std::sync::OnceLock<HostUser> = std::sync::OnceLock::new();
     USER.get_or_init(|| {
         let uid = nix::unistd::getuid().as_raw();
-        let host = std::fs::read_to_string("/etc/passwd")
+        let host = fs_err::read_to_string("/etc/passwd")
             .ok()
             .and_then(|p| fsutil::passwd_lookup(&p, uid));
         let name = host
@@ -614,6 +612,7 @@ fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
         scratch_only: false,
         gpu: spec.gpu.clone(),
         sandbox: spec.sandbox.clone(),
+        quiet: spec.quiet,
     };
     plan.shell = setup::shell_from_layers(&plan);
     plan

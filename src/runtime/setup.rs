@@ -65,6 +65,9 @@ pub struct Plan {
     /// Descriptors kept open, syscalls let through.
     #[serde(default)]
     pub sandbox: super::Sandbox,
+    /// `-q`: PID 1 prints no notes.
+    #[serde(default)]
+    pub quiet: bool,
 }
 
 impl Plan {
@@ -699,7 +702,7 @@ fn accounts_from_layers(plan: &Plan) -> Option<Vec<(&'static str, String)>> {
     // upper/etc merges with the image's /etc only if that is a directory (or absent) in the
     // topmost layer that names it; over a symlink it would replace it.
     for l in plan.lowers.iter().rev() {
-        match std::fs::symlink_metadata(l.join("etc")) {
+        match fs_err::symlink_metadata(l.join("etc")) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Ok(m) if m.is_dir() => break,
             _ => return None,
@@ -710,7 +713,7 @@ fn accounts_from_layers(plan: &Plan) -> Option<Vec<(&'static str, String)>> {
     let mut out = Vec::new();
     for (path, add) in ACCOUNT_FILES {
         let old = match view.lookup(Path::new(path)) {
-            Merged::File(f) => String::from_utf8_lossy(&std::fs::read(f).ok()?).into_owned(),
+            Merged::File(f) => String::from_utf8_lossy(&fs_err::read(f).ok()?).into_owned(),
             Merged::Missing => String::new(),
             Merged::Dir | Merged::Unknown => return None,
         };
@@ -797,7 +800,7 @@ pub fn find_program(name: &str, path_var: &str) -> Option<PathBuf> {
     let mut refused = None;
     for dir in path_var.split(':') {
         let p = Path::new(if dir.is_empty() { "." } else { dir }).join(name);
-        let Ok(meta) = std::fs::metadata(&p) else {
+        let Ok(meta) = fs_err::metadata(&p) else {
             continue;
         };
         if meta.is_dir() {
@@ -870,6 +873,7 @@ mod tests {
             scratch_only: false,
             gpu: None,
             sandbox: Default::default(),
+            quiet: false,
         }
     }
 

@@ -5,6 +5,9 @@
 //! Invariant: every `unsafe` block here carries a `// SAFETY:` line, and every syscall site a
 //! one-line why. Nothing here decides policy; `setup` does.
 
+// std::fs here on purpose: this module is the launcher's syscall layer: its callers need the raw errno, which fs-err's errors wrap away.
+#![allow(clippy::disallowed_methods)]
+
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};

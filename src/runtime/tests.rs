@@ -78,6 +78,7 @@ impl Fixture {
             output: None,
             gpu: None,
             sandbox: Default::default(),
+            quiet: false,
         };
         Fixture {
             _dir: t,
@@ -489,7 +490,7 @@ fn container_gpu_binds_the_driver_it_is_given() {
     fs_err::write(&lib, "driver\n").unwrap();
     let smi = host.path().join("nvidia-smi");
     fs_err::write(&smi, "#!/bin/sh\necho smi-ran\n").unwrap();
-    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fs_err::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let spec = Spec {
         gpu: Some(super::gpu::HostGpu {
             devices: vec![ctl.clone()],

@@ -236,7 +236,7 @@ pub fn cache_sizes(store: &Store) -> Vec<(Cache, u64)> {
 /// it (a directory's own times move when it is listed or made, which is no use of its files);
 /// an empty directory's own.
 fn last_used(path: &Path) -> std::time::SystemTime {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
+    let Ok(meta) = fs_err::symlink_metadata(path) else {
         return std::time::SystemTime::UNIX_EPOCH;
     };
     let own = [meta.accessed(), meta.modified()]
@@ -247,7 +247,7 @@ fn last_used(path: &Path) -> std::time::SystemTime {
     if !meta.is_dir() {
         return own;
     }
-    std::fs::read_dir(path)
+    fs_err::read_dir(path)
         .map(|r| r.flatten().map(|e| last_used(&e.path())).max())
         .ok()
         .flatten()
@@ -394,13 +394,13 @@ fn remove_dangling_tags(store: &Store) -> Result<(), StoreError> {
 
 /// Apparent size of a file or tree (symlinks not followed).
 pub fn disk_usage(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
+    let Ok(meta) = fs_err::symlink_metadata(path) else {
         return 0;
     };
     if !meta.is_dir() {
         return meta.len();
     }
-    let Ok(entries) = std::fs::read_dir(path) else {
+    let Ok(entries) = fs_err::read_dir(path) else {
         return 0;
     };
     entries.flatten().map(|e| disk_usage(&e.path())).sum()

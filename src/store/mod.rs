@@ -67,7 +67,7 @@ impl Store {
             let dir = root.join(d);
             // One mkdir(2) each on the warm path, where all exist; create_dir_all would stat
             // each again to see that it is a directory (a file there fails at first use).
-            match std::fs::create_dir(&dir) {
+            match fs_err::create_dir(&dir) {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 _ => fs_err::create_dir_all(&dir)?,
             }
@@ -197,6 +197,8 @@ pub enum LockMode {
 /// process never wedges the store.
 pub fn lock_file(path: &Path, mode: LockMode) -> Result<Lock, StoreError> {
     use nix::fcntl::{Flock, FlockArg};
+    // A std file, which Flock holds; the error names the path below.
+    #[allow(clippy::disallowed_methods)]
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -275,13 +277,13 @@ impl Drop for Staging {
 /// Remove a file, or a tree that may hold read-only directories (layers keep 0555 dirs as the
 /// image has them). Gone already is fine.
 pub fn remove_tree(path: &Path) -> std::io::Result<()> {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
-        return match std::fs::remove_file(path) {
+    if fs_err::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
+        return match fs_err::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         };
     }
-    match std::fs::remove_dir_all(path) {
+    match fs_err::remove_dir_all(path) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(_) => {}

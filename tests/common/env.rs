@@ -324,7 +324,7 @@ pub fn session_members(sid: u32) -> Vec<i32> {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+        let Ok(stat) = fs_err::read_to_string(e.path().join("stat")) else {
             continue;
         };
         // pid (comm) state ppid pgrp session ...; comm may hold spaces and parentheses.
@@ -353,7 +353,7 @@ pub fn processes_with(needle: &str) -> Vec<String> {
         if !name.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+        if let Ok(cmd) = fs_err::read(e.path().join("cmdline")) {
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             if cmd.contains(needle) {
                 out.push(format!("{name}: {cmd}"));

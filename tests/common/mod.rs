@@ -10,6 +10,8 @@
 //! The harness never skips: a missing registry, user or kernel feature is a panic that says
 //! what to run (`scripts/test`).
 #![allow(dead_code, unused_imports)]
+// Tests print what they keep or skip for the person running them; no ui here.
+#![allow(clippy::disallowed_macros)]
 
 pub mod env;
 pub mod fault;
@@ -134,7 +136,7 @@ fn remove_stale_dirs() {
         let Some(pid) = pid else { continue };
         if !Path::new(&format!("/proc/{pid}")).exists() {
             make_writable(&e.path());
-            let _ = std::fs::remove_dir_all(e.path());
+            let _ = fs_err::remove_dir_all(e.path());
         }
     }
 }
@@ -336,19 +338,19 @@ impl Drop for TestHome {
         }
         // devenv keeps modes: a 0555 layer directory cannot be emptied until made writable.
         make_writable(&self.root);
-        let _ = std::fs::remove_dir_all(&self.root);
+        let _ = fs_err::remove_dir_all(&self.root);
     }
 }
 
 fn make_writable(dir: &Path) {
-    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+    let Ok(meta) = fs_err::symlink_metadata(dir) else {
         return;
     };
     if !meta.is_dir() {
         return;
     }
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
-    if let Ok(rd) = std::fs::read_dir(dir) {
+    let _ = fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    if let Ok(rd) = fs_err::read_dir(dir) {
         for e in rd.flatten() {
             make_writable(&e.path());
         }
