@@ -105,6 +105,24 @@ fn not_even_root_inside_reaches_pid_1s_memory() {
 }
 
 #[test]
+fn the_heap_guard_of_pid_1s_window_is_live_in_the_binary_under_test() {
+    // Every test of this suite runs a debug build whose allocator aborts when devenv touches
+    // the heap while PID 1 runs in its memory (runtime::alloc_guard): the rule CLONE_VM rests
+    // on. This proves the guard is armed: a deliberate allocation in the window aborts.
+    let home = project("");
+    run_cmd(&home, &["true"]).success();
+    let out = run(devenv(&home)
+        .env("DEVENV_TEST_ALLOC_IN_WINDOW", "1")
+        .args(["run", "--", "true"]));
+    assert!(
+        out.stderr
+            .contains("the heap was used while PID 1 runs in this process's memory"),
+        "{out:?}"
+    );
+    assert_ne!(out.code(), Some(0), "{out:?}");
+}
+
+#[test]
 fn file_created_in_the_project_is_owned_by_the_user_on_the_host() {
     let home = project("");
     sh(&home, "echo hello > created && mkdir createdir").success();

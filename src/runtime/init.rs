@@ -359,6 +359,8 @@ pub(super) fn start_pid1<'a>(
     if pid < 0 {
         return Err(RuntimeError::user_namespace(Errno::last()));
     }
+    // From here until PID 1 has sent the status or exited, this thread leaves the heap alone.
+    super::alloc_guard::open();
     Ok(Pid1 {
         pid: Pid::from_raw(pid),
         reaped: false,
@@ -414,6 +416,7 @@ impl Pid1<'_> {
     /// reaps them before PID 1's exit completes): our memory may be dumpable again (`pid1`
     /// made it not), so that the next PID 1 can open its own /proc files to map its ids.
     fn mark_reaped(&mut self) {
+        super::alloc_guard::close();
         self.reaped = true;
         let _ = nix::sys::prctl::set_dumpable(true);
     }

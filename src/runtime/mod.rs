@@ -31,6 +31,7 @@
 //! - Signals sent to devenv by a process (kill, systemd) go inward; those the terminal sends to
 //!   the whole foreground group are not sent twice. A hangup is always forwarded.
 
+mod alloc_guard;
 pub mod ca;
 mod fsutil;
 pub mod gpu;
@@ -377,6 +378,7 @@ fn launch(
         None
     };
     let failure = init::Failure::default();
+    let alloc_in_window = clone && alloc_guard::test_alloc_in_window();
     // PID 1 outlives us only where we exit right after the status and its entry is in its own
     // tmpfs (one on the disk is named by the mounts being torn down: we wait for those).
     let linger = clone && teardown == Teardown::Leave && scratch_only;
@@ -406,8 +408,15 @@ fn launch(
         init::restore_signals(&mask);
     }
     let mut child = started?;
+    if alloc_in_window {
+        // The guard's own test: this must abort a debug build (tests/run.rs).
+        drop(std::hint::black_box(Box::new(0u8)));
+    }
     drop(err_w);
-    let result = match init::Message::read(err_r) {
+    let message = init::Message::read(err_r);
+    // PID 1 has sent the status, or exited: the heap is ours again.
+    alloc_guard::close();
+    let result = match message {
         init::Message::Status(code) => {
             // An entry on the disk is named by the mounts being torn down: let them go first.
             if !linger && (teardown == Teardown::Wait || entry.dir.exists()) {
