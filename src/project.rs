@@ -50,7 +50,7 @@ impl Project {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "root".into());
         Ok(Project {
-            name: hostname_of(&raw),
+            name: crate::runtime::host_name(&raw),
             dir,
             id,
         })
@@ -103,23 +103,6 @@ impl Project {
         store.write_atomic(&path, &bytes)?;
         Ok(state)
     }
-}
-
-/// Lowercase letters, digits and `-`, at most 63 characters: what a host name may be.
-fn hostname_of(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect();
-    out = out.trim_matches('-').to_string();
-    if out.is_empty() { "devenv".into() } else { out }
 }
 
 /// The container's environment: the image's `Env`, then env.toml's `[env]`, then the host's
@@ -196,11 +179,5 @@ mod tests {
     fn default_path_when_image_has_none() {
         let env = container_env(&[], &BTreeMap::new(), &|_| None, &[], &[]);
         assert_eq!(env, vec![("PATH".to_string(), DEFAULT_PATH.to_string())]);
-    }
-
-    #[test]
-    fn hostnames() {
-        assert_eq!(hostname_of("My Project_2"), "my-project-2");
-        assert_eq!(hostname_of("..."), "devenv");
     }
 }

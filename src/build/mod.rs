@@ -533,6 +533,8 @@ fn run_step(
         sandbox: Default::default(),
         quiet: false,
     };
+    // What the runtime mounts on: mount points it made in the upper directory, not the step's.
+    let points = runtime::mount_points(&spec);
     let result = run_container(&spec);
     drop(spec);
     let tail = tee.finish()?;
@@ -559,17 +561,6 @@ fn run_step(
             fs_err::rename(&out.dir, dir.join("venv"))?;
         }
     }
-    let mut points: Vec<PathBuf> = vec![
-        ctx.project_dir.to_path_buf(),
-        "/root".into(),
-        "/dev".into(),
-        "/proc".into(),
-        "/sys".into(),
-        "/tmp".into(),
-        "/etc/resolv.conf".into(),
-        "/etc/hosts".into(),
-    ];
-    points.extend(mounts.iter().map(|m| m.target.clone()));
     clean::clean_upper(&upper, lowers, &points)?;
     fs_err::set_permissions(&upper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     match fs_err::rename(&upper, dest) {

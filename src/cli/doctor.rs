@@ -28,7 +28,7 @@ pub fn run(args: DoctorArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
             checks.push(doctor::check_store_writable(store.root()));
             checks.push(doctor::check_user_xattrs(&tmp));
             // The probe's scratch dir is in tmp/, which gc empties under its exclusive lock.
-            let gc_lock = store.lock_shared("gc");
+            let gc_lock = store.keep_from_gc();
             let (userns, overlay) = doctor::probe(&tmp);
             drop(gc_lock);
             checks.push(userns);

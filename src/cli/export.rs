@@ -69,7 +69,7 @@ pub fn run(args: ExportArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     let m = super::run::materialize(ctx, &loaded)?;
     let store = ctx.store()?;
     // gc waits while blobs are copied out of the store.
-    let _gc = store.lock_shared("gc")?;
+    let _gc = store.keep_from_gc()?;
 
     let tools: Vec<ToolLayer> = m
         .tools

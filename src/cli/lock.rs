@@ -33,7 +33,7 @@ pub fn run(args: LockArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     let path = loaded.project_dir.join(lock::FILE_NAME);
     let before = fs_err::read(&path).ok();
     // Resolving pulls the image and stages in tmp/: gc must wait for it.
-    let _gc_lock = store.lock_shared("gc")?;
+    let _gc = store.keep_from_gc()?;
     let lock = lock::ensure(&loaded, &store, &opts, &ctx.ui)
         .with_context(|| format!("locking {}", loaded.path.display()))?;
     if fs_err::read(&path).ok() == before {

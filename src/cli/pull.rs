@@ -44,7 +44,7 @@ pub fn run(args: PullArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         refresh_tag: true,
     };
     let started = Instant::now();
-    let _gc_lock = store.lock_shared("gc")?;
+    let _gc = store.keep_from_gc()?;
     let pulled = pull::pull(&image, &opts, &store, &client, &ctx.ui)
         .with_context(|| format!("pulling {image}"))?;
     let what = match pulled.fetched {

@@ -142,7 +142,7 @@ pub(super) fn materialize(
     let store = ctx.store()?;
     // Shared gc lock from the first fetch (locking pulls the image and stages resolutions in
     // tmp/) until the env record names the image and its tool layers: gc waits meanwhile.
-    let gc_lock = store.lock_shared("gc")?;
+    let gc_lock = store.keep_from_gc()?;
     let platform = loaded.env.platform();
     let lock_opts = crate::lock::LockOptions::new(loaded, ctx.locked, ctx.offline);
     let lock = crate::lock::ensure(loaded, &store, &lock_opts, &ctx.ui)

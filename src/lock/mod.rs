@@ -694,7 +694,7 @@ pub fn ensure(
         refresh_tag: refresh,
     };
     let client = || Client::new(Settings::load()?);
-    let _gc_lock = store.lock_shared("gc")?;
+    let _gc = store.keep_from_gc()?;
     let pulled = pull::pull(&pull_ref, &pull_opts, store, &client, ui)?;
     if !same_reference {
         lock.image.platforms.clear();

@@ -556,6 +556,54 @@ pub fn host_user() -> &'static HostUser {
     })
 }
 
+/// `name` as a host name: lowercase letters, digits and `-`, at most 63 characters, no `-` at
+/// either end; `devenv` when nothing is left. The one rule: the project's name (hostname,
+/// prompt, `DEVENV_ENV`) is made with it, and PID 1 applies it again to whatever it is given.
+pub fn host_name(name: &str) -> String {
+    let out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let out = out.trim_matches('-');
+    if out.is_empty() {
+        "devenv".into()
+    } else {
+        out.to_string()
+    }
+}
+
+/// The paths inside the container that `spec`'s entry mounts something on, so that a build
+/// step can tell the mount points the runtime made in its upper directory from what the
+/// command wrote (build::clean).
+pub fn mount_points(spec: &Spec) -> Vec<PathBuf> {
+    let mut points = vec![
+        spec.project_dir.clone(),
+        spec.home_target.clone(),
+        "/dev".into(),
+        "/proc".into(),
+        "/sys".into(),
+        "/tmp".into(),
+    ];
+    points.extend(setup::HOST_FILES.iter().map(PathBuf::from));
+    points.extend(spec.mounts.iter().map(|m| m.target.clone()));
+    if spec.gpu.is_some() {
+        points.push(
+            Path::new(gpu::LIB_DIR)
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .to_path_buf(),
+        );
+    }
+    points
+}
+
 /// Where the env's persistent home appears inside: `/root` for `--root`; else the home the
 /// image's `/etc/passwd` gives `user` (read through the merged view of `lowers`, base first:
 /// whiteouts hide it, symlinks stay inside the image), else `/home/<user>`.

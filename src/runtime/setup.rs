@@ -81,7 +81,7 @@ impl Plan {
 }
 
 /// Host files bound read-only into the same place inside.
-const HOST_FILES: [&str; 2] = ["/etc/resolv.conf", "/etc/hosts"];
+pub(super) const HOST_FILES: [&str; 2] = ["/etc/resolv.conf", "/etc/hosts"];
 /// Host devices bound into the fresh `/dev`.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 /// Overlay options must fit in one page (fs/namespace.c copies mount data by the page).
@@ -594,7 +594,7 @@ pub fn finish<S: Syscalls>(
             }
         }
     }
-    sys.sethostname(&hostname(&plan.hostname))
+    sys.sethostname(&super::host_name(&plan.hostname))
         .map_err(|e| RuntimeError::sys("setting the hostname", e))?;
     sys.chdir(&plan.cwd).map_err(|errno| RuntimeError::Cwd {
         path: plan.cwd.clone(),
@@ -742,27 +742,6 @@ pub fn shell_from_layers(plan: &Plan) -> Option<String> {
         Merged::Dir | Merged::Missing => false,
     });
     (!unsure).then_some(shell)
-}
-
-/// A valid hostname from a project name: letters, digits and `-`, at most 63 bytes.
-fn hostname(name: &str) -> String {
-    let h: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect();
-    let h = h.trim_matches('-');
-    if h.is_empty() {
-        "devenv".into()
-    } else {
-        h.to_string()
-    }
 }
 
 /// `[container].shell`, else the user's host shell when the image has it, else bash, else sh.
@@ -1385,9 +1364,16 @@ mod tests {
 
     #[test]
     fn hostname_is_sanitised() {
-        assert_eq!(hostname("my_proj.v2"), "my-proj-v2");
-        assert_eq!(hostname("__"), "devenv");
-        assert_eq!(hostname(&"a".repeat(100)).len(), 63);
+        use super::super::host_name;
+        assert_eq!(host_name("my_proj.v2"), "my-proj-v2");
+        assert_eq!(
+            host_name("My Project_2"),
+            "my-project-2",
+            "lowercase, as project names"
+        );
+        assert_eq!(host_name("__"), "devenv");
+        assert_eq!(host_name("..."), "devenv");
+        assert_eq!(host_name(&"a".repeat(100)).len(), 63);
     }
 
     fn gpu() -> super::super::gpu::HostGpu {

@@ -331,7 +331,7 @@ impl Plan {
 /// Collect: plan under the exclusive gc lock and, unless `dry_run`, remove. Builds hold the
 /// lock shared while they use the caches, so no cache entry goes while a build reads it.
 pub fn collect(store: &Store, dry_run: bool, caches: Caches) -> Result<Plan, StoreError> {
-    let _gc = store.lock("gc")?;
+    let _gc = store.collecting()?;
     let mut plan = Plan::default();
     let mut roots = Roots::default();
     for env in envs(store)? {
@@ -439,7 +439,7 @@ pub fn tags(store: &Store) -> Vec<(String, Digest)> {
 /// Remove one image: its tag, and its manifests, configs, blobs and layers that no live env
 /// uses. Returns what was removed.
 pub fn remove_image(store: &Store, image: &crate::reference::ImageRef) -> Result<Plan, StoreError> {
-    let _gc = store.lock("gc")?;
+    let _gc = store.collecting()?;
     let mut plan = Plan::default();
     let top = match &image.digest {
         Some(d) => Some(d.clone()),

@@ -182,6 +182,30 @@ impl Store {
             LockMode::Shared,
         )
     }
+
+    /// Keep gc away while the guard lives: what this process fetches, stages or copies out of
+    /// the store is not removed under it. Take it before the first fetch and hold it until the
+    /// env's record names what was fetched (gc keeps what records name). Many at once.
+    pub fn keep_from_gc(&self) -> Result<GcGuard, StoreError> {
+        Ok(GcGuard {
+            _lock: self.lock_shared(GC_LOCK)?,
+        })
+    }
+
+    /// gc's own side: no [`GcGuard`] is held while this lives.
+    pub(crate) fn collecting(&self) -> Result<GcGuard, StoreError> {
+        Ok(GcGuard {
+            _lock: self.lock(GC_LOCK)?,
+        })
+    }
+}
+
+const GC_LOCK: &str = "gc";
+
+/// While held, gc removes nothing ([`Store::keep_from_gc`]); gc holds it exclusively.
+#[must_use = "gc waits only while the guard lives"]
+pub struct GcGuard {
+    _lock: Lock,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
