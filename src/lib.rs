@@ -18,6 +18,7 @@ pub mod reference;
 pub mod registry;
 pub mod runtime;
 pub mod store;
+pub mod trust;
 pub mod ui;
 pub mod unpack;
 

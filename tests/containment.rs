@@ -63,6 +63,13 @@ fn project(extra: &str) -> TestHome {
     home
 }
 
+/// [`project`], with what its env.toml asks beyond the project granted (`devenv trust`).
+fn trusted_project(extra: &str) -> TestHome {
+    let home = project(extra);
+    run(devenv(&home).arg("trust")).success();
+    home
+}
+
 /// `sh -c SCRIPT` on the host as the test user, devenv's environment set, `$DEVENV` naming it.
 fn host_sh(home: &TestHome, script: &str) -> Outcome {
     run(user_in(home, "/bin/sh")
@@ -250,7 +257,7 @@ fn a_key_in_the_users_session_keyring_is_not_readable_inside() {
 
 #[test]
 fn with_the_keyring_calls_allowed_the_container_still_has_a_keyring_of_its_own() {
-    let home = project("[container]\nallow_syscalls = [\"keyring\"]\n");
+    let home = trusted_project("[container]\nallow_syscalls = [\"keyring\"]\n");
     let out = key_probe(&home).success();
     assert!(!out.stdout.contains("s3cret-payload"), "{out:?}");
     // The calls run (another errno than the filter's), but the key is not possessed.
@@ -316,7 +323,7 @@ fn the_seccomp_profile_refuses_each_listed_call_with_eperm_and_keeps_the_rest() 
 
 #[test]
 fn allow_syscalls_lets_a_group_through() {
-    let home = project("[container]\nallow_syscalls = [\"io_uring\", \"keyring\"]\n");
+    let home = trusted_project("[container]\nallow_syscalls = [\"io_uring\", \"keyring\"]\n");
     let got = syscall_results(&home, false);
     let disabled =
         fs_err::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() != "0");
@@ -377,6 +384,7 @@ fn root_inside_cannot_make_a_read_only_mount_writable() {
             shared.display()
         ),
     );
+    run(devenv(&home).arg("trust")).success();
     let out = run(devenv(&home).args([
         "run",
         "--root",

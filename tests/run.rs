@@ -35,6 +35,11 @@ fn project(extra: &str) -> TestHome {
     home
 }
 
+/// `devenv trust`: grant what the project's env.toml asks beyond the project (trust.rs).
+fn trust(home: &TestHome) {
+    run(devenv(home).arg("trust")).success();
+}
+
 /// `devenv run -- ARGS` in the project directory.
 fn run_cmd(home: &TestHome, args: &[&str]) -> Outcome {
     run(devenv(home).arg("run").arg("--").args(args))
@@ -723,6 +728,7 @@ fn gpu_brings_the_hosts_driver_or_says_there_is_none() {
     // where there is one, without it and a note where there is none (CI). The binds in
     // detail, with a stand-in driver: runtime::tests::container_gpu_binds_the_driver_it_is_given.
     let home = project("[container]\ngpu = true\n");
+    trust(&home);
     let script = "ls /dev; ls /usr/local/nvidia/lib64 2>&1; echo \"LD=$LD_LIBRARY_PATH\"";
     let out = run_cmd(&home, &["sh", "-c", script]).success();
     if std::path::Path::new("/dev/nvidiactl").exists() {
@@ -791,6 +797,7 @@ fn mounts_are_visible_read_only_and_nothing_else_of_the_host() {
             shared.display()
         ),
     );
+    trust(&home);
     let host_only = home.root().join("host-only/secret");
     let script = format!(
         "cat /data/data.txt; \
@@ -809,6 +816,7 @@ fn mounts_are_visible_read_only_and_nothing_else_of_the_host() {
 #[test]
 fn tilde_mounts_are_the_users_host_directory_read_write() {
     let home = project("[container]\nmounts = [\"~/.cache/models\", \"data:/data\"]\n");
+    trust(&home);
     home.write("home/.cache/models/weights", "w1\n");
     home.write("project/data/input", "in\n");
     let models = home.home().join(".cache/models");
@@ -1053,6 +1061,7 @@ fn offline_with_an_empty_store_is_an_error() {
 #[test]
 fn a_missing_mount_source_is_an_error_with_a_hint() {
     let home = project("[container]\nmounts = [\"/nonexistent-devenv-source:/x\"]\n");
+    trust(&home);
     let out = run_cmd(&home, &["true"]).failure(&["/nonexistent-devenv-source"]);
     assert!(out.stderr.contains("hint:"), "no hint: {out:?}");
     // Said before anything was fetched or locked.
@@ -1064,6 +1073,7 @@ fn a_missing_mount_source_is_an_error_with_a_hint() {
 fn a_missing_mount_source_under_the_home_is_made_and_said_so() {
     // Templates mount caches such as ~/.keras, which a fresh machine does not have.
     let home = project("[container]\nmounts = [\"~/.keras\"]\n");
+    trust(&home);
     let keras = home.home().join(".keras");
     let out = run_cmd(
         &home,

@@ -24,6 +24,7 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
         no_progress: false,
         offline: false,
         locked: false,
+        trust: false,
         command: Command::Shell(run::ShellArgs {
             root: false,
             preserve_fds: 0,
@@ -142,6 +143,8 @@ mod tests {
             &["shell", "extra"],
             &["shell", "--root", "-q"],
             &["shell", "--preserve-fds", "1"],
+            &["--trust", "run", "true"],
+            &["--locked", "--trust", "run", "--", "true"],
             &["run", "--preserve-fds", "1", "--", "true"],
             &["run", "--root", "--preserve-fds=2", "true"],
             &["-qv", "run", "true"],

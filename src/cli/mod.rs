@@ -11,6 +11,7 @@ mod lock;
 mod pull;
 mod run;
 mod status;
+mod trust;
 
 use crate::ExitCode;
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ Environment:
                        proxies for registry traffic (either case; passed into containers)
   NO_COLOR             no colour
   DEVENV_FLATTEN=1     a flattened copy of the image instead of overlay
+  DEVENV_TRUST=1       as --trust: grant env.toml's reach beyond the project for this run
 
 Docs: docs/cli.md, docs/env-toml.md, docs/env-lock.md in the source tree.";
 
@@ -62,6 +64,9 @@ pub struct Cli {
     /// Fail instead of changing env.lock (CI): a drifted or missing lock is an error
     #[arg(long, global = true)]
     pub locked: bool,
+    /// Grant for this run what env.toml asks beyond the project (also DEVENV_TRUST=1; CI)
+    #[arg(long, global = true)]
+    pub trust: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -84,6 +89,8 @@ pub enum Command {
     Export(export::ExportArgs),
     #[command(about = "Show the env, what is cached and what would be fetched")]
     Status(status::StatusArgs),
+    #[command(about = "Grant this project what its env.toml asks beyond the project directory")]
+    Trust(trust::TrustArgs),
     #[command(about = "Remove envs whose project is gone and what no env uses")]
     Gc(gc::GcArgs),
     /// Look at the store, remove one image
@@ -110,6 +117,8 @@ pub struct Context {
     pub offline: bool,
     /// `--locked`: env.lock must already match env.toml; never write it.
     pub locked: bool,
+    /// `--trust` or DEVENV_TRUST=1: what env.toml asks beyond the project, granted for this run.
+    pub trust: bool,
 }
 
 impl Context {
@@ -142,6 +151,7 @@ pub fn main() -> ExitCode {
         ui,
         offline: cli.offline,
         locked: cli.locked,
+        trust: cli.trust || std::env::var_os("DEVENV_TRUST").is_some_and(|v| v == "1"),
     };
     let result = match cli.command {
         Command::Init(args) => init::run(args, &ctx),
@@ -153,6 +163,7 @@ pub fn main() -> ExitCode {
         Command::Doctor(args) => doctor::run(args, &ctx),
         Command::Lock(args) => lock::run(args, &ctx),
         Command::Status(args) => status::run(args, &ctx),
+        Command::Trust(args) => trust::run(args, &ctx),
         Command::Gc(args) => gc::gc(args, &ctx),
         Command::Cache(cmd) => gc::cache(cmd, &ctx),
         Command::Completions { shell } => {

@@ -199,8 +199,11 @@ fn enter(
     passed: Passed,
 ) -> anyhow::Result<ExitCode> {
     let loaded = crate::config::find_and_load(&ctx.cwd)?;
-    prepare_mounts(&loaded.env.container.mounts, home_dir().as_deref(), &ctx.ui)?;
+    // Before anything runs: what env.toml asks beyond the project must be the user's choice.
+    let decided = super::trust::decide(ctx, &loaded)?;
+    prepare_mounts(&decided.mounts, home_dir().as_deref(), &ctx.ui)?;
     let m = materialize(ctx, &loaded)?;
+    let mounts = decided.recheck(&loaded)?;
     let lowers = m.lowers();
     let Materialized {
         image,
@@ -269,7 +272,7 @@ fn enter(
         hostname: project.name.clone(),
         network: loaded.env.container.network,
         root,
-        mounts: loaded.env.container.mounts.clone(),
+        mounts,
         upper: None,
         output: None,
         gpu,

@@ -35,6 +35,8 @@ pub struct Status {
     pub lock: &'static str,
     /// How env.lock differs from env.toml, one sentence each; empty when it is current.
     pub lock_drift: Vec<String>,
+    /// What env.toml asks beyond the project: granted, and not (yet).
+    pub trust: TrustInfo,
     pub store: StoreInfo,
     /// What `devenv shell` would fetch: empty when everything is cached.
     pub pending: Vec<String>,
@@ -71,6 +73,34 @@ pub struct ToolLayerInfo {
     pub key: Digest,
     pub cached: bool,
     pub bytes: u64,
+}
+
+/// What env.toml asks beyond the project, and what of it the user granted (trust.rs).
+#[derive(Serialize)]
+pub struct TrustInfo {
+    pub granted: Vec<String>,
+    pub not_granted: Vec<String>,
+}
+
+fn trust_info(loaded: &crate::config::Loaded) -> anyhow::Result<TrustInfo> {
+    let (asked, _) = crate::trust::asked(&loaded.env, &loaded.project_dir);
+    if asked.is_empty() {
+        return Ok(TrustInfo {
+            granted: Vec::new(),
+            not_granted: Vec::new(),
+        });
+    }
+    let project = fs_err::canonicalize(&loaded.project_dir)?;
+    let grants = match crate::trust::grants_path() {
+        Some(p) => crate::trust::Grants::load(&p)?.of(&project),
+        None => Default::default(),
+    };
+    let missing = crate::trust::ungranted(&asked, &crate::trust::load_policy()?, &grants);
+    let (not_granted, granted): (Vec<_>, Vec<_>) = asked.iter().partition(|i| missing.contains(i));
+    Ok(TrustInfo {
+        granted: granted.iter().map(ToString::to_string).collect(),
+        not_granted: not_granted.iter().map(ToString::to_string).collect(),
+    })
 }
 
 #[derive(Serialize)]
@@ -166,6 +196,7 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         tool_layers,
         lock: if lock_present { "present" } else { "missing" },
         lock_drift,
+        trust: trust_info(&loaded)?,
         store: StoreInfo {
             root: store.root().to_path_buf(),
             bytes: disk_usage(store.root()),
@@ -228,6 +259,12 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         status.store.root.display(),
         human(status.store.bytes)
     )?;
+    for g in &status.trust.granted {
+        writeln!(out, "trust    granted: {g}")?;
+    }
+    for g in &status.trust.not_granted {
+        writeln!(out, "trust    not granted: {g} (`devenv trust` grants it)")?;
+    }
     let caches: Vec<String> = crate::store::gc::Cache::ALL
         .iter()
         .map(|c| format!("{} {}", c.name(), human(status.store.caches[c.name()])))

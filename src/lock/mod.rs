@@ -329,6 +329,8 @@ pub enum LockError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("`requirements` {} is outside the project (it leads to {})", path.display(), real.display())]
+    RequirementsOutside { path: PathBuf, real: PathBuf },
     #[error("the resolver container exited with status {status}:\n{log}")]
     Container { status: i32, log: String },
 }
@@ -429,6 +431,10 @@ impl Hint for LockError {
             LockError::AptUnknown { .. } => Some(
                 "check the name with `apt-cache search` on the same Debian release, or drop it \
                  from [packages].apt"
+                    .into(),
+            ),
+            LockError::RequirementsOutside { .. } => Some(
+                "keep the requirements file in the project directory, as a file, not a link out"
                     .into(),
             ),
             LockError::Requirements { .. } => {
@@ -601,6 +607,17 @@ fn wanted_for(loaded: &Loaded, platform: &Platform) -> Result<Asked, LockError> 
     let image = loaded.env.base_image()?;
     let requirements = match &inputs.requirements {
         Some(path) => {
+            // Judged after symlinks: a requirements file that links out of the project would
+            // copy a host file's contents into env.lock, which is committed.
+            let project = fs_err::canonicalize(&loaded.project_dir).unwrap_or_default();
+            if let Ok(real) = fs_err::canonicalize(path)
+                && !real.starts_with(&project)
+            {
+                return Err(LockError::RequirementsOutside {
+                    path: path.clone(),
+                    real,
+                });
+            }
             Some(
                 fs_err::read_to_string(path).map_err(|source| LockError::Requirements {
                     path: path.clone(),

@@ -12,7 +12,7 @@
 mod auth;
 mod blob;
 pub mod manifest;
-mod settings;
+pub mod settings;
 #[cfg(test)]
 mod tests;
 mod transport;

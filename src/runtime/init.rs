@@ -318,11 +318,19 @@ pub(super) fn start_pid1<'a>(
                 Ok(code) => {
                     report_status(err, code);
                     if linger {
-                        // Until the parent's exit kills us (parent-death signal).
-                        loop {
-                            // SAFETY: pause(2) only waits; no handler is installed to run.
-                            unsafe { libc::pause() };
-                        }
+                        // Until the parent's exit: its parent-death signal kills us, and, should
+                        // that have been lost (a parent that died mid-setup, between our
+                        // prctl and its exit), the pipe's read end closing wakes the poll.
+                        let mut fds = [libc::pollfd {
+                            fd: err.as_raw_fd(),
+                            events: 0,
+                            revents: 0,
+                        }];
+                        // SAFETY: poll(2) on one valid pollfd on our stack; no handler runs.
+                        while unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) } <= 0
+                            || fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL)
+                                == 0
+                        {}
                     }
                     code
                 }
