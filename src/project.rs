@@ -105,6 +105,85 @@ impl Project {
     }
 }
 
+/// The user's git identity on the host: `user.name` and `user.email` from git's global files
+/// (`$XDG_CONFIG_HOME/git/config`, then `~/.gitconfig`, the later winning, as git reads them),
+/// as a gitconfig of just those two keys; `None` when neither is set. Read by hand, not by
+/// running git: nothing else of the host's git config (credentials, aliases, hooks) is taken.
+pub fn git_identity(home: &Path, xdg_config: Option<&Path>) -> Option<String> {
+    let files = [
+        xdg_config
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| home.join(".config"))
+            .join("git/config"),
+        home.join(".gitconfig"),
+    ];
+    let (mut name, mut email) = (None, None);
+    for f in files {
+        let Ok(text) = fs_err::read_to_string(&f) else {
+            continue;
+        };
+        let mut in_user = false;
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                in_user = line
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .trim()
+                    .eq_ignore_ascii_case("user");
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            if !in_user {
+                continue;
+            }
+            let v = gitconfig_value(v);
+            match k.trim().to_ascii_lowercase().as_str() {
+                "name" => name = Some(v),
+                "email" => email = Some(v),
+                _ => {}
+            }
+        }
+    }
+    if name.is_none() && email.is_none() {
+        return None;
+    }
+    let quote = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut out = String::from(
+        "# Your git identity, copied from the host by devenv at the first entry; edit freely\n\
+         # (devenv never writes this file again). [container] git_identity = false: not copied.\n[user]\n",
+    );
+    if let Some(n) = name {
+        out.push_str(&format!("\tname = {}\n", quote(&n)));
+    }
+    if let Some(e) = email {
+        out.push_str(&format!("\temail = {}\n", quote(&e)));
+    }
+    Some(out)
+}
+
+/// A gitconfig value as git reads it: quotes removed, `\"`, `\\`, `\n`, `\t` unescaped, a `#`
+/// or `;` outside quotes starting a comment, surrounding blanks dropped.
+fn gitconfig_value(raw: &str) -> String {
+    let (mut out, mut quoted, mut chars) = (String::new(), false, raw.trim().chars());
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(other) => out.push(other),
+                None => {}
+            },
+            '#' | ';' if !quoted => break,
+            c => out.push(c),
+        }
+    }
+    out.trim_end().to_string()
+}
+
 /// The container's environment: the image's `Env`, then env.toml's `[env]`, then the host's
 /// allow-listed variables, then what devenv itself sets. Later sources win.
 pub fn container_env(
@@ -145,6 +224,28 @@ pub fn container_env(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn git_identity_takes_only_name_and_email_later_files_winning() {
+        let t = tempfile::tempdir().unwrap();
+        let home = t.path();
+        fs_err::create_dir_all(home.join(".config/git")).unwrap();
+        fs_err::write(
+            home.join(".config/git/config"),
+            "[user]\n\tname = Old Name\n\temail = a@example.invalid\n",
+        )
+        .unwrap();
+        fs_err::write(
+            home.join(".gitconfig"),
+            "[credential]\n\thelper = store\n[User]\n  name = \"Ada \\\"L\\\"\"\n[url \"x\"]\n\tname = no\n",
+        )
+        .unwrap();
+        let text = git_identity(home, None).unwrap();
+        assert!(text.contains("\tname = \"Ada \\\"L\\\"\"\n"), "{text}");
+        assert!(text.contains("\temail = \"a@example.invalid\"\n"), "{text}");
+        assert!(!text.contains("helper"), "{text}");
+        assert_eq!(git_identity(&home.join("nobody"), None), None);
+    }
 
     #[test]
     fn env_precedence_image_then_toml_then_host_then_ours() {

@@ -32,6 +32,8 @@ pub enum Reach {
     Gpu,
     /// `[container].allow_syscalls`: calls the seccomp profile refuses, let through.
     Syscalls(Vec<String>),
+    /// The user's SSH agent (`SSH_AUTH_SOCK`): offered by devenv, never asked for by env.toml.
+    SshAgent,
 }
 
 impl fmt::Display for Reach {
@@ -60,6 +62,9 @@ impl fmt::Display for Reach {
                 Ok(())
             }
             Reach::Gpu => f.write_str("gpu: the host's NVIDIA devices and driver libraries"),
+            Reach::SshAgent => f.write_str(
+                "ssh-agent: your SSH agent (SSH_AUTH_SOCK), so the env can use your keys",
+            ),
             Reach::Syscalls(names) => write!(
                 f,
                 "allow_syscalls: let {} through the seccomp profile",
@@ -117,11 +122,13 @@ pub fn asked(env: &EnvFile, project_dir: &Path) -> (Vec<Reach>, Vec<Mount>) {
 /// [trust]
 /// mounts = ["~/.cache/huggingface", "/data/datasets"]   # these paths and everything below
 /// gpu = true
+/// ssh_agent = true                                      # the SSH agent in every env
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     pub mounts: Vec<PathBuf>,
     pub gpu: bool,
+    pub ssh_agent: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -131,6 +138,8 @@ struct RawPolicy {
     mounts: Vec<String>,
     #[serde(default)]
     gpu: bool,
+    #[serde(default)]
+    ssh_agent: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +182,7 @@ impl Policy {
         Ok(Policy {
             mounts,
             gpu: file.trust.gpu,
+            ssh_agent: file.trust.ssh_agent,
         })
     }
 
@@ -180,6 +190,7 @@ impl Policy {
         match item {
             Reach::Mount { source, .. } => self.mounts.iter().any(|m| source.starts_with(m)),
             Reach::Gpu => self.gpu,
+            Reach::SshAgent => self.ssh_agent,
             Reach::Syscalls(_) => false,
         }
     }
@@ -285,6 +296,20 @@ pub fn load_policy() -> Result<Policy, TrustError> {
     }
 }
 
+/// The user's SSH agent socket, when devenv offers it to `env`: `SSH_AUTH_SOCK` names a
+/// socket and env.toml does not say `ssh_agent = false`.
+pub fn agent_offered(env: &EnvFile) -> Option<PathBuf> {
+    use std::os::unix::fs::FileTypeExt as _;
+    if !env.container.ssh_agent {
+        return None;
+    }
+    let sock = PathBuf::from(std::env::var_os("SSH_AUTH_SOCK").filter(|v| !v.is_empty())?);
+    let real = fs_err::canonicalize(&sock).ok()?;
+    fs_err::metadata(&real)
+        .is_ok_and(|m| m.file_type().is_socket())
+        .then_some(real)
+}
+
 /// The items of `asked` that neither the policy nor `granted` covers.
 pub fn ungranted(asked: &[Reach], policy: &Policy, granted: &BTreeSet<String>) -> Vec<Reach> {
     asked
@@ -377,6 +402,7 @@ mod tests {
         let policy = Policy {
             mounts: vec![t.path().join("b")],
             gpu: true,
+            ssh_agent: false,
         };
         assert!(ungranted(&asked, &policy, &grants.of(project)).is_empty());
         // The same mount read-write is another item.

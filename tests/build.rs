@@ -421,3 +421,85 @@ fn python_packages_on_an_image_without_python_fail_with_a_hint() {
     devenv_in(&home, &["lock"]).failure(&["has no python3", "hint:", "[tools] python"]);
     assert!(!home.project().join("env.lock").exists());
 }
+
+/// Everyday work inside (issue 11): a commit records the host user's git identity, and the
+/// host's SSH agent is there once the user grants it (trust.rs), not before.
+#[test]
+fn git_commits_carry_the_users_identity_and_the_agent_comes_in_when_granted() {
+    let home = TestHome::new();
+    home.write(
+        "home/.gitconfig",
+        "[user]\n\tname = Dev Person\n\temail = dev@example.invalid\n[credential]\n\thelper = store\n",
+    );
+    home.write(
+        "project/env.toml",
+        format!(
+            "[image]\nbase = \"{}\"\n\n[packages]\napt = [\"git\", \"openssh-client\"]\n",
+            bookworm_image()
+        ),
+    );
+    // A throwaway agent of the test user's, holding one key.
+    let sock = home.root().join("agent.sock");
+    let mut agent = common::as_user("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent (openssh-client) is needed; scripts/test installs it");
+    common::env::wait_for(
+        "the agent's socket",
+        std::time::Duration::from_secs(10),
+        || sock.exists(),
+    );
+    let key = home.root().join("key");
+    run(common::as_user("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "devenv-test-key",
+            "-f",
+        ])
+        .arg(&key))
+    .success();
+    run(common::as_user("ssh-add")
+        .env("SSH_AUTH_SOCK", &sock)
+        .arg(&key))
+    .success();
+
+    let script = "git init -q repo && cd repo && git commit -q --allow-empty -m first && \
+                  git log -1 --format='%an <%ae>'; git config --global credential.helper; \
+                  ssh-add -l 2>&1; true";
+    let inside = |home: &TestHome| {
+        run(devenv(home)
+            .env("SSH_AUTH_SOCK", &sock)
+            .args(["run", "--", "sh", "-c", script]))
+        .success()
+    };
+    let before = inside(&home);
+    assert!(
+        before.stdout.contains("Dev Person <dev@example.invalid>"),
+        "{before:?}"
+    );
+    assert!(
+        !before.stdout.contains("store"),
+        "only name and email are copied: {before:?}"
+    );
+    assert!(
+        !before.stdout.contains("devenv-test-key"),
+        "not granted yet: {before:?}"
+    );
+    assert!(
+        before.stderr.contains("your SSH agent is not in the env"),
+        "{before:?}"
+    );
+
+    run(devenv(&home).env("SSH_AUTH_SOCK", &sock).arg("trust")).success();
+    let after = inside(&home);
+    assert!(after.stdout.contains("devenv-test-key"), "{after:?}");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

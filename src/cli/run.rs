@@ -203,7 +203,7 @@ fn enter(
     let decided = super::trust::decide(ctx, &loaded)?;
     prepare_mounts(&decided.mounts, home_dir().as_deref(), &ctx.ui)?;
     let m = materialize(ctx, &loaded)?;
-    let mounts = decided.recheck(&loaded)?;
+    let mut mounts = decided.recheck(&loaded)?;
     let lowers = m.lowers();
     let Materialized {
         image,
@@ -245,6 +245,20 @@ fn enter(
     crate::build::activate_venv(&lock, &mut env);
     let listen_pid = !passed.listen_env.is_empty();
     env.extend(passed.listen_env);
+    if let Some(sock) = decided.agent {
+        // In the container's own /tmp (a tmpfs of PID 1's): the socket, nothing else of its
+        // host directory.
+        mounts.push(crate::config::Mount {
+            source: sock,
+            target: PathBuf::from(AGENT_SOCK),
+            read_only: false,
+        });
+        env.retain(|(k, _)| k != "SSH_AUTH_SOCK");
+        env.push(("SSH_AUTH_SOCK".into(), AGENT_SOCK.into()));
+    }
+    if loaded.env.container.git_identity {
+        copy_git_identity(&state_dir.join("home"));
+    }
 
     let gpu = if loaded.env.container.gpu {
         let found = runtime::gpu::discover();
@@ -291,6 +305,28 @@ fn enter(
     }
     let code = runtime::run_last(&spec)?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Where the user's SSH agent appears inside, when granted (trust.rs).
+const AGENT_SOCK: &str = "/tmp/.devenv-ssh-agent.sock";
+
+/// The host's git `user.name`/`user.email` into the env home's `.gitconfig`, when that file
+/// does not exist yet: commits inside carry the user's identity, and what the user changes
+/// inside stays (devenv writes the file once).
+fn copy_git_identity(env_home: &Path) {
+    let file = env_home.join(".gitconfig");
+    if fs_err::symlink_metadata(&file).is_ok() {
+        return;
+    }
+    let Some(home) = home_dir() else { return };
+    let xdg = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    if let Some(text) = project::git_identity(&home, xdg.as_deref())
+        && let Err(e) = fs_err::create_dir_all(env_home).and_then(|()| fs_err::write(&file, text))
+    {
+        tracing::debug!("copying the git identity: {e}");
+    }
 }
 
 /// `$HOME` on the host, as `~` in env.toml expands.

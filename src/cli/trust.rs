@@ -42,7 +42,10 @@ pub fn run(args: TrustArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let (asked, _) = trust::asked(&loaded.env, &loaded.project_dir);
+    let (mut asked, _) = trust::asked(&loaded.env, &loaded.project_dir);
+    if trust::agent_offered(&loaded.env).is_some() {
+        asked.push(Reach::SshAgent);
+    }
     let missing = trust::ungranted(&asked, &trust::load_policy()?, &grants.of(&project));
     if missing.is_empty() {
         ctx.ui.status(
@@ -73,6 +76,8 @@ fn canonical(dir: &Path) -> std::path::PathBuf {
 /// judged), and the grant to hold the env to after the build.
 pub(super) struct Decided {
     pub mounts: Vec<Mount>,
+    /// The user's SSH agent socket, when offered and granted.
+    pub agent: Option<std::path::PathBuf>,
     allowed: Vec<Reach>,
 }
 
@@ -81,21 +86,38 @@ pub(super) struct Decided {
 /// run). Anything else is asked about at a terminal (y/N) and refused elsewhere.
 pub(super) fn decide(ctx: &super::Context, loaded: &Loaded) -> anyhow::Result<Decided> {
     let (asked, mounts) = trust::asked(&loaded.env, &loaded.project_dir);
-    if asked.is_empty() {
+    let offered = trust::agent_offered(&loaded.env);
+    if asked.is_empty() && offered.is_none() {
         return Ok(Decided {
             mounts,
+            agent: None,
             allowed: asked,
         });
     }
     let project = canonical(&loaded.project_dir);
     let path = grants_file()?;
     let mut grants = Grants::load(&path)?;
-    let missing = trust::ungranted(&asked, &trust::load_policy()?, &grants.of(&project));
+    let policy = trust::load_policy()?;
+    // The agent is devenv's offer, not env.toml's request: without a grant the env starts
+    // without it, and a note says how to bring it in.
+    let was_offered = offered.is_some();
+    let agent = offered.filter(|_| {
+        ctx.trust || trust::ungranted(&[Reach::SshAgent], &policy, &grants.of(&project)).is_empty()
+    });
+    if was_offered && agent.is_none() {
+        ctx.ui.note(
+            "your SSH agent is not in the env: `devenv trust` brings it in for this project \
+             (`ssh_agent = true` under [trust] in config.toml: for every project)",
+        );
+    }
+    let decided = |allowed| Decided {
+        mounts,
+        agent,
+        allowed,
+    };
+    let missing = trust::ungranted(&asked, &policy, &grants.of(&project));
     if missing.is_empty() {
-        return Ok(Decided {
-            mounts,
-            allowed: asked,
-        });
+        return Ok(decided(asked));
     }
     let list: String = missing.iter().map(|i| format!("\n  - {i}")).collect();
     if ctx.trust {
@@ -103,10 +125,7 @@ pub(super) fn decide(ctx: &super::Context, loaded: &Loaded) -> anyhow::Result<De
             "--trust: granting for this run what {} asks beyond the project:{list}",
             loaded.path.display()
         ));
-        return Ok(Decided {
-            mounts,
-            allowed: asked,
-        });
+        return Ok(decided(asked));
     }
     let asking = format!(
         "{} asks for reach beyond the project that you have not granted:{list}",
@@ -129,10 +148,7 @@ pub(super) fn decide(ctx: &super::Context, loaded: &Loaded) -> anyhow::Result<De
                 "Granted",
                 &format!("{} (kept in {})", project.display(), path.display()),
             );
-            return Ok(Decided {
-                mounts,
-                allowed: asked,
-            });
+            return Ok(decided(asked));
         }
         return Err(anyhow::anyhow!("not granted; nothing was started"))
             .hint("`devenv trust` grants it later; edit env.toml to ask for less");

@@ -144,7 +144,7 @@ impl SetupStep {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Container {
     /// `None`: the image's shell (the runtime's default).
     pub shell: Option<String>,
@@ -153,6 +153,25 @@ pub struct Container {
     pub mounts: Vec<Mount>,
     /// Groups or syscalls the default seccomp profile lets through (`runtime::seccomp::GROUPS`).
     pub allow_syscalls: Vec<String>,
+    /// `false`: never offer the user's SSH agent to this env (it comes in only when the user
+    /// grants it: trust.rs).
+    pub ssh_agent: bool,
+    /// `false`: do not copy the user's git `user.name`/`user.email` into the env's home.
+    pub git_identity: bool,
+}
+
+impl Default for Container {
+    fn default() -> Container {
+        Container {
+            shell: None,
+            network: Network::default(),
+            gpu: false,
+            mounts: Vec::new(),
+            allow_syscalls: Vec::new(),
+            ssh_agent: true,
+            git_identity: true,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

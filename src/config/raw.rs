@@ -215,6 +215,8 @@ struct RawContainer {
     mounts: Vec<Spanned<String>>,
     #[serde(default)]
     allow_syscalls: Vec<Spanned<String>>,
+    ssh_agent: Option<bool>,
+    git_identity: Option<bool>,
 }
 
 impl RawFile {
@@ -406,6 +408,8 @@ impl RawContainer {
             gpu: self.gpu.unwrap_or(false),
             mounts,
             allow_syscalls,
+            ssh_agent: self.ssh_agent.unwrap_or(true),
+            git_identity: self.git_identity.unwrap_or(true),
         })
     }
 }
