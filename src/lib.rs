@@ -7,6 +7,7 @@ pub mod build;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod env;
 pub mod error;
 pub mod export;
 pub mod lock;

@@ -349,7 +349,7 @@ mod tests {
         let err = expand(&e, Path::new("/p")).expect_err("unknown variant");
         assert_eq!(
             err.to_string(),
-            "tool `torch` has no variant `rocm`; its variants: cpu, cu118, cu121, cu124"
+            "tool `torch` has no variant `rocm`; its variants: cpu, cu118, cu121, cu124, pypi"
         );
         let e = env(
             "[image]\nbase = \"debian:12\"\n[tools]\nnumpy = { version = \"1.26.4\", variant = \"x\" }\n",

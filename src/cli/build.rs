@@ -16,7 +16,7 @@ pub struct BuildArgs {}
 
 pub fn run(_args: BuildArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     let loaded = crate::config::find_and_load(&ctx.cwd)?;
-    let m = super::run::materialize(ctx, &loaded)?;
+    let m = crate::env::materialize(&loaded, &ctx.store()?, &ctx.env_options(), &ctx.ui)?;
     let tools = m.tools.len();
     ctx.ui.status(
         "Built",

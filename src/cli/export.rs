@@ -66,8 +66,8 @@ pub fn run(args: ExportArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     // Before a build that may take minutes, not after.
     crate::export::check_target(&out, &args.tag, args.force)
         .with_context(|| format!("exporting {name}"))?;
-    let m = super::run::materialize(ctx, &loaded)?;
     let store = ctx.store()?;
+    let m = crate::env::materialize(&loaded, &store, &ctx.env_options(), &ctx.ui)?;
     // gc waits while blobs are copied out of the store.
     let _gc = store.keep_from_gc()?;
 
@@ -87,14 +87,7 @@ pub fn run(args: ExportArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         .collect();
 
     // What `devenv run` gives, less the host's variables and devenv's per-user ones.
-    let mut env = crate::project::container_env(
-        &m.pulled.config.config.env,
-        &loaded.env.env,
-        &|_| None,
-        &[],
-        &[],
-    );
-    crate::build::activate_venv(&m.lock, &mut env);
+    let env = m.image_environment(&loaded);
 
     let opts = ExportOptions {
         base_manifest: &m.pulled.manifest,

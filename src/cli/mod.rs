@@ -125,6 +125,14 @@ impl Context {
     pub fn store(&self) -> anyhow::Result<Store> {
         Ok(Store::open(Store::default_root()?)?)
     }
+
+    /// The global flags [`crate::env::materialize`] heeds.
+    pub fn env_options(&self) -> crate::env::Options {
+        crate::env::Options {
+            locked: self.locked,
+            offline: self.offline,
+        }
+    }
 }
 
 pub fn main() -> ExitCode {

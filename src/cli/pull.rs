@@ -9,7 +9,6 @@ use crate::platform::Platform;
 use crate::progress::Reporter;
 use crate::pull::{self, PullOptions};
 use crate::reference::ImageRef;
-use crate::registry::{Client, Settings};
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -45,7 +44,7 @@ pub fn run(args: PullArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     };
     let started = Instant::now();
     let _gc = store.keep_from_gc()?;
-    let pulled = pull::pull(&image, &opts, &store, &client, &ctx.ui)
+    let pulled = pull::pull(&image, &opts, &store, &crate::env::client, &ctx.ui)
         .with_context(|| format!("pulling {image}"))?;
     let what = match pulled.fetched {
         0 => "all layers cached".to_string(),
@@ -62,15 +61,11 @@ pub fn run(args: PullArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A registry client with the user's settings, made only when the network is needed.
-pub(super) fn client() -> Result<Client, crate::registry::RegistryError> {
-    Client::new(Settings::load()?)
-}
-
 /// Whether `image`'s registry answers with the configured credentials (for `devenv doctor`).
 pub(super) fn check_registry(image: &ImageRef) -> crate::doctor::Check {
     use crate::doctor::{Check, Status};
-    let result = client().and_then(|c| c.fetch_manifest(image, &image.reference()).map(|_| ()));
+    let result =
+        crate::env::client().and_then(|c| c.fetch_manifest(image, &image.reference()).map(|_| ()));
     match result {
         Ok(()) => Check {
             name: "registry",

@@ -127,7 +127,7 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         &image,
         &opts,
         &store,
-        &super::pull::client,
+        &crate::env::client,
         &crate::progress::Silent,
     )
     .ok();

@@ -1,0 +1,276 @@
+//! One project's env, from env.toml to what the runtime starts: the one place that decides the
+//! order of things (lock, pull, record, build) and each fact of a session (its environment,
+//! home, mounts, GPU, sandbox). Every command that needs the env materialized (shell, run,
+//! build, export, and what later issues add: push, up, the cluster exports) calls
+//! [`materialize`]; those that start something in it ask [`Env::session`] for the runtime's
+//! [`Spec`]. cargo's `ops` layer and uv's `environment.rs` are the models: commands parse,
+//! this decides, the core modules do.
+//!
+//! Invariants: gc is kept away from the first fetch until the env's record names what it uses
+//! ([`crate::store::GcGuard`]); nothing here prompts (trust is decided by the command, before).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::build::BuiltLayer;
+use crate::config::{Loaded, Mount};
+use crate::lock::Lock;
+use crate::project::{self, Project};
+use crate::pull::{self, PullOptions, Pulled};
+use crate::reference::ImageRef;
+use crate::registry::{Client, RegistryError};
+use crate::runtime::{self, Spec};
+use crate::store::Store;
+use crate::ui::Ui;
+
+/// How to materialize: the global flags that bear on it.
+pub struct Options {
+    /// `--locked`: env.lock must match env.toml already.
+    pub locked: bool,
+    /// `--offline`: only what the store has.
+    pub offline: bool,
+}
+
+/// An env ready to enter: the base image pulled, env.lock current, tool layers built.
+pub struct Env {
+    pub image: ImageRef,
+    pub pulled: Pulled,
+    pub lock: Lock,
+    pub project: Project,
+    /// `envs/<id>/` in the store.
+    pub state_dir: PathBuf,
+    /// The base image's unpacked layers, in manifest order.
+    pub base_dirs: Vec<PathBuf>,
+    /// The tool layers on top of them, with the steps that made them.
+    pub tools: Vec<BuiltLayer>,
+}
+
+/// The registry client every fetch uses: the user's settings (insecure registries, mirrors).
+pub fn client() -> Result<Client, RegistryError> {
+    Client::new(crate::registry::settings::Settings::load()?)
+}
+
+/// Lock (writing env.lock when missing or stale), pull the locked image, record the env, build
+/// missing tool layers.
+pub fn materialize(loaded: &Loaded, store: &Store, opts: &Options, ui: &Ui) -> anyhow::Result<Env> {
+    // From the first fetch (locking pulls the image and stages resolutions in tmp/) until the
+    // env record names the image and its tool layers.
+    let gc = store.keep_from_gc()?;
+    let platform = loaded.env.platform();
+    let lock_opts = crate::lock::LockOptions::new(loaded, opts.locked, opts.offline);
+    let lock = crate::lock::ensure(loaded, store, &lock_opts, ui)
+        .with_context(|| format!("locking {}", loaded.path.display()))?;
+    let base = loaded.env.base_image()?;
+    let image = lock.image_for(&platform).unwrap_or_else(|| base.clone());
+    let pull_opts = PullOptions {
+        platform,
+        offline: opts.offline,
+        refresh_tag: false,
+    };
+    let pulled = pull::pull(&image, &pull_opts, store, &client, ui)
+        .with_context(|| format!("pulling {image}"))?;
+    let project = Project::new(&loaded.project_dir)?;
+    // The record names the image as env.toml does; the digests pin what it resolved to.
+    let state_dir = project.touch(store, &base.to_string(), &pulled.resolved, &pulled.manifest)?;
+    let build_opts = crate::build::BuildOptions {
+        echo: ui.verbose(),
+        offline: opts.offline,
+    };
+    let tools = crate::build::build(loaded, &project, &pulled, &lock, store, &build_opts, ui)
+        .with_context(|| format!("building the tool layers of {}", loaded.path.display()))?;
+    drop(gc);
+    Ok(Env {
+        image,
+        base_dirs: pulled.layer_dirs(store),
+        pulled,
+        lock,
+        project,
+        state_dir,
+        tools,
+    })
+}
+
+/// One entry into the env (`shell`, `run`): what the command asked for, and what the user
+/// let through (trust, descriptors).
+pub struct Session {
+    /// Empty: an interactive shell.
+    pub argv: Vec<String>,
+    /// `--root`.
+    pub root: bool,
+    /// Where the command starts (canonical, in the project).
+    pub cwd: PathBuf,
+    /// `[container].mounts` as trust judged them (sources resolved).
+    pub mounts: Vec<Mount>,
+    /// The user's SSH agent socket, when granted.
+    pub agent: Option<PathBuf>,
+    /// `--preserve-fds`, and systemd's `LISTEN_*` when they were for us.
+    pub preserve_fds: u32,
+    pub listen_env: Vec<(String, String)>,
+    pub quiet: bool,
+}
+
+/// Where the user's SSH agent appears inside, when granted (trust.rs): in the container's own
+/// /tmp (a tmpfs of PID 1's), the socket and nothing else of its host directory.
+pub const AGENT_SOCK: &str = "/tmp/.devenv-ssh-agent.sock";
+
+impl Env {
+    /// Base layers, then tool layers: the container's lowers.
+    pub fn lowers(&self) -> Vec<PathBuf> {
+        let tools = self.tools.iter().map(|t| t.dir.clone());
+        self.base_dirs.iter().cloned().chain(tools).collect()
+    }
+
+    /// The env's own environment, as an exported image carries it: the image's `Env`, then
+    /// `[env]`, the venv first on PATH; nothing of the host or of one user.
+    pub fn image_environment(&self, loaded: &Loaded) -> Vec<(String, String)> {
+        let mut env = project::container_env(
+            &self.pulled.config.config.env,
+            &loaded.env.env,
+            &|_| None,
+            &[],
+            &[],
+        );
+        crate::build::activate_venv(&self.lock, &mut env);
+        env
+    }
+
+    /// The runtime's spec for `session`: home, environment (image `Env` < `[env]` < the host's
+    /// allow-list < devenv's own), mounts, GPU, sandbox. Copies the user's git identity into
+    /// the env's home first, when env.toml lets it.
+    pub fn session(&self, loaded: &Loaded, session: Session, ui: &Ui) -> Spec {
+        let lowers = self.lowers();
+        let user = runtime::host_user().name.clone();
+        let home_target = runtime::home_target(&lowers, &user, session.root);
+        let home = self.state_dir.join("home");
+        let name = &self.project.name;
+        let login = if session.root {
+            "root".to_string()
+        } else {
+            user
+        };
+        let ours = [
+            ("HOME", home_target.display().to_string()),
+            ("USER", login.clone()),
+            ("LOGNAME", login),
+            ("DEVENV", "1".to_string()),
+            ("DEVENV_ENV", name.clone()),
+            // Debian's bash.bashrc replaces PS1 but shows $debian_chroot: both say where one is.
+            ("debian_chroot", format!("devenv:{name}")),
+            ("PS1", format!("(devenv:{name}) \\u@\\h:\\w\\$ ")),
+        ];
+        let host_names: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect();
+        let mut env = project::container_env(
+            &self.pulled.config.config.env,
+            &loaded.env.env,
+            &|k| std::env::var(k).ok(),
+            &host_names,
+            &ours,
+        );
+        crate::build::activate_venv(&self.lock, &mut env);
+        let listen_pid = !session.listen_env.is_empty();
+        env.extend(session.listen_env);
+        let mut mounts = session.mounts;
+        if let Some(sock) = session.agent {
+            mounts.push(Mount {
+                source: sock,
+                target: PathBuf::from(AGENT_SOCK),
+                read_only: false,
+            });
+            env.retain(|(k, _)| k != "SSH_AUTH_SOCK");
+            env.push(("SSH_AUTH_SOCK".into(), AGENT_SOCK.into()));
+        }
+        if loaded.env.container.git_identity {
+            copy_git_identity(&home);
+        }
+        let gpu = loaded
+            .env
+            .container
+            .gpu
+            .then(runtime::gpu::discover)
+            .flatten();
+        if loaded.env.container.gpu && gpu.is_none() {
+            ui.note(
+                "[container].gpu: no NVIDIA driver is loaded on this host (no /dev/nvidiactl); \
+                 starting without a GPU",
+            );
+        }
+        Spec {
+            lowers,
+            state_dir: self.state_dir.join("state"),
+            project_dir: self.project.dir.clone(),
+            cwd: session.cwd,
+            home,
+            home_target,
+            env,
+            argv: session.argv,
+            shell: loaded.env.container.shell.clone(),
+            hostname: name.clone(),
+            network: loaded.env.container.network,
+            root: session.root,
+            mounts,
+            upper: None,
+            output: None,
+            gpu,
+            sandbox: runtime::Sandbox {
+                preserve_fds: session.preserve_fds,
+                listen_pid,
+                allow_syscalls: loaded.env.container.allow_syscalls.clone(),
+            },
+            quiet: session.quiet,
+        }
+    }
+}
+
+/// `$HOME` on the host, as `~` in env.toml expands.
+pub fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Check `[container].mounts` before anything is pulled or built: a missing source under the
+/// user's home (a cache such as `~/.keras`, which templates mount and a fresh machine lacks)
+/// is made, and said so; any other missing source is an error now rather than after the build.
+pub fn prepare_mounts(mounts: &[Mount], home: Option<&Path>, ui: &Ui) -> anyhow::Result<()> {
+    for m in mounts {
+        if fs_err::symlink_metadata(&m.source).is_ok() {
+            continue;
+        }
+        let under_home = home.is_some_and(|h| m.source.starts_with(h) && m.source != h);
+        if !under_home {
+            return Err(runtime::RuntimeError::MountSource {
+                path: m.source.clone(),
+            }
+            .into());
+        }
+        fs_err::create_dir_all(&m.source)
+            .with_context(|| "making a [container].mounts source".to_string())?;
+        ui.note(&format!(
+            "created {} for [container].mounts (it did not exist)",
+            m.source.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The host's git `user.name`/`user.email` into the env home's `.gitconfig`, when that file
+/// does not exist yet: commits inside carry the user's identity, and what the user changes
+/// inside stays (devenv writes the file once).
+fn copy_git_identity(env_home: &Path) {
+    let file = env_home.join(".gitconfig");
+    if fs_err::symlink_metadata(&file).is_ok() {
+        return;
+    }
+    let Some(home) = home_dir() else { return };
+    let xdg = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    if let Some(text) = project::git_identity(&home, xdg.as_deref())
+        && let Err(e) = fs_err::create_dir_all(env_home).and_then(|()| fs_err::write(&file, text))
+    {
+        tracing::debug!("copying the git identity: {e}");
+    }
+}
