@@ -184,6 +184,37 @@ fn gitconfig_value(raw: &str) -> String {
     out.trim_end().to_string()
 }
 
+/// The environment of a step devenv runs as root in the namespace (a tool-layer build step, a
+/// lock resolution): the image's `Env`, the host's allow-list (proxies, locale), then what
+/// makes apt, pip and uv quiet, non-interactive and reproducible, then `extra`. The one list
+/// both `build` and `lock` start from.
+pub fn root_step_env(image_env: &[String], extra: &[(&str, String)]) -> Vec<(String, String)> {
+    let host_names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
+    let mut ours: Vec<(&str, String)> = vec![
+        ("HOME", "/root".into()),
+        ("USER", "root".into()),
+        ("LOGNAME", "root".into()),
+        ("DEBIAN_FRONTEND", "noninteractive".into()),
+        ("PYTHONDONTWRITEBYTECODE", "1".into()),
+        ("PIP_DISABLE_PIP_VERSION_CHECK", "1".into()),
+        ("PIP_NO_INPUT", "1".into()),
+        ("PIP_ROOT_USER_ACTION", "ignore".into()),
+        ("UV_PYTHON_DOWNLOADS", "never".into()),
+        ("UV_NO_PROGRESS", "1".into()),
+        ("DEVENV", "1".into()),
+    ];
+    ours.extend(extra.iter().cloned());
+    container_env(
+        image_env,
+        &BTreeMap::new(),
+        &|k| std::env::var(k).ok(),
+        &host_names,
+        &ours,
+    )
+}
+
 /// The container's environment: the image's `Env`, then env.toml's `[env]`, then the host's
 /// allow-listed variables, then what devenv itself sets. Later sources win.
 pub fn container_env(

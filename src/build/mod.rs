@@ -22,7 +22,6 @@ mod log;
 pub mod recipe;
 pub mod uv;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -612,37 +611,14 @@ fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
 /// A step's environment: the image's, the host's proxies, and what makes builds quiet and
 /// reproducible; the venv first on PATH once it exists.
 fn step_env(image_env: &[String], venv: bool) -> Vec<(String, String)> {
-    let host_names: Vec<String> = std::env::vars_os()
-        .filter_map(|(k, _)| k.into_string().ok())
-        .collect();
-    let mut ours: Vec<(&str, String)> = vec![
-        ("HOME", "/root".into()),
-        ("USER", "root".into()),
-        ("LOGNAME", "root".into()),
-        ("DEBIAN_FRONTEND", "noninteractive".into()),
-        ("PYTHONDONTWRITEBYTECODE", "1".into()),
-        ("PIP_CACHE_DIR", PIP_CACHE.into()),
-        ("PIP_DISABLE_PIP_VERSION_CHECK", "1".into()),
-        ("PIP_NO_INPUT", "1".into()),
-        ("PIP_ROOT_USER_ACTION", "ignore".into()),
-        ("UV_PYTHON_DOWNLOADS", "never".into()),
-        ("UV_NO_PROGRESS", "1".into()),
-        ("DEVENV", "1".into()),
-    ];
-    let mut env = crate::project::container_env(
-        image_env,
-        &BTreeMap::new(),
-        &|k| std::env::var(k).ok(),
-        &host_names,
-        &ours,
-    );
+    let mut env = crate::project::root_step_env(image_env, &[("PIP_CACHE_DIR", PIP_CACHE.into())]);
     if venv {
         let path = env
             .iter()
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        ours = vec![
+        let ours = [
             ("PATH", path_with_venv(&path)),
             ("VIRTUAL_ENV", VENV.into()),
         ];

@@ -68,24 +68,9 @@ impl Sandbox<'_> {
         }
         let cache = crate::build::uv::work_dir(self.store).join("cache");
         fs_err::create_dir_all(&cache)?;
-        let ours = [
-            ("HOME", "/root".to_string()),
-            ("USER", "root".to_string()),
-            ("UV_CACHE_DIR", UV_CACHE.to_string()),
-            ("UV_PYTHON_DOWNLOADS", "never".to_string()),
-            ("UV_NO_PROGRESS", "1".to_string()),
-            ("PYTHONDONTWRITEBYTECODE", "1".to_string()),
-            ("DEBIAN_FRONTEND", "noninteractive".to_string()),
-        ];
-        let host_names: Vec<String> = std::env::vars_os()
-            .filter_map(|(k, _)| k.into_string().ok())
-            .collect();
-        let env = crate::project::container_env(
+        let env = crate::project::root_step_env(
             &self.image_env,
-            &BTreeMap::new(),
-            &|k| std::env::var(k).ok(),
-            &host_names,
-            &ours,
+            &[("UV_CACHE_DIR", UV_CACHE.to_string())],
         );
         let spec = Spec {
             lowers: self.lowers.clone(),
