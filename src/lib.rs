@@ -19,6 +19,7 @@ pub mod reference;
 pub mod registry;
 pub mod runtime;
 pub mod store;
+pub mod tools;
 pub mod trust;
 pub mod ui;
 pub mod unpack;
@@ -108,7 +109,7 @@ pub(crate) fn known_hint(cause: &(dyn std::error::Error + 'static)) -> Option<St
     if let Some(e) = cause.downcast_ref::<build::BuildError>() {
         return e.hint();
     }
-    if let Some(e) = cause.downcast_ref::<build::recipe::RecipeError>() {
+    if let Some(e) = cause.downcast_ref::<tools::recipe::RecipeError>() {
         return e.hint();
     }
     if let Some(e) = cause.downcast_ref::<export::ExportError>() {

@@ -16,11 +16,10 @@
 //! prints: status through the [`Reporter`], step output into `envs/<id>/build.log`.
 
 mod clean;
-pub(crate) mod fetch;
 mod inputs;
 mod log;
-pub mod recipe;
-pub mod uv;
+use crate::tools::fetch;
+pub use crate::tools::{recipe, uv};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,17 +63,8 @@ pub enum BuildError {
     },
     #[error("build step {step}: {source}")]
     Runtime { step: String, source: RuntimeError },
-    #[error("downloading {url}: {message}")]
-    Download { url: String, message: String },
-    #[error("{name}: {url} has sha256 {actual}, env.lock says {expected}")]
-    HashMismatch {
-        name: String,
-        url: String,
-        expected: String,
-        actual: String,
-    },
-    #[error("{file} is not in the store and --offline forbids downloading it")]
-    Offline { file: String },
+    #[error(transparent)]
+    Fetch(#[from] fetch::FetchError),
     #[error("[setup].run input `{pattern}`: {message}")]
     Inputs { pattern: String, message: String },
     #[error(transparent)]
@@ -95,16 +85,7 @@ impl crate::error::Hint for BuildError {
             } => Some(step_hint(step, *status, tail)),
             BuildError::Runtime { source, .. } => source.hint(),
             BuildError::Uv(e) => e.hint(),
-            BuildError::Download { .. } => Some(
-                "check the network (and https_proxy); files already downloaded stay in the store"
-                    .into(),
-            ),
-            BuildError::HashMismatch { .. } => Some(
-                "the index serves different bytes than were locked; nothing was installed. If \
-                 the change is expected, run `devenv lock --update NAME`"
-                    .into(),
-            ),
-            BuildError::Offline { .. } => Some("run once without --offline to fetch it".into()),
+            BuildError::Fetch(e) => e.hint(),
             _ => None,
         }
     }
@@ -446,7 +427,18 @@ fn run_step(
             mounts.push(tool.mount());
             let files = input_dir.join("files");
             fs_err::create_dir(&files)?;
-            let cached = fetch::fetch(ctx.store, &ctx.lock.python.packages, ctx.offline, ctx.ui)?;
+            let wanted: Vec<fetch::Wanted<'_>> = ctx
+                .lock
+                .python
+                .packages
+                .iter()
+                .map(|p| fetch::Wanted {
+                    name: &p.name,
+                    url: &p.url,
+                    sha256: &p.sha256,
+                })
+                .collect();
+            let cached = fetch::fetch(ctx.store, &wanted, ctx.offline, ctx.ui)?;
             for c in &cached {
                 let link = files.join(&c.file_name);
                 if fs_err::hard_link(&c.path, &link).is_err() {

@@ -38,7 +38,6 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::build::recipe::{self, Inputs, RecipeError};
 use crate::config::{ConfigError, Loaded};
 use crate::error::Hint;
 use crate::platform::Platform;
@@ -48,6 +47,7 @@ use crate::reference::{Digest, ImageRef};
 use crate::registry::{Client, Settings};
 use crate::runtime::RuntimeError;
 use crate::store::{Store, StoreError};
+use crate::tools::recipe::{self, Inputs, RecipeError};
 
 pub use file::{parse, render};
 
@@ -273,7 +273,7 @@ pub enum LockError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
-    Uv(#[from] crate::build::uv::UvError),
+    Uv(#[from] crate::tools::uv::UvError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -802,7 +802,7 @@ pub fn ensure(
                     extra_index_urls: &inputs.extra_index_urls,
                     constraints: &constraints,
                 };
-                let uv = crate::build::uv::ensure(store, opts.offline, ui)?;
+                let uv = crate::tools::uv::ensure(store, opts.offline, ui)?;
                 let resolved = resolve::python(&sandbox, &uv, &request)?;
                 if let Some(want) = &inputs.python {
                     let found = &resolved.interpreter;

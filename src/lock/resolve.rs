@@ -11,10 +11,10 @@ use serde::Deserialize;
 
 use super::tags::{Interpreter, best_wheel};
 use super::{AptPackage, LockError, PythonPackage, normalize};
-use crate::build::uv::Uv;
 use crate::config::{Mount, Network};
 use crate::runtime::{self, Spec};
 use crate::store::Store;
+use crate::tools::uv::Uv;
 
 /// Where the host directory with the scripts' inputs and outputs appears inside.
 const OUT: &str = "/devenv-out";
@@ -56,7 +56,7 @@ impl Ran {
 
 impl Sandbox<'_> {
     /// Run `script` under `/bin/sh` with `files` written to `/devenv-out` first and `uv` (when
-    /// given) at [`crate::build::uv::DIR`].
+    /// given) at [`crate::tools::uv::DIR`].
     fn run(&self, script: &str, files: &[(&str, &str)], uv: Option<&Uv>) -> Result<Ran, LockError> {
         let staging = self.store.staging_dir("resolve")?;
         let dir = staging.path().to_path_buf();
@@ -66,7 +66,7 @@ impl Sandbox<'_> {
         for (name, content) in files {
             fs_err::write(dir.join("out").join(name), content)?;
         }
-        let cache = crate::build::uv::work_dir(self.store).join("cache");
+        let cache = crate::tools::uv::work_dir(self.store).join("cache");
         fs_err::create_dir_all(&cache)?;
         let env = crate::project::root_step_env(
             &self.image_env,
@@ -157,7 +157,7 @@ pub(super) fn python(
     uv: &Uv,
     req: &PythonRequest<'_>,
 ) -> Result<PythonResolved, LockError> {
-    let bin = crate::build::uv::BIN;
+    let bin = crate::tools::uv::BIN;
     let script = format!(
         "command -v python3 >/dev/null 2>&1 || exit {NO_PYTHON}\n\
          python3 {OUT}/facts.py > {OUT}/interpreter.json 2> {OUT}/facts.log || exit {NO_PYTHON}\n\
@@ -287,7 +287,7 @@ impl PylockFile {
     fn file_name(&self) -> Option<String> {
         self.name
             .clone()
-            .or_else(|| self.url.as_deref().and_then(crate::build::fetch::file_name))
+            .or_else(|| self.url.as_deref().and_then(crate::tools::fetch::file_name))
             .or_else(|| {
                 let path = self.path.as_deref()?;
                 path.rsplit('/').next().map(str::to_string)

@@ -16,10 +16,53 @@ use std::time::SystemTime;
 
 use sha2::{Digest as _, Sha256};
 
-use super::BuildError;
-use crate::lock::PythonPackage;
 use crate::progress::Reporter;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// One file to have: what it is called in messages, where it is, its sha256 (hex).
+pub struct Wanted<'a> {
+    pub name: &'a str,
+    pub url: &'a str,
+    pub sha256: &'a str,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    #[error("downloading {url}: {message}")]
+    Download { url: String, message: String },
+    #[error("{name}: {url} has sha256 {actual}, env.lock says {expected}")]
+    HashMismatch {
+        name: String,
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{file} is not in the store and --offline forbids downloading it")]
+    Offline { file: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl crate::error::Hint for FetchError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            FetchError::Download { .. } => Some(
+                "check the network (and https_proxy); files already downloaded stay in the store"
+                    .into(),
+            ),
+            FetchError::HashMismatch { .. } => Some(
+                "the index serves different bytes than were locked; nothing was installed. If \
+                 the change is expected, run `devenv lock --update NAME`"
+                    .into(),
+            ),
+            FetchError::Offline { .. } => Some("run once without --offline to fetch it".into()),
+            _ => None,
+        }
+    }
+}
 
 /// Downloads at once.
 const PARALLEL: usize = 6;
@@ -34,30 +77,30 @@ pub struct Cached {
 /// at once). The result is in `packages`' order.
 pub fn fetch(
     store: &Store,
-    packages: &[PythonPackage],
+    packages: &[Wanted<'_>],
     offline: bool,
     ui: &dyn Reporter,
-) -> Result<Vec<Cached>, BuildError> {
+) -> Result<Vec<Cached>, FetchError> {
     let dir = store.root().join("cache/pip/sha256");
     fs_err::create_dir_all(&dir)?;
     let mut out = Vec::new();
     let mut missing = Vec::new();
     for p in packages {
-        let file_name = file_name(&p.url).ok_or_else(|| BuildError::Download {
-            url: p.url.clone(),
+        let file_name = file_name(p.url).ok_or_else(|| FetchError::Download {
+            url: p.url.to_string(),
             message: "the URL names no file".into(),
         })?;
         let sha = p.sha256.to_ascii_lowercase();
         if !is_sha256(&sha) {
-            return Err(BuildError::Download {
-                url: p.url.clone(),
+            return Err(FetchError::Download {
+                url: p.url.to_string(),
                 message: format!("env.lock's sha256 `{}` is not a sha256", p.sha256),
             });
         }
         let path = dir.join(&sha);
         if !path.exists() {
             if offline {
-                return Err(BuildError::Offline { file: file_name });
+                return Err(FetchError::Offline { file: file_name });
             }
             missing.push((p, sha, path.clone(), file_name.clone()));
         } else {
@@ -70,7 +113,7 @@ pub fn fetch(
     if !missing.is_empty() {
         let agent = make_agent()?;
         let next = AtomicUsize::new(0);
-        let failed: Mutex<Option<BuildError>> = Mutex::new(None);
+        let failed: Mutex<Option<FetchError>> = Mutex::new(None);
         let work = || {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -104,21 +147,21 @@ pub fn fetch(
 fn fetch_one(
     store: &Store,
     agent: &ureq::Agent,
-    p: &PythonPackage,
+    p: &Wanted<'_>,
     sha: &str,
     path: &Path,
     file_name: &str,
     ui: &dyn Reporter,
-) -> Result<(), BuildError> {
+) -> Result<(), FetchError> {
     let _held = store.lock(&format!("file-{sha}"))?;
     if path.exists() {
         return Ok(());
     }
-    match download_verified(store, agent, &p.url, sha, path, file_name, ui)? {
+    match download_verified(store, agent, p.url, sha, path, file_name, ui)? {
         Verified::Stored => Ok(()),
-        Verified::Mismatch { actual } => Err(BuildError::HashMismatch {
-            name: p.name.clone(),
-            url: p.url.clone(),
+        Verified::Mismatch { actual } => Err(FetchError::HashMismatch {
+            name: p.name.to_string(),
+            url: p.url.to_string(),
             expected: sha.to_string(),
             actual,
         }),
@@ -130,7 +173,7 @@ fn is_sha256(s: &str) -> bool {
 }
 
 /// How a download that completed ended.
-pub(super) enum Verified {
+pub enum Verified {
     /// The bytes hashed to the sha256 asked for and now lie at the destination.
     Stored,
     /// They did not; nothing was stored.
@@ -139,8 +182,8 @@ pub(super) enum Verified {
 
 /// Stream `url` into a temp file in the store's `tmp/`, hashing as it goes; rename it to `dest`
 /// only when it hashes to `sha`. Network failures are
-/// [`BuildError::Download`].
-pub(super) fn download_verified(
+/// [`FetchError::Download`].
+pub fn download_verified(
     store: &Store,
     agent: &ureq::Agent,
     url: &str,
@@ -148,8 +191,8 @@ pub(super) fn download_verified(
     dest: &Path,
     label: &str,
     ui: &dyn Reporter,
-) -> Result<Verified, BuildError> {
-    let failed = |message: String| BuildError::Download {
+) -> Result<Verified, FetchError> {
+    let failed = |message: String| FetchError::Download {
         url: url.to_string(),
         message,
     };
@@ -217,7 +260,7 @@ pub fn file_name(url: &str) -> Option<String> {
 
 /// An HTTPS client trusting the system's CA bundle (where a company proxy's CA lives), through
 /// `https_proxy` when set.
-pub(super) fn make_agent() -> Result<ureq::Agent, BuildError> {
+pub fn make_agent() -> Result<ureq::Agent, FetchError> {
     let mut roots = rustls::RootCertStore::empty();
     if let Ok(certs) = rustls_native_certs::load_native_certs() {
         roots.add_parsable_certificates(certs);
@@ -226,7 +269,7 @@ pub(super) fn make_agent() -> Result<ureq::Agent, BuildError> {
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| BuildError::Download {
+    .map_err(|e| FetchError::Download {
         url: String::new(),
         message: format!("setting up TLS: {e}"),
     })?
@@ -241,7 +284,7 @@ pub(super) fn make_agent() -> Result<ureq::Agent, BuildError> {
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
     if let Some(url) = proxy {
-        let p = ureq::Proxy::new(&url).map_err(|e| BuildError::Download {
+        let p = ureq::Proxy::new(&url).map_err(|e| FetchError::Download {
             url: url.clone(),
             message: format!("https_proxy: {e}"),
         })?;

@@ -182,10 +182,10 @@ pub fn ensure(store: &Store, offline: bool, ui: &dyn Reporter) -> Result<Uv, UvE
                 actual,
             });
         }
-        Err(super::BuildError::Download { message, .. }) => {
+        Err(fetch::FetchError::Download { message, .. }) => {
             return Err(download_error(pin, message));
         }
-        Err(super::BuildError::Io(e)) => return Err(e.into()),
+        Err(fetch::FetchError::Io(e)) => return Err(e.into()),
         Err(e) => return Err(download_error(pin, e.to_string())),
     }
     let bin_dir = staging.path().join("tool");
