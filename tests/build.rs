@@ -292,6 +292,67 @@ fn two_stores_build_identical_tool_layers_from_one_lock() {
             "layer {name} differs:\nfirst only: {only_a:#?}\nsecond only: {only_b:#?}"
         );
     }
+    // Every entry of a tool layer carries one fixed time, so the layers export to the same
+    // bytes: the same blob digests in both stores' images (issue 12).
+    for home in [&first, &second] {
+        for key in tool_layer_keys(home) {
+            let dir = home.store().join("layers").join(&key);
+            for p in all_paths(&dir) {
+                let m = fs_err::symlink_metadata(&p).unwrap();
+                assert_eq!(m.mtime(), 315_532_800, "{}", p.display());
+            }
+        }
+    }
+    let digests = |home: &TestHome| {
+        devenv_in(home, &["export", "-o", "out"]).success();
+        let index: serde_json::Value =
+            serde_json::from_slice(&home.read("project/out/index.json")).unwrap();
+        let manifest = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let bytes = home.read(format!("project/out/blobs/sha256/{}", &manifest[7..]));
+        let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let (da, db) = (digests(&first), digests(&second));
+    assert_eq!(da.len(), 3, "{da:?}");
+    assert_eq!(da, db, "the exported layers are byte-identical");
+}
+
+/// `dir` and every path below it, symlinks not followed.
+fn all_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in fs_err::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(all_paths(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// The keys (hex) of the project's tool layers, as `tool-layers.json` lists them.
+fn tool_layer_keys(home: &TestHome) -> Vec<String> {
+    let envs = home.store().join("envs");
+    let env = fs_err::read_dir(&envs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let keys: Vec<String> =
+        serde_json::from_slice(&fs_err::read(env.join("tool-layers.json")).unwrap()).unwrap();
+    keys.iter()
+        .map(|k| k.trim_start_matches("sha256:").to_string())
+        .collect()
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! Making a finished step's upper directory reproducible before it becomes a layer: drop what
 //! differs between two builds of the same inputs (bytecode, package-manager caches and lists,
 //! logs, ldconfig's auxiliary cache, overlay's bookkeeping xattrs) and the mount points the
-//! runtime had to create for the project and the cache mounts.
+//! runtime had to create for the project and the cache mounts; then set every entry's times
+//! to one fixed instant ([`EPOCH`]), so a layer is a function of its inputs alone: its tar
+//! exports byte for byte alike on every machine, and the bytecode Python writes at the first
+//! import (its header holds the source's mtime) is the same for every teammate.
 //!
 //! Invariants: only paths inside the upper directory are touched, never followed through a
 //! symlink; contents (what a step installed) are never rewritten, only removed when listed here.
@@ -43,7 +46,43 @@ pub fn clean_upper(upper: &Path, lowers: &[PathBuf], mount_points: &[PathBuf]) -
     for target in mount_points {
         remove_created_mount_point(upper, lowers, target)?;
     }
-    walk(upper)
+    walk(upper)?;
+    clamp_times(upper)
+}
+
+/// The instant every tool-layer entry is stamped with: 1980-01-01T00:00:00Z, the earliest a ZIP
+/// file can record, so a wheel built from layer files (`pip wheel`, zipimport) still works.
+pub const EPOCH: i64 = 315_532_800;
+
+/// Every entry below `dir`, then `dir` itself (a child's times never move its parent's), to
+/// [`EPOCH`], symlinks as links (utimensat(2) with AT_SYMLINK_NOFOLLOW).
+fn clamp_times(dir: &Path) -> io::Result<()> {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let t = TimeSpec::new(EPOCH, 0);
+    for e in fs_err::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            clamp_times(&e.path())?;
+        } else {
+            utimensat(
+                nix::fcntl::AT_FDCWD,
+                &e.path(),
+                &t,
+                &t,
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(io::Error::from)?;
+        }
+    }
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        dir,
+        &t,
+        &t,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Bytecode and overlay xattrs, everywhere.

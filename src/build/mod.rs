@@ -48,7 +48,7 @@ const APT_ARCHIVES: &str = "/var/cache/apt/archives";
 const INPUTS: &str = "/tmp/devenv-build";
 pub use crate::store::gc::TOOL_LAYERS;
 /// Bumped when steps change in ways their inputs do not show, so old layers are not reused.
-const KEY_VERSION: &str = "devenv-build-v2";
+const KEY_VERSION: &str = "devenv-build-v3";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
