@@ -174,7 +174,7 @@ impl Default for Container {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Network {
     #[default]
     Host,
@@ -196,7 +196,7 @@ impl std::fmt::Display for Network {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mount {
     /// Host path, `~` already expanded.
     pub source: PathBuf,

@@ -40,10 +40,14 @@ pub fn host_bundle() -> Option<PathBuf> {
 /// Add the bind mount and the variables the container needs to trust `bundle`.
 pub fn trust(
     bundle: PathBuf,
-    mounts: &mut Vec<(PathBuf, PathBuf, bool)>,
+    mounts: &mut Vec<crate::config::Mount>,
     env: &mut Vec<(String, String)>,
 ) {
-    mounts.push((bundle, PathBuf::from(IN_CONTAINER), true));
+    mounts.push(crate::config::Mount {
+        source: bundle,
+        target: PathBuf::from(IN_CONTAINER),
+        read_only: true,
+    });
     for var in VARS {
         if !env.iter().any(|(k, _)| k == var) {
             env.push((var.to_string(), IN_CONTAINER.to_string()));
@@ -66,11 +70,11 @@ mod tests {
         );
         assert_eq!(
             mounts,
-            vec![(
-                PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
-                PathBuf::from(IN_CONTAINER),
-                true
-            )]
+            vec![crate::config::Mount {
+                source: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+                target: PathBuf::from(IN_CONTAINER),
+                read_only: true,
+            }]
         );
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("PIP_CERT"), Some("/etc/mine.pem"));

@@ -237,7 +237,7 @@ fn helper(plan: &Plan, err: OwnedFd) -> i32 {
     }
     let failure = Failure::default();
     let launched = block_signals().and_then(|_| {
-        let take_tty = plan.argv.is_empty() && foreground_tty();
+        let take_tty = plan.spec.argv.is_empty() && foreground_tty();
         start_pid1(plan, err.as_raw_fd(), None, take_tty, None, &failure, false)
     });
     match launched {
@@ -509,7 +509,7 @@ fn redirect_output(out: BorrowedFd<'_>) {
 /// A note from PID 1 or the helper, worded as `ui` words one; none with `-q`. The only places
 /// in the runtime that print (clippy's disallowed-macros keeps it so).
 fn note(plan: &Plan, text: &str) {
-    if !plan.quiet {
+    if !plan.spec.quiet {
         #[allow(clippy::disallowed_macros)]
         {
             eprintln!("note: {text}");
@@ -590,7 +590,7 @@ fn pid1(plan: &Plan, err: BorrowedFd<'_>, take_tty: bool) -> Result<i32, Runtime
         .map_err(|e| RuntimeError::sys("prctl(PR_SET_DUMPABLE)", e))?;
     let _ = err; // kept open (close-on-exec) until the status is sent
     let env = setup::environment(plan);
-    let first_closed = 3u32.saturating_add(plan.sandbox.preserve_fds);
+    let first_closed = 3u32.saturating_add(plan.spec.sandbox.preserve_fds);
     let spawned = if take_tty {
         let mut cmd = Command::new(&argv[0]);
         // SAFETY: between fork and exec the closure calls only async-signal-safe functions
@@ -618,7 +618,7 @@ fn pid1(plan: &Plan, err: BorrowedFd<'_>, take_tty: bool) -> Result<i32, Runtime
             .map(|(_, v)| v.as_str());
         let program = setup::find_program(&argv[0], path_var.unwrap_or(""))
             .unwrap_or_else(|| argv[0].clone().into());
-        let listen_pid = plan.sandbox.listen_pid;
+        let listen_pid = plan.spec.sandbox.listen_pid;
         spawn(&program, &argv, &env, first_closed, listen_pid).map_err(std::io::Error::from)
     };
     // From here on errors are the command's, printed by us like the rest of devenv.

@@ -59,8 +59,9 @@ pub use init::init_main;
 /// argv[1] that makes the binary the namespace helper.
 pub const INIT_ARG: &str = "__init";
 
-/// One entry into the container.
-#[derive(Clone, Debug)]
+/// One entry into the container; also the wire form's core (`setup::Plan`), as JSON for the
+/// helper.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Spec {
     /// Unpacked layer directories, base first (manifest order).
     pub lowers: Vec<PathBuf>,
@@ -95,6 +96,8 @@ pub struct Spec {
     /// `None`: a fresh upper directory removed at exit.
     pub upper: Option<PathBuf>,
     /// Where the command's stdout and stderr go (stdin is then /dev/null); `None`: inherited.
+    /// Not on the wire: the helper gets it as its own stdout and stderr.
+    #[serde(skip)]
     pub output: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     /// The host's NVIDIA driver to bring in (`[container].gpu`), as [`gpu::discover`] found it.
     pub gpu: Option<gpu::HostGpu>,
@@ -355,7 +358,7 @@ fn launch(
         scratch_only,
         ..plan_for(spec, &entry.dir)
     };
-    for l in &mut plan.lowers {
+    for l in &mut plan.spec.lowers {
         *l = std::path::absolute(&*l).map_err(|e| RuntimeError::Io {
             path: l.clone(),
             message: e.to_string(),
@@ -383,7 +386,7 @@ fn launch(
     // tmpfs (one on the disk is named by the mounts being torn down: we wait for those).
     let linger = clone && teardown == Teardown::Leave && scratch_only;
     let started = if clone {
-        let take_tty = plan.argv.is_empty() && foreground;
+        let take_tty = plan.spec.argv.is_empty() && foreground;
         let output = spec.output.as_deref().map(AsFd::as_fd);
         let err = err_w.as_raw_fd();
         init::start_pid1(
@@ -630,48 +633,26 @@ fn image_home(lowers: &[PathBuf], user: &str) -> Option<PathBuf> {
 }
 
 fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
-    let uid = nix::unistd::getuid().as_raw();
-    let gid = nix::unistd::getgid().as_raw();
     let user = host_user();
-    let (user_name, host_shell) = (user.name.clone(), user.shell.clone());
-    let mut mounts: Vec<(PathBuf, PathBuf, bool)> = spec
-        .mounts
-        .iter()
-        .map(|m| (m.source.clone(), m.target.clone(), m.read_only))
-        .collect();
-    let mut env = spec.env.clone();
+    let mut inner = spec.clone();
     if let Some(bundle) = ca::host_bundle() {
-        ca::trust(bundle, &mut mounts, &mut env);
+        ca::trust(bundle, &mut inner.mounts, &mut inner.env);
     }
     let mut plan = setup::Plan {
         entry: entry.to_path_buf(),
         layers: spec.lowers.len(),
-        lowers: spec.lowers.clone(),
         flat_cache: spec.state_dir.join("flat"),
-        project_dir: spec.project_dir.clone(),
-        cwd: spec.cwd.clone(),
-        home: spec.home.clone(),
-        home_target: spec.home_target.clone(),
-        env,
-        argv: spec.argv.clone(),
-        shell: spec.shell.clone(),
-        hostname: spec.hostname.clone(),
-        net_none: spec.network == crate::config::Network::None,
-        root: spec.root,
-        mounts,
-        host_uid: uid,
-        host_gid: gid,
-        user_name,
-        host_shell,
+        host_uid: nix::unistd::getuid().as_raw(),
+        host_gid: nix::unistd::getgid().as_raw(),
+        user_name: user.name.clone(),
+        host_shell: user.shell.clone(),
         force_flatten: false,
         keep_upper: spec.upper.is_some(),
         scratch: false,
         scratch_only: false,
-        gpu: spec.gpu.clone(),
-        sandbox: spec.sandbox.clone(),
-        quiet: spec.quiet,
+        spec: inner,
     };
-    plan.shell = setup::shell_from_layers(&plan);
+    plan.spec.shell = setup::shell_from_layers(&plan);
     plan
 }
 

@@ -18,28 +18,18 @@ use super::RuntimeError;
 use super::fsutil::{self, Merged, MergedView, User};
 use super::sys::{Kind, Syscalls};
 
-/// Everything the helper needs, sent from `run` as JSON.
+/// Everything PID 1 (or the helper, as JSON) needs: the caller's [`super::Spec`], as
+/// [`super::plan_for`] completed it (lowers absolute, the host's CA bundle among the mounts and
+/// its variables in the environment, the shell decided where the layers leave no doubt), and
+/// what the launcher decided around it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Plan {
+    pub spec: super::Spec,
     /// The per-entry directory: `upper/`, `work/`, `root/`, `l/<i>` links to the layers.
     pub entry: PathBuf,
     pub layers: usize,
-    pub lowers: Vec<PathBuf>,
     /// Where the flattened fallback copy is cached.
     pub flat_cache: PathBuf,
-    pub project_dir: PathBuf,
-    pub cwd: PathBuf,
-    pub home: PathBuf,
-    pub home_target: PathBuf,
-    pub env: Vec<(String, String)>,
-    pub argv: Vec<String>,
-    /// The user's shell inside: `[container].shell`, or what [`shell_from_layers`] chose while
-    /// the plan was made; `None`: PID 1 picks it in the root after the pivot.
-    pub shell: Option<String>,
-    pub hostname: String,
-    pub net_none: bool,
-    pub root: bool,
-    pub mounts: Vec<(PathBuf, PathBuf, bool)>,
     pub host_uid: u32,
     pub host_gid: u32,
     pub user_name: String,
@@ -59,20 +49,11 @@ pub struct Plan {
     /// with [`RuntimeError::ScratchRefused`] instead.
     #[serde(default)]
     pub scratch_only: bool,
-    /// The host's NVIDIA devices, driver libraries and tools to bind in.
-    #[serde(default)]
-    pub gpu: Option<super::gpu::HostGpu>,
-    /// Descriptors kept open, syscalls let through.
-    #[serde(default)]
-    pub sandbox: super::Sandbox,
-    /// `-q`: PID 1 prints no notes.
-    #[serde(default)]
-    pub quiet: bool,
 }
 
 impl Plan {
     fn inside_ids(&self) -> (u32, u32) {
-        if self.root {
+        if self.spec.root {
             (0, 0)
         } else {
             (self.host_uid, self.host_gid)
@@ -95,7 +76,7 @@ pub fn namespace_flags(plan: &Plan) -> CloneFlags {
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS;
-    if plan.net_none {
+    if plan.spec.network == crate::config::Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     flags
@@ -115,7 +96,7 @@ pub fn map_ids<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), RuntimeError
         sys.write_proc(Path::new(path), &text)
             .map_err(|errno| RuntimeError::sys(format!("writing {path}"), errno))?;
     }
-    if plan.net_none {
+    if plan.spec.network == crate::config::Network::None {
         sys.loopback_up()
             .map_err(|errno| RuntimeError::sys("bringing up the loopback interface", errno))?;
     }
@@ -316,15 +297,20 @@ pub fn build_root<S: Syscalls>(
         }
     }
 
-    if let Some(gpu) = &plan.gpu {
+    if let Some(gpu) = &plan.spec.gpu {
         gpu_mounts(sys, &root, gpu)?;
     }
 
-    let home = point(sys, &root, &plan.home_target, Kind::Dir)?;
-    bind(sys, &plan.home, &home, false)?;
-    let project = point(sys, &root, &plan.project_dir, Kind::Dir)?;
-    bind(sys, &plan.project_dir, &project, false)?;
-    for (source, target, read_only) in &plan.mounts {
+    let home = point(sys, &root, &plan.spec.home_target, Kind::Dir)?;
+    bind(sys, &plan.spec.home, &home, false)?;
+    let project = point(sys, &root, &plan.spec.project_dir, Kind::Dir)?;
+    bind(sys, &plan.spec.project_dir, &project, false)?;
+    for crate::config::Mount {
+        source,
+        target,
+        read_only,
+    } in &plan.spec.mounts
+    {
         let kind = sys
             .kind_of(source)
             .ok_or_else(|| RuntimeError::MountSource {
@@ -438,7 +424,7 @@ fn mount_rootfs<S: Syscalls>(
         // EINVAL: no userxattr or no unprivileged overlay in this kernel (< 5.11) or on this
         // filesystem; EPERM: overlay not allowed in a user namespace here; ENODEV: no overlay.
         Err(refused @ (Errno::EINVAL | Errno::EPERM | Errno::ENODEV)) => {
-            sys.flatten(&plan.lowers, &plan.flat_cache, root)
+            sys.flatten(&plan.spec.lowers, &plan.flat_cache, root)
                 .map_err(|e| RuntimeError::Flatten {
                     overlay_errno: refused as i32,
                     message: e.to_string(),
@@ -495,7 +481,7 @@ fn make_entry_dirs<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), Errno> {
     for d in ["upper", "work", "root", "l"] {
         sys.mkdir(Path::new(d))?;
     }
-    for (i, l) in plan.lowers.iter().enumerate() {
+    for (i, l) in plan.spec.lowers.iter().enumerate() {
         sys.symlink(l, &Path::new("l").join(i.to_string()))?;
     }
     Ok(())
@@ -575,10 +561,10 @@ pub fn finish<S: Syscalls>(
     accounts: bool,
 ) -> Result<Vec<String>, RuntimeError> {
     let shell = pick_shell(sys, plan);
-    let argv = if plan.argv.is_empty() {
+    let argv = if plan.spec.argv.is_empty() {
         vec![shell.clone()]
     } else {
-        plan.argv.clone()
+        plan.spec.argv.clone()
     };
     if !accounts {
         // Written after the pivot, into the fresh upper layer, through the container's own view.
@@ -594,15 +580,16 @@ pub fn finish<S: Syscalls>(
             }
         }
     }
-    sys.sethostname(&super::host_name(&plan.hostname))
+    sys.sethostname(&super::host_name(&plan.spec.hostname))
         .map_err(|e| RuntimeError::sys("setting the hostname", e))?;
-    sys.chdir(&plan.cwd).map_err(|errno| RuntimeError::Cwd {
-        path: plan.cwd.clone(),
-        errno: errno as i32,
-    })?;
+    sys.chdir(&plan.spec.cwd)
+        .map_err(|errno| RuntimeError::Cwd {
+            path: plan.spec.cwd.clone(),
+            errno: errno as i32,
+        })?;
     sys.no_new_privs()
         .map_err(|e| RuntimeError::sys("setting no-new-privs", e))?;
-    if plan.root {
+    if plan.spec.root {
         lock_mounts(sys)?;
     }
     confine(sys, plan)?;
@@ -636,8 +623,8 @@ fn lock_mounts<S: Syscalls>(sys: &mut S) -> Result<(), RuntimeError> {
 /// everything it starts inherit.
 fn confine<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), RuntimeError> {
     let profile = super::seccomp::Profile {
-        allow: plan.sandbox.allow_syscalls.clone(),
-        ignore_unmapped_chown: plan.root,
+        allow: plan.spec.sandbox.allow_syscalls.clone(),
+        ignore_unmapped_chown: plan.spec.root,
     };
     match sys.join_session_keyring() {
         Ok(()) => {}
@@ -662,14 +649,14 @@ const ACCOUNT_FILES: [(&str, Add); 2] = [
 fn account(plan: &Plan, shell: String) -> User {
     let (uid, gid) = plan.inside_ids();
     User {
-        name: if plan.root {
+        name: if plan.spec.root {
             "root".into()
         } else {
             plan.user_name.clone()
         },
         uid,
         gid,
-        home: plan.home_target.display().to_string(),
+        home: plan.spec.home_target.display().to_string(),
         shell,
     }
 }
@@ -697,19 +684,19 @@ fn preset_accounts<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<bool, Errno>
 }
 
 /// (path, new contents) of each account file `finish` would change, read from the layers;
-/// `None` where the layers leave doubt, or the shell is not decided yet (`plan.shell`).
+/// `None` where the layers leave doubt, or the shell is not decided yet (`plan.spec.shell`).
 fn accounts_from_layers(plan: &Plan) -> Option<Vec<(&'static str, String)>> {
     // upper/etc merges with the image's /etc only if that is a directory (or absent) in the
     // topmost layer that names it; over a symlink it would replace it.
-    for l in plan.lowers.iter().rev() {
+    for l in plan.spec.lowers.iter().rev() {
         match fs_err::symlink_metadata(l.join("etc")) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Ok(m) if m.is_dir() => break,
             _ => return None,
         }
     }
-    let view = MergedView::new(&plan.lowers)?;
-    let user = account(plan, plan.shell.clone()?);
+    let view = MergedView::new(&plan.spec.lowers)?;
+    let user = account(plan, plan.spec.shell.clone()?);
     let mut out = Vec::new();
     for (path, add) in ACCOUNT_FILES {
         let old = match view.lookup(Path::new(path)) {
@@ -728,10 +715,10 @@ fn accounts_from_layers(plan: &Plan) -> Option<Vec<(&'static str, String)>> {
 /// (`run` puts it in the plan, so PID 1 looks for it neither in the layers nor, after the pivot,
 /// in the root); `None` where the layers leave doubt.
 pub fn shell_from_layers(plan: &Plan) -> Option<String> {
-    if plan.shell.is_some() {
-        return plan.shell.clone();
+    if plan.spec.shell.is_some() {
+        return plan.spec.shell.clone();
     }
-    let view = MergedView::new(&plan.lowers)?;
+    let view = MergedView::new(&plan.spec.lowers)?;
     let mut unsure = false;
     let shell = pick_shell_with(plan, |p| match view.lookup(p) {
         Merged::File(_) => true,
@@ -751,7 +738,7 @@ fn pick_shell<S: Syscalls>(sys: &mut S, plan: &Plan) -> String {
 
 /// [`pick_shell`] with `is_file` saying whether the image has a file at a path.
 fn pick_shell_with(plan: &Plan, mut is_file: impl FnMut(&Path) -> bool) -> String {
-    if let Some(s) = &plan.shell {
+    if let Some(s) = &plan.spec.shell {
         return s.clone();
     }
     let candidates = plan
@@ -798,10 +785,14 @@ pub fn find_program(name: &str, path_var: &str) -> Option<PathBuf> {
 /// The environment the command gets: the plan's, with HOME, USER, LOGNAME and PATH filled in
 /// when missing.
 pub fn environment(plan: &Plan) -> Vec<(String, String)> {
-    let mut env = plan.env.clone();
-    let user = if plan.root { "root" } else { &plan.user_name };
+    let mut env = plan.spec.env.clone();
+    let user = if plan.spec.root {
+        "root"
+    } else {
+        &plan.user_name
+    };
     let defaults = [
-        ("HOME", plan.home_target.display().to_string()),
+        ("HOME", plan.spec.home_target.display().to_string()),
         ("USER", user.to_string()),
         ("LOGNAME", user.to_string()),
         (
@@ -814,7 +805,7 @@ pub fn environment(plan: &Plan) -> Vec<(String, String)> {
             env.push((k.to_string(), v));
         }
     }
-    if plan.gpu.is_some() {
+    if plan.spec.gpu.is_some() {
         super::gpu::add_to_env(&mut env);
     }
     env
@@ -827,21 +818,33 @@ mod tests {
 
     fn plan() -> Plan {
         Plan {
+            spec: crate::runtime::Spec {
+                lowers: vec!["/s/l0".into(), "/s/l1".into(), "/s/l2".into()],
+                state_dir: "/s".into(),
+                project_dir: "/home/alice/proj".into(),
+                cwd: "/home/alice/proj/sub".into(),
+                home: "/s/home".into(),
+                home_target: "/home/alice".into(),
+                env: vec![("PATH".into(), "/bin".into())],
+                argv: vec![],
+                shell: None,
+                hostname: "proj".into(),
+                network: crate::config::Network::Host,
+                root: false,
+                mounts: vec![crate::config::Mount {
+                    source: "/data".into(),
+                    target: "/data".into(),
+                    read_only: true,
+                }],
+                upper: None,
+                output: None,
+                gpu: None,
+                sandbox: Default::default(),
+                quiet: false,
+            },
             entry: "/s/run/e".into(),
             layers: 3,
-            lowers: vec!["/s/l0".into(), "/s/l1".into(), "/s/l2".into()],
             flat_cache: "/s/flat".into(),
-            project_dir: "/home/alice/proj".into(),
-            cwd: "/home/alice/proj/sub".into(),
-            home: "/s/home".into(),
-            home_target: "/home/alice".into(),
-            env: vec![("PATH".into(), "/bin".into())],
-            argv: vec![],
-            shell: None,
-            hostname: "proj".into(),
-            net_none: false,
-            root: false,
-            mounts: vec![("/data".into(), "/data".into(), true)],
             host_uid: 1000,
             host_gid: 100,
             user_name: "alice".into(),
@@ -850,10 +853,13 @@ mod tests {
             keep_upper: false,
             scratch: false,
             scratch_only: false,
-            gpu: None,
-            sandbox: Default::default(),
-            quiet: false,
         }
+    }
+
+    /// `p` with its spec changed by `f`.
+    fn with(mut p: Plan, f: impl FnOnce(&mut crate::runtime::Spec)) -> Plan {
+        f(&mut p.spec);
+        p
     }
 
     #[test]
@@ -898,10 +904,7 @@ mod tests {
             format!("{flags:?}"),
             "CloneFlags(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID)"
         );
-        let none = Plan {
-            net_none: true,
-            ..plan()
-        };
+        let none = with(plan(), |s| s.network = crate::config::Network::None);
         assert!(namespace_flags(&none).contains(CloneFlags::CLONE_NEWNET));
     }
 
@@ -922,11 +925,10 @@ mod tests {
     #[test]
     fn root_maps_to_zero_and_network_none_brings_lo_up() {
         let mut r = Recorder::default();
-        let p = Plan {
-            root: true,
-            net_none: true,
-            ..plan()
-        };
+        let p = with(plan(), |s| {
+            s.root = true;
+            s.network = crate::config::Network::None;
+        });
         map_ids(&mut r, &p).unwrap();
         assert_eq!(r.calls[1], "write /proc/self/uid_map 0 1000 1");
         assert_eq!(r.calls[2], "write /proc/self/gid_map 0 100 1");
@@ -996,10 +998,9 @@ mod tests {
     fn planned(lowers: Vec<PathBuf>) -> Plan {
         let mut p = Plan {
             layers: lowers.len(),
-            lowers,
-            ..plan()
+            ..with(plan(), |s| s.lowers = lowers)
         };
-        p.shell = shell_from_layers(&p);
+        p.spec.shell = shell_from_layers(&p);
         p
     }
 
@@ -1007,17 +1008,18 @@ mod tests {
     fn the_shell_is_decided_from_the_layers_unless_they_leave_doubt() {
         let (_t, l) = image_layer();
         // The host's /bin/zsh is not in the image: bash, found through the /bin link.
-        assert_eq!(planned(vec![l.clone()]).shell.as_deref(), Some("/bin/bash"));
-        let configured = Plan {
-            shell: Some("/bin/fish".into()),
-            ..planned(vec![l.clone()])
-        };
+        assert_eq!(
+            planned(vec![l.clone()]).spec.shell.as_deref(),
+            Some("/bin/bash")
+        );
+        let configured = with(planned(vec![l.clone()]), |s| {
+            s.shell = Some("/bin/fish".into())
+        });
         assert_eq!(shell_from_layers(&configured).as_deref(), Some("/bin/fish"));
         std::os::unix::fs::symlink("loop", l.join("loop")).unwrap();
         let doubt = Plan {
             host_shell: Some("/loop/zsh".into()),
-            shell: None,
-            ..planned(vec![l])
+            ..with(planned(vec![l]), |s| s.shell = None)
         };
         assert_eq!(shell_from_layers(&doubt), None);
     }
@@ -1052,10 +1054,7 @@ mod tests {
         std::os::unix::fs::symlink("/private/etc", top.join("etc")).unwrap();
         assert_eq!(accounts_from_layers(&planned(vec![l.clone(), top])), None);
         // No shell decided: leave it to `finish`.
-        let undecided = Plan {
-            shell: None,
-            ..planned(vec![l])
-        };
+        let undecided = with(planned(vec![l]), |s| s.shell = None);
         assert_eq!(accounts_from_layers(&undecided), None);
     }
 
@@ -1303,14 +1302,10 @@ mod tests {
             file: Some("root:x:0:0:root:/root:/bin/sh\n".into()),
             ..Default::default()
         };
-        let plan = Plan {
-            root: true,
-            sandbox: crate::runtime::Sandbox {
-                allow_syscalls: vec!["io_uring".into()],
-                ..Default::default()
-            },
-            ..plan()
-        };
+        let plan = with(plan(), |s| {
+            s.root = true;
+            s.sandbox.allow_syscalls = vec!["io_uring".into()];
+        });
         finish(&mut r, &plan, false).unwrap();
         let nnp = r.pos("no_new_privs");
         assert_eq!(
@@ -1337,11 +1332,10 @@ mod tests {
             ],
             ..Default::default()
         };
-        let p = Plan {
-            root: true,
-            argv: vec!["true".into()],
-            ..plan()
-        };
+        let p = with(plan(), |s| {
+            s.root = true;
+            s.argv = vec!["true".into()];
+        });
         assert_eq!(finish(&mut r, &p, false).unwrap(), ["true"]);
         assert!(!r.calls.iter().any(|c| c.starts_with("write /etc/")));
     }
@@ -1397,10 +1391,7 @@ mod tests {
             dirs: vec!["/dev/nvidia-caps".into()],
             ..Recorder::default()
         };
-        let p = Plan {
-            gpu: Some(gpu()),
-            ..plan()
-        };
+        let p = with(plan(), |s| s.gpu = Some(gpu()));
         build_root(&mut r, &p, None).unwrap();
         let c = &r.calls;
         let dev = r.pos("mount tmpfs - /s/run/e/root/dev ");
