@@ -84,7 +84,13 @@ impl Reach {
 /// The items of reach `env` asks for, and its mounts with every source resolved (what the
 /// runtime must mount: the path judged here, not a link that could change afterwards).
 pub fn asked(env: &EnvFile, project_dir: &Path) -> (Vec<Reach>, Vec<Mount>) {
-    let project = fs_err::canonicalize(project_dir).unwrap_or_else(|_| project_dir.into());
+    // Judged only where there is something to judge: no path resolution on the start of an
+    // env without mounts.
+    let project = if env.container.mounts.is_empty() {
+        project_dir.to_path_buf()
+    } else {
+        fs_err::canonicalize(project_dir).unwrap_or_else(|_| project_dir.into())
+    };
     let mut items = Vec::new();
     let mut mounts = Vec::new();
     for m in &env.container.mounts {
@@ -308,6 +314,60 @@ pub fn agent_offered(env: &EnvFile) -> Option<PathBuf> {
     fs_err::metadata(&real)
         .is_ok_and(|m| m.file_type().is_socket())
         .then_some(real)
+}
+
+/// What a project's env asks beyond the project and what of it is not granted yet: the one
+/// reading of env.toml, the grants file and the policy that `shell`/`run`, `devenv trust` and
+/// `devenv status` share.
+#[derive(Debug, Default)]
+pub struct Review {
+    /// Every item, the offered SSH agent last.
+    pub asked: Vec<Reach>,
+    /// The items neither a grant nor the policy covers.
+    pub missing: Vec<Reach>,
+    /// The mounts with their sources resolved (what the runtime must mount).
+    pub mounts: Vec<Mount>,
+    /// The SSH agent's socket, when devenv offers it ([`agent_offered`]).
+    pub agent: Option<PathBuf>,
+    /// The project directory, canonical.
+    pub project: PathBuf,
+}
+
+impl Review {
+    /// Whether the offered agent is granted.
+    pub fn agent_granted(&self) -> bool {
+        self.agent.is_some() && !self.missing.contains(&Reach::SshAgent)
+    }
+}
+
+/// Read `env`'s reach and the user's decisions about it. Reads no file when env.toml asks for
+/// nothing and no agent is offered (the start of most envs).
+pub fn review(env: &EnvFile, project_dir: &Path) -> Result<Review, TrustError> {
+    let (mut asked, mounts) = asked(env, project_dir);
+    let agent = agent_offered(env);
+    if agent.is_some() {
+        asked.push(Reach::SshAgent);
+    }
+    if asked.is_empty() {
+        return Ok(Review {
+            mounts,
+            project: project_dir.to_path_buf(),
+            ..Review::default()
+        });
+    }
+    let project = fs_err::canonicalize(project_dir).unwrap_or_else(|_| project_dir.into());
+    let granted = match grants_path() {
+        Some(p) => Grants::load(&p)?.of(&project),
+        None => BTreeSet::new(),
+    };
+    let missing = ungranted(&asked, &load_policy()?, &granted);
+    Ok(Review {
+        asked,
+        missing,
+        mounts,
+        agent,
+        project,
+    })
 }
 
 /// The items of `asked` that neither the policy nor `granted` covers.

@@ -31,6 +31,16 @@ fn project(container: &str) -> (TestHome, PathBuf) {
     (home, hostdir)
 }
 
+/// env.toml mounting the host directory `dir` at /s.
+fn mount_at_s(home: &TestHome, dir: &std::path::Path) {
+    write_env_toml(
+        home,
+        "project",
+        base_ref(),
+        &format!("[container]\nmounts = [\"{}:/s\"]\n", dir.display()),
+    );
+}
+
 fn cat_secret(home: &TestHome, at: &str) -> Outcome {
     run(devenv(home).args(["run", "--", "cat", &format!("{at}/secret")]))
 }
@@ -38,12 +48,7 @@ fn cat_secret(home: &TestHome, at: &str) -> Outcome {
 #[test]
 fn a_host_directory_outside_the_project_needs_a_grant_then_mounts() {
     let (home, hostdir) = project("");
-    write_env_toml(
-        &home,
-        "project",
-        base_ref(),
-        &format!("[container]\nmounts = [\"{}:/s\"]\n", hostdir.display()),
-    );
+    mount_at_s(&home, &hostdir);
     let out = cat_secret(&home, "/s").failure(&[
         "asks for reach beyond the project that you have not granted",
         &format!("mount {} at /s (read-write)", hostdir.display()),
@@ -86,21 +91,11 @@ fn a_host_directory_outside_the_project_needs_a_grant_then_mounts() {
     // Another path is another question.
     home.write("otherdir/secret", "other\n");
     let other = home.root().join("otherdir");
-    write_env_toml(
-        &home,
-        "project",
-        base_ref(),
-        &format!("[container]\nmounts = [\"{}:/s\"]\n", other.display()),
-    );
+    mount_at_s(&home, &other);
     cat_secret(&home, "/s").failure(&[&format!("mount {} at /s", other.display())]);
 
     // Revoked: asked again.
-    write_env_toml(
-        &home,
-        "project",
-        base_ref(),
-        &format!("[container]\nmounts = [\"{}:/s\"]\n", hostdir.display()),
-    );
+    mount_at_s(&home, &hostdir);
     cat_secret(&home, "/s").success();
     run(devenv(&home).args(["trust", "--revoke"])).success();
     cat_secret(&home, "/s").failure(&["not granted"]);
@@ -154,12 +149,7 @@ fn the_users_config_can_grant_a_path_for_every_project() {
 #[test]
 fn ci_grants_for_one_run_with_trust_and_a_locked_lock() {
     let (home, hostdir) = project("");
-    write_env_toml(
-        &home,
-        "project",
-        base_ref(),
-        &format!("[container]\nmounts = [\"{}:/s\"]\n", hostdir.display()),
-    );
+    mount_at_s(&home, &hostdir);
     run(devenv(&home).args(["--trust", "lock"])).success();
     let out =
         run(devenv(&home).args(["--locked", "--trust", "run", "--", "cat", "/s/secret"])).success();
@@ -206,12 +196,7 @@ fn prompt(home: &TestHome, answer: &str) -> (std::process::ExitStatus, String) {
 #[test]
 fn at_a_terminal_devenv_asks_and_only_y_grants() {
     let (home, hostdir) = project("");
-    write_env_toml(
-        &home,
-        "project",
-        base_ref(),
-        &format!("[container]\nmounts = [\"{}:/s\"]\n", hostdir.display()),
-    );
+    mount_at_s(&home, &hostdir);
     for refused in ["\n", "n\n", "yes please\n", "Y es\n"] {
         let (status, output) = prompt(&home, refused);
         assert!(!status.success(), "{refused:?}: {output}");

@@ -83,20 +83,11 @@ pub struct TrustInfo {
 }
 
 fn trust_info(loaded: &crate::config::Loaded) -> anyhow::Result<TrustInfo> {
-    let (asked, _) = crate::trust::asked(&loaded.env, &loaded.project_dir);
-    if asked.is_empty() {
-        return Ok(TrustInfo {
-            granted: Vec::new(),
-            not_granted: Vec::new(),
-        });
-    }
-    let project = fs_err::canonicalize(&loaded.project_dir)?;
-    let grants = match crate::trust::grants_path() {
-        Some(p) => crate::trust::Grants::load(&p)?.of(&project),
-        None => Default::default(),
-    };
-    let missing = crate::trust::ungranted(&asked, &crate::trust::load_policy()?, &grants);
-    let (not_granted, granted): (Vec<_>, Vec<_>) = asked.iter().partition(|i| missing.contains(i));
+    let review = crate::trust::review(&loaded.env, &loaded.project_dir)?;
+    let (not_granted, granted): (Vec<_>, Vec<_>) = review
+        .asked
+        .iter()
+        .partition(|i| review.missing.contains(i));
     Ok(TrustInfo {
         granted: granted.iter().map(ToString::to_string).collect(),
         not_granted: not_granted.iter().map(ToString::to_string).collect(),

@@ -42,11 +42,7 @@ pub fn run(args: TrustArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let (mut asked, _) = trust::asked(&loaded.env, &loaded.project_dir);
-    if trust::agent_offered(&loaded.env).is_some() {
-        asked.push(Reach::SshAgent);
-    }
-    let missing = trust::ungranted(&asked, &trust::load_policy()?, &grants.of(&project));
+    let missing = trust::review(&loaded.env, &loaded.project_dir)?.missing;
     if missing.is_empty() {
         ctx.ui.status(
             "Trusted",
@@ -85,37 +81,33 @@ pub(super) struct Decided {
 /// so does what the user granted (trusted.toml, config.toml's `[trust]`, `--trust` for this
 /// run). Anything else is asked about at a terminal (y/N) and refused elsewhere.
 pub(super) fn decide(ctx: &super::Context, loaded: &Loaded) -> anyhow::Result<Decided> {
-    let (asked, mounts) = trust::asked(&loaded.env, &loaded.project_dir);
-    let offered = trust::agent_offered(&loaded.env);
-    if asked.is_empty() && offered.is_none() {
-        return Ok(Decided {
-            mounts,
-            agent: None,
-            allowed: asked,
-        });
-    }
-    let project = canonical(&loaded.project_dir);
-    let path = grants_file()?;
-    let mut grants = Grants::load(&path)?;
-    let policy = trust::load_policy()?;
+    let review = trust::review(&loaded.env, &loaded.project_dir)?;
     // The agent is devenv's offer, not env.toml's request: without a grant the env starts
     // without it, and a note says how to bring it in.
-    let was_offered = offered.is_some();
-    let agent = offered.filter(|_| {
-        ctx.trust || trust::ungranted(&[Reach::SshAgent], &policy, &grants.of(&project)).is_empty()
-    });
-    if was_offered && agent.is_none() {
+    let agent_in = ctx.trust || review.agent_granted();
+    if review.agent.is_some() && !agent_in {
         ctx.ui.note(
             "your SSH agent is not in the env: `devenv trust` brings it in for this project \
              (`ssh_agent = true` under [trust] in config.toml: for every project)",
         );
     }
+    let trust::Review {
+        asked,
+        missing,
+        mounts,
+        agent,
+        project,
+    } = review;
+    let agent = agent.filter(|_| agent_in);
+    let missing: Vec<Reach> = missing
+        .into_iter()
+        .filter(|i| *i != Reach::SshAgent)
+        .collect();
     let decided = |allowed| Decided {
         mounts,
         agent,
         allowed,
     };
-    let missing = trust::ungranted(&asked, &policy, &grants.of(&project));
     if missing.is_empty() {
         return Ok(decided(asked));
     }
@@ -142,6 +134,8 @@ pub(super) fn decide(ctx: &super::Context, loaded: &Loaded) -> anyhow::Result<De
         let mut answer = String::new();
         std::io::stdin().lock().read_line(&mut answer)?;
         if matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES") {
+            let path = grants_file()?;
+            let mut grants = Grants::load(&path)?;
             grants.grant(&project, &missing);
             grants.save(&path)?;
             ctx.ui.status(

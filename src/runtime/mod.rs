@@ -640,14 +640,11 @@ fn plan_for(spec: &Spec, entry: &Path) -> setup::Plan {
     }
     let mut plan = setup::Plan {
         entry: entry.to_path_buf(),
-        layers: spec.lowers.len(),
-        flat_cache: spec.state_dir.join("flat"),
         host_uid: nix::unistd::getuid().as_raw(),
         host_gid: nix::unistd::getgid().as_raw(),
         user_name: user.name.clone(),
         host_shell: user.shell.clone(),
         force_flatten: false,
-        keep_upper: spec.upper.is_some(),
         scratch: false,
         scratch_only: false,
         spec: inner,

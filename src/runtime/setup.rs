@@ -27,18 +27,12 @@ pub struct Plan {
     pub spec: super::Spec,
     /// The per-entry directory: `upper/`, `work/`, `root/`, `l/<i>` links to the layers.
     pub entry: PathBuf,
-    pub layers: usize,
-    /// Where the flattened fallback copy is cached.
-    pub flat_cache: PathBuf,
     pub host_uid: u32,
     pub host_gid: u32,
     pub user_name: String,
     pub host_shell: Option<String>,
     /// Skip overlay and use the flattened copy (`DEVENV_FLATTEN=1`, and tests).
     pub force_flatten: bool,
-    /// `upper` links to a persistent upper directory (a build step): no flattened fallback.
-    #[serde(default)]
-    pub keep_upper: bool,
     /// The entry directory does not exist yet: make it with `upper/`, `work/`, `root/` and
     /// `l/<i>` in a tmpfs mounted on its parent, `run/` (nothing to write to or remove from the
     /// store's disk, and only this mount namespace sees it), or on the disk where tmpfs lacks
@@ -52,6 +46,16 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// `upper` links to a persistent upper directory (a build step): no flattened fallback.
+    fn keep_upper(&self) -> bool {
+        self.spec.upper.is_some()
+    }
+
+    /// Where the flattened fallback copy is cached.
+    fn flat_cache(&self) -> PathBuf {
+        self.spec.state_dir.join("flat")
+    }
+
     fn inside_ids(&self) -> (u32, u32) {
         if self.spec.root {
             (0, 0)
@@ -408,7 +412,7 @@ fn mount_rootfs<S: Syscalls>(
         make_entry(sys, plan)?;
         in_entry(sys, plan, |sys| make_entry_dirs(sys, plan))?;
     }
-    let res = if plan.force_flatten && !plan.keep_upper {
+    let res = if plan.force_flatten && !plan.keep_upper() {
         Err(Errno::EINVAL)
     } else {
         mount_overlay(sys, plan)?
@@ -416,7 +420,7 @@ fn mount_rootfs<S: Syscalls>(
     match res {
         Ok(()) => Ok(RootFs::Overlay { accounts: false }),
         // A build step's writes must land in its upper directory: a copy would lose them.
-        Err(refused @ (Errno::EINVAL | Errno::EPERM | Errno::ENODEV)) if plan.keep_upper => {
+        Err(refused @ (Errno::EINVAL | Errno::EPERM | Errno::ENODEV)) if plan.keep_upper() => {
             Err(RuntimeError::OverlayRequired {
                 errno: refused as i32,
             })
@@ -424,7 +428,7 @@ fn mount_rootfs<S: Syscalls>(
         // EINVAL: no userxattr or no unprivileged overlay in this kernel (< 5.11) or on this
         // filesystem; EPERM: overlay not allowed in a user namespace here; ENODEV: no overlay.
         Err(refused @ (Errno::EINVAL | Errno::EPERM | Errno::ENODEV)) => {
-            sys.flatten(&plan.spec.lowers, &plan.flat_cache, root)
+            sys.flatten(&plan.spec.lowers, &plan.flat_cache(), root)
                 .map_err(|e| RuntimeError::Flatten {
                     overlay_errno: refused as i32,
                     message: e.to_string(),
@@ -441,7 +445,7 @@ fn mount_rootfs<S: Syscalls>(
             )?;
             Ok(RootFs::Flattened {
                 errno: refused as i32,
-                fs: super::fs_name(&plan.flat_cache),
+                fs: super::fs_name(&plan.flat_cache()),
             })
         }
         Err(errno) => Err(RuntimeError::Mount {
@@ -497,7 +501,7 @@ fn scratch_overlay<S: Syscalls>(
     sys: &mut S,
     plan: &Plan,
 ) -> Result<Result<bool, Errno>, RuntimeError> {
-    let opts = overlay_options(plan.layers)?;
+    let opts = overlay_options(plan.spec.lowers.len())?;
     let Some(run) = plan.entry.parent() else {
         return Ok(Err(Errno::EINVAL));
     };
@@ -536,7 +540,7 @@ fn scratch_overlay<S: Syscalls>(
 
 /// The overlay mount itself; the mount's errno is the caller's to judge.
 fn mount_overlay<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<Result<(), Errno>, RuntimeError> {
-    let opts = overlay_options(plan.layers)?;
+    let opts = overlay_options(plan.spec.lowers.len())?;
     // overlayfs resolves relative lowerdir/upperdir/workdir against our cwd: short options.
     sys.chdir(&plan.entry)
         .map_err(|e| RuntimeError::sys(format!("entering {}", plan.entry.display()), e))?;
@@ -843,14 +847,11 @@ mod tests {
                 quiet: false,
             },
             entry: "/s/run/e".into(),
-            layers: 3,
-            flat_cache: "/s/flat".into(),
             host_uid: 1000,
             host_gid: 100,
             user_name: "alice".into(),
             host_shell: Some("/bin/zsh".into()),
             force_flatten: false,
-            keep_upper: false,
             scratch: false,
             scratch_only: false,
         }
@@ -996,10 +997,7 @@ mod tests {
 
     /// The test plan over `lowers`, its shell decided from them as `run` does.
     fn planned(lowers: Vec<PathBuf>) -> Plan {
-        let mut p = Plan {
-            layers: lowers.len(),
-            ..with(plan(), |s| s.lowers = lowers)
-        };
+        let mut p = with(plan(), |s| s.lowers = lowers);
         p.spec.shell = shell_from_layers(&p);
         p
     }
@@ -1236,9 +1234,8 @@ mod tests {
             ..Default::default()
         };
         let p = Plan {
-            keep_upper: true,
             force_flatten: true,
-            ..plan()
+            ..with(plan(), |s| s.upper = Some("/s/layer-in-progress".into()))
         };
         let e = build_root(&mut r, &p, None).unwrap_err();
         assert!(matches!(e, RuntimeError::OverlayRequired { errno } if errno == libc::EINVAL));
