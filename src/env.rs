@@ -135,6 +135,66 @@ impl Env {
         env
     }
 
+    /// The tool layers as an image's history tells them.
+    pub fn tool_layers(&self) -> Vec<crate::export::ToolLayer> {
+        use crate::build::StepKind;
+        self.tools
+            .iter()
+            .map(|t| crate::export::ToolLayer {
+                dir: t.dir.clone(),
+                created_by: match t.step.kind {
+                    StepKind::Apt => {
+                        format!("devenv: apt install {}", t.step.inputs.replace('\n', " "))
+                    }
+                    StepKind::Python => format!("devenv: {}", t.step.label),
+                    StepKind::Run => format!("devenv: run {}", t.step.inputs),
+                },
+            })
+            .collect()
+    }
+
+    /// What an exported or pushed image says of itself: [`Env::image_environment`], a
+    /// `WorkingDir` of `/workspaces/<project>` (Dev Containers' convention: the path does not
+    /// depend on where the project sits on one machine), a numeric `User` (the base's when it
+    /// is numeric, else `1000:1000`: devenv runs commands as a user, and a kubelet with
+    /// `runAsNonRoot` refuses names), and labels naming the base and hashing env.toml and
+    /// env.lock.
+    pub fn image_meta(&self, loaded: &Loaded) -> crate::export::Meta {
+        let hash = |p: &Path| {
+            fs_err::read(p)
+                .ok()
+                .map(|b| crate::reference::Digest::of(&b).to_string())
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert(
+            "org.opencontainers.image.base.name".to_string(),
+            self.image.to_string(),
+        );
+        labels.insert(
+            "org.opencontainers.image.base.digest".to_string(),
+            self.pulled.manifest.to_string(),
+        );
+        if let Some(h) = hash(&loaded.path) {
+            labels.insert("dev.devenv.env-toml.sha256".into(), h);
+        }
+        if let Some(h) = hash(&loaded.project_dir.join(crate::lock::FILE_NAME)) {
+            labels.insert("dev.devenv.env-lock.sha256".into(), h);
+        }
+        let base_user = self.pulled.config.config.user.as_str();
+        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let user = match base_user.split_once(':') {
+            Some((u, g)) if numeric(u) && numeric(g) => base_user.to_string(),
+            None if numeric(base_user) => base_user.to_string(),
+            _ => "1000:1000".to_string(),
+        };
+        crate::export::Meta {
+            env: self.image_environment(loaded),
+            working_dir: Some(format!("/workspaces/{}", self.project.name)),
+            user: Some(user),
+            labels,
+        }
+    }
+
     /// The runtime's spec for `session`: home, environment (image `Env` < `[env]` < the host's
     /// allow-list < devenv's own), mounts, GPU, sandbox. Copies the user's git identity into
     /// the env's home first, when env.toml lets it.

@@ -116,8 +116,8 @@ pub struct ExportOptions<'a> {
     /// The base image's manifest digest (a platform's image manifest, not an index).
     pub base_manifest: &'a Digest,
     pub tools: &'a [ToolLayer],
-    /// The image config's `Env`, in order.
-    pub env: &'a [(String, String)],
+    /// `Env`, `WorkingDir`, `User`, labels.
+    pub meta: &'a Meta,
     pub tag: &'a str,
     pub format: Format,
     /// Replace an existing non-empty output.
@@ -215,16 +215,16 @@ fn replace(staged: &Path, out: &Path, staging: &Path) -> io::Result<()> {
     moved
 }
 
-/// The image layout at `dir` (created).
-fn write_layout(
-    store: &Store,
-    opts: &ExportOptions,
-    dir: &Path,
-    ui: &dyn Reporter,
-) -> Result<Exported, ExportError> {
-    let blobs = dir.join("blobs/sha256");
-    fs_err::create_dir_all(&blobs)?;
-    let digest = opts.base_manifest;
+/// The base image as an exported or pushed env starts from it: its manifest, config bytes and
+/// layer descriptors (in OCI's media types), each layer blob checked to be in the store whole.
+pub struct Base {
+    pub manifest: manifest::ImageManifest,
+    pub config: Vec<u8>,
+    pub layers: Vec<Value>,
+}
+
+/// Read the base image `digest` (a platform's image manifest) from the store.
+pub fn read_base(store: &Store, digest: &Digest) -> Result<Base, ExportError> {
     let bytes = store
         .manifest(digest)
         .ok_or_else(|| ExportError::NoManifest {
@@ -238,17 +238,15 @@ fn write_layout(
             });
         }
     };
-    let config_bytes = store
+    let config = store
         .blob(&base.config.digest)
         .ok_or_else(|| ExportError::NoBlob {
             digest: base.config.digest.clone(),
             what: "the image config",
         })?;
-    let mut size = 0;
     let mut layers = Vec::new();
     for desc in &base.layers {
-        let from = store.blob_path(&desc.digest);
-        let actual = match fs_err::metadata(&from) {
+        let actual = match fs_err::metadata(store.blob_path(&desc.digest)) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(ExportError::NoBlob {
@@ -265,11 +263,93 @@ fn write_layout(
                 actual,
             });
         }
-        fs_err::copy(&from, blobs.join(desc.digest.hex()))?;
-        size += actual;
         layers.push(base_layer_descriptor(desc));
     }
-    let mut diff_ids = Vec::new();
+    Ok(Base {
+        manifest: base,
+        config,
+        layers,
+    })
+}
+
+/// What the image says of itself beyond its layers: the same for `export` and `push`.
+#[derive(Clone, Debug, Default)]
+pub struct Meta {
+    /// The image config's `Env`, in order.
+    pub env: Vec<(String, String)>,
+    /// `WorkingDir`, when set.
+    pub working_dir: Option<String>,
+    /// `User`, numeric (`uid:gid`), when set.
+    pub user: Option<String>,
+    /// Added to the base's `Labels`.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The config and manifest bytes of `base` with `tools` (written layers, with the steps that
+/// made them) on top.
+pub fn compose(
+    base: &Base,
+    tools: &[(WrittenLayer, &str)],
+    meta: &Meta,
+) -> Result<(Vec<u8>, Vec<u8>), ExportError> {
+    let mut layers = base.layers.clone();
+    for (w, _) in tools {
+        layers.push(json!({
+            "mediaType": LAYER_MEDIA_TYPE,
+            "digest": w.digest.as_str(),
+            "size": w.size,
+        }));
+    }
+    let diff_ids: Vec<Digest> = tools.iter().map(|(w, _)| w.diff_id.clone()).collect();
+    let history: Vec<&str> = tools.iter().map(|(_, h)| *h).collect();
+    let bad = || ExportError::BadConfig {
+        digest: base.manifest.config.digest.clone(),
+    };
+    let config = edit_config(&base.config, &diff_ids, &meta.env, &history).ok_or_else(bad)?;
+    let config = describe(&config, meta).ok_or_else(bad)?;
+    let manifest = image_manifest(&Digest::of(&config), config.len() as u64, &layers);
+    Ok((config, manifest))
+}
+
+/// `config` with `meta`'s `WorkingDir`, `User` and labels set.
+fn describe(config: &[u8], meta: &Meta) -> Option<Vec<u8>> {
+    let mut config: Value = serde_json::from_slice(config).ok()?;
+    let run = config.as_object_mut()?.get_mut("config")?.as_object_mut()?;
+    if let Some(w) = &meta.working_dir {
+        run.insert("WorkingDir".into(), json!(w));
+    }
+    if let Some(u) = &meta.user {
+        run.insert("User".into(), json!(u));
+    }
+    if !meta.labels.is_empty() {
+        let labels = run.entry("Labels").or_insert_with(|| json!({}));
+        if !labels.is_object() {
+            *labels = json!({});
+        }
+        let labels = labels.as_object_mut()?;
+        for (k, v) in &meta.labels {
+            labels.insert(k.clone(), json!(v));
+        }
+    }
+    serde_json::to_vec(&config).ok()
+}
+
+/// The image layout at `dir` (created).
+fn write_layout(
+    store: &Store,
+    opts: &ExportOptions,
+    dir: &Path,
+    ui: &dyn Reporter,
+) -> Result<Exported, ExportError> {
+    let blobs = dir.join("blobs/sha256");
+    fs_err::create_dir_all(&blobs)?;
+    let base = read_base(store, opts.base_manifest)?;
+    let mut size = 0;
+    for desc in &base.manifest.layers {
+        fs_err::copy(store.blob_path(&desc.digest), blobs.join(desc.digest.hex()))?;
+        size += desc.size;
+    }
+    let mut tools = Vec::new();
     for tool in opts.tools {
         let label = tool
             .created_by
@@ -283,21 +363,10 @@ fn write_layout(
             }
         })?;
         size += written.size;
-        layers.push(json!({
-            "mediaType": LAYER_MEDIA_TYPE,
-            "digest": written.digest.as_str(),
-            "size": written.size,
-        }));
-        diff_ids.push(written.diff_id);
+        tools.push((written, tool.created_by.as_str()));
     }
-    let history: Vec<&str> = opts.tools.iter().map(|t| t.created_by.as_str()).collect();
-    let config = edit_config(&config_bytes, &diff_ids, opts.env, &history).ok_or_else(|| {
-        ExportError::BadConfig {
-            digest: base.config.digest.clone(),
-        }
-    })?;
-    let config_digest = put_blob(&blobs, &config)?;
-    let manifest = image_manifest(&config_digest, config.len() as u64, &layers);
+    let (config, manifest) = compose(&base, &tools, opts.meta)?;
+    put_blob(&blobs, &config)?;
     let manifest_digest = put_blob(&blobs, &manifest)?;
     size += (config.len() + manifest.len()) as u64;
     let index = image_index(&manifest_digest, manifest.len() as u64, opts.tag);
@@ -305,7 +374,7 @@ fn write_layout(
     fs_err::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     Ok(Exported {
         manifest: manifest_digest,
-        layers: layers.len(),
+        layers: base.layers.len() + tools.len(),
         size,
     })
 }

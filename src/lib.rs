@@ -15,6 +15,7 @@ pub mod platform;
 pub mod progress;
 pub mod project;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod runtime;

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::build::StepKind;
-use crate::export::{ExportOptions, Format, ToolLayer};
+use crate::export::{ExportOptions, Format};
 use crate::progress::Reporter;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
@@ -71,28 +70,15 @@ pub fn run(args: ExportArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     // gc waits while blobs are copied out of the store.
     let _gc = store.keep_from_gc()?;
 
-    let tools: Vec<ToolLayer> = m
-        .tools
-        .iter()
-        .map(|t| ToolLayer {
-            dir: t.dir.clone(),
-            created_by: match t.step.kind {
-                StepKind::Apt => {
-                    format!("devenv: apt install {}", t.step.inputs.replace('\n', " "))
-                }
-                StepKind::Python => format!("devenv: {}", t.step.label),
-                StepKind::Run => format!("devenv: run {}", t.step.inputs),
-            },
-        })
-        .collect();
+    let tools = m.tool_layers();
 
     // What `devenv run` gives, less the host's variables and devenv's per-user ones.
-    let env = m.image_environment(&loaded);
+    let meta = m.image_meta(&loaded);
 
     let opts = ExportOptions {
         base_manifest: &m.pulled.manifest,
         tools: &tools,
-        env: &env,
+        meta: &meta,
         tag: &args.tag,
         format,
         force: args.force,

@@ -9,6 +9,7 @@ mod gc;
 mod init;
 mod lock;
 mod pull;
+mod push;
 mod run;
 mod status;
 mod trust;
@@ -87,6 +88,8 @@ pub enum Command {
     Build(build::BuildArgs),
     #[command(about = "Write the env (base and tool layers) as an OCI image")]
     Export(export::ExportArgs),
+    #[command(about = "Send the env (base and tool layers) to a registry as an OCI image")]
+    Push(push::PushArgs),
     #[command(about = "Show the env, what is cached and what would be fetched")]
     Status(status::StatusArgs),
     #[command(about = "Grant this project what its env.toml asks beyond the project directory")]
@@ -168,6 +171,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args, &ctx),
         Command::Build(args) => build::run(args, &ctx),
         Command::Export(args) => export::run(args, &ctx),
+        Command::Push(args) => push::run(args, &ctx),
         Command::Doctor(args) => doctor::run(args, &ctx),
         Command::Lock(args) => lock::run(args, &ctx),
         Command::Status(args) => status::run(args, &ctx),

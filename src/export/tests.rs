@@ -350,7 +350,10 @@ fn export_writes_a_layout_refuses_a_full_path_and_replaces_with_force() {
     let mut opts = ExportOptions {
         base_manifest: &base,
         tools: &tools,
-        env: &env,
+        meta: &Meta {
+            env: env.to_vec(),
+            ..Meta::default()
+        },
         tag: "latest",
         format: Format::Layout,
         force: false,
@@ -423,7 +426,7 @@ fn a_missing_base_blob_fails_and_leaves_nothing() {
     let opts = ExportOptions {
         base_manifest: &base,
         tools: &[],
-        env: &[],
+        meta: &Meta::default(),
         tag: "latest",
         format: Format::Layout,
         force: false,

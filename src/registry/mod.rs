@@ -16,6 +16,7 @@ pub mod settings;
 #[cfg(test)]
 mod tests;
 mod transport;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -252,7 +253,7 @@ struct Inner {
     agents: Agents,
     credentials: CredentialStore,
     retry: RetryPolicy,
-    /// (endpoint base URL, repository) → `Authorization` value that worked.
+    /// (endpoint base URL, token scopes) → `Authorization` value that worked.
     auth: Mutex<HashMap<(String, String), String>>,
     lookups: Mutex<HashMap<(String, String), Lookup>>,
 }
@@ -265,6 +266,29 @@ struct Endpoint {
     /// `https://registry-1.docker.io`, `http://127.0.0.1:5000`.
     base: String,
     repository: String,
+    /// Push access asked for (`pull,push` in the token scope), and the repositories a blob
+    /// may be mounted from (`pull` on each).
+    push: bool,
+    mount_from: Vec<String>,
+}
+
+impl Endpoint {
+    /// The token scopes this endpoint's requests need.
+    fn scopes(&self) -> Vec<String> {
+        let access = if self.push { "pull,push" } else { "pull" };
+        let mut scopes = vec![format!("repository:{}:{access}", self.repository)];
+        for from in &self.mount_from {
+            if *from != self.repository {
+                scopes.push(format!("repository:{from}:pull"));
+            }
+        }
+        scopes
+    }
+
+    /// The key a working `Authorization` is cached under: a pull token does not push.
+    fn auth_key(&self) -> (String, String) {
+        (self.base.clone(), self.scopes().join(" "))
+    }
 }
 
 /// What a 404 means, for the message.
@@ -317,7 +341,7 @@ impl Client {
         let ep = self.inner.origin(&image);
         let url = format!("{}/v2/", ep.base);
         let resp = self.inner.with_retries(&ep.registry, &url, || {
-            self.inner.exchange("GET", &url, &[], None)
+            self.inner.exchange("GET", &url, &[], None, None)
         })?;
         match resp.status() {
             200..=299 | 401 => Ok(()),
@@ -405,6 +429,8 @@ impl Inner {
                     registry: m.host.clone(),
                     base: format!("{}://{}", self.scheme(&m.host, m.plain_http), m.host),
                     repository: image.repository.clone(),
+                    push: false,
+                    mount_from: Vec::new(),
                 };
                 match f(&ep) {
                     Ok(v) => return Ok(v),
@@ -423,6 +449,8 @@ impl Inner {
             registry: image.registry.clone(),
             base: format!("{}://{host}", self.scheme(&image.registry, None)),
             repository: image.repository.clone(),
+            push: false,
+            mount_from: Vec::new(),
         }
     }
 
@@ -447,6 +475,7 @@ impl Inner {
         url: &str,
         headers: &[(&str, &str)],
         auth: Option<&str>,
+        body: Option<&[u8]>,
     ) -> Result<ureq::Response, Box<ureq::Transport>> {
         let origin = UrlParts::parse(url).map(|p| p.origin());
         let mut url = url.to_string();
@@ -461,7 +490,11 @@ impl Inner {
                 req = req.set("Authorization", a);
             }
             let shown = url.split('?').next().unwrap_or("");
-            let resp = match req.call() {
+            let sent = match body {
+                Some(b) => req.send_bytes(b),
+                None => req.call(),
+            };
+            let resp = match sent {
                 Ok(r) => r,
                 Err(ureq::Error::Status(_, r)) => r,
                 Err(ureq::Error::Transport(t)) => {
@@ -529,10 +562,22 @@ impl Inner {
         url: &str,
         headers: &[(&str, &str)],
     ) -> Result<ureq::Response, RegistryError> {
-        let key = (ep.base.clone(), ep.repository.clone());
+        self.send_body(ep, method, url, headers, None)
+    }
+
+    /// [`Inner::send`] with a request body (a manifest).
+    fn send_body(
+        &self,
+        ep: &Endpoint,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<ureq::Response, RegistryError> {
+        let key = ep.auth_key();
         let cached = lock(&self.auth).get(&key).cloned();
         let resp = self.with_retries(&ep.registry, url, || {
-            self.exchange(method, url, headers, cached.as_deref())
+            self.exchange(method, url, headers, cached.as_deref(), body)
         })?;
         if resp.status() != 401 {
             return Ok(resp);
@@ -562,7 +607,7 @@ impl Inner {
         }
         lock(&self.auth).insert(key.clone(), header.clone());
         let resp = self.with_retries(&ep.registry, url, || {
-            self.exchange(method, url, headers, Some(&header))
+            self.exchange(method, url, headers, Some(&header), body)
         })?;
         if resp.status() == 401 {
             lock(&self.auth).remove(&key);
@@ -603,8 +648,13 @@ impl Inner {
         if let Some(s) = service {
             url.push_str(&format!("service={}&", query_escape(s)));
         }
-        let scope = format!("repository:{}:pull", ep.repository);
-        url.push_str(&format!("scope={}", query_escape(&scope)));
+        let scopes = ep.scopes();
+        let query: Vec<String> = scopes
+            .iter()
+            .map(|s| format!("scope={}", query_escape(s)))
+            .collect();
+        url.push_str(&query.join("&"));
+        let scope = scopes.join(" ");
         // Credentials travel in the clear only where the user chose plain HTTP for the registry.
         let realm_plain = !parts.scheme.eq_ignore_ascii_case("https");
         let registry_plain = ep.base.starts_with("http://");
@@ -644,7 +694,7 @@ impl Inner {
             c => {
                 let basic = c.map(|c| c.basic_header());
                 self.with_retries(&realm_host, &url, || {
-                    self.exchange("GET", &url, &[], basic.as_deref())
+                    self.exchange("GET", &url, &[], basic.as_deref(), None)
                 })?
             }
         };

@@ -784,7 +784,9 @@ fn https_to_a_plain_server_is_a_tls_error() {
     let url = format!("https://{}/v2/", server.addr);
     let err = c
         .inner
-        .with_retries("test", &url, || c.inner.exchange("GET", &url, &[], None))
+        .with_retries("test", &url, || {
+            c.inner.exchange("GET", &url, &[], None, None)
+        })
         .unwrap_err();
     assert!(matches!(err, RegistryError::Tls { .. }), "{err:?}");
     assert!(err.hint().unwrap().contains("insecure-registries"));
@@ -873,4 +875,167 @@ fn identity_tokens_are_exchanged_by_oauth2_post() {
         .fetch_manifest(&image(&server), "v1")
         .unwrap();
     assert_eq!(server.count("/token"), 1);
+}
+
+/// A registry's upload endpoints: `POST` opens session N, `PUT` of session N answers what
+/// `put` says for that try (1-based).
+fn upload_server(put: impl Fn(usize, &Req) -> Reply + Send + 'static) -> Server {
+    let sessions = AtomicUsize::new(0);
+    let puts = AtomicUsize::new(0);
+    serve(move |r| {
+        if r.method == "POST" && r.path.starts_with("/v2/team/app/blobs/uploads/") {
+            let n = sessions.fetch_add(1, Ordering::SeqCst) + 1;
+            let location = format!("/v2/team/app/blobs/uploads/session-{n}?state=s{n}");
+            return reply(202, &[("Location", &location)], "");
+        }
+        if r.method == "PUT" && r.path.starts_with("/v2/team/app/blobs/uploads/session-") {
+            return put(puts.fetch_add(1, Ordering::SeqCst) + 1, r);
+        }
+        if r.method == "HEAD" {
+            return reply(404, &[], "");
+        }
+        reply(400, &[], "")
+    })
+}
+
+fn upload(c: &Client, server: &Server, bytes: &'static [u8]) -> Result<(), RegistryError> {
+    let bar = crate::progress::Silent.bar("", None);
+    c.upload_blob(
+        &image(server),
+        &Digest::of(bytes),
+        bytes.len() as u64,
+        &|| Ok(Box::new(bytes)),
+        &*bar,
+    )
+}
+
+use crate::progress::Reporter as _;
+
+#[test]
+fn an_upload_refused_with_500_starts_again_from_a_fresh_session() {
+    let server = upload_server(|n, r| {
+        if n == 1 {
+            return reply(500, &[], "");
+        }
+        assert_eq!(r.body, b"layer bytes");
+        assert!(
+            r.path
+                .starts_with("/v2/team/app/blobs/uploads/session-2?state=s2&digest=sha256:")
+        );
+        reply(201, &[], "")
+    });
+    let c = client();
+    assert!(
+        !c.has_blob(&image(&server), &Digest::of(b"layer bytes"))
+            .unwrap()
+    );
+    upload(&c, &server, b"layer bytes").unwrap();
+    let posts = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert_eq!(posts, 2, "a fresh session for the second try");
+}
+
+#[test]
+fn an_upload_the_registry_keeps_refusing_gives_up_with_the_status() {
+    let server = upload_server(|_, _| reply(503, &[], ""));
+    let err = upload(&client(), &server, b"x").unwrap_err();
+    assert!(
+        matches!(err, RegistryError::TooManyRetries { tries: 5, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("HTTP 503"), "{err}");
+    assert!(err.hint().is_some());
+}
+
+#[test]
+fn an_upload_refused_with_a_client_error_is_not_retried() {
+    let server = upload_server(|_, _| {
+        reply(
+            400,
+            &[],
+            r#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"}]}"#,
+        )
+    });
+    let err = upload(&client(), &server, b"x").unwrap_err();
+    assert!(err.to_string().contains("DIGEST_INVALID"), "{err}");
+    assert_eq!(
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PUT")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn pushing_asks_for_a_token_with_push_scope_and_the_mount_source() {
+    let server = serve(move |r| {
+        if r.path.starts_with("/token") {
+            return reply(200, &[], r#"{"token":"PUSH"}"#);
+        }
+        if r.header("authorization") != Some("Bearer PUSH") {
+            let challenge = format!(r#"Bearer realm="http://{}/token",service="reg""#, r.server);
+            return reply(401, &[("WWW-Authenticate", &challenge)], "");
+        }
+        if r.method == "POST" && r.path.contains("mount=") {
+            return reply(201, &[], "");
+        }
+        reply(404, &[], "")
+    });
+    let c = client();
+    let img = image(&server);
+    let d = Digest::of(b"base layer");
+    assert_eq!(
+        c.mount_blob(&img, &d, "library/base").unwrap(),
+        upload::Mounted::Yes
+    );
+    let token = server
+        .requests()
+        .into_iter()
+        .find(|r| r.path.starts_with("/token"))
+        .unwrap();
+    assert!(
+        token
+            .path
+            .contains("scope=repository%3Ateam%2Fapp%3Apull%2Cpush"),
+        "{}",
+        token.path
+    );
+    assert!(
+        token
+            .path
+            .contains("scope=repository%3Alibrary%2Fbase%3Apull"),
+        "{}",
+        token.path
+    );
+    let mount = server
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST")
+        .unwrap();
+    assert!(
+        mount
+            .path
+            .contains(&format!("mount={d}&from=library%2Fbase")),
+        "{}",
+        mount.path
+    );
+}
+
+#[test]
+fn a_manifest_put_refused_with_403_is_denied() {
+    let server = serve(|_| reply(403, &[], ""));
+    let err = client()
+        .put_manifest(
+            &image(&server),
+            "v1",
+            "application/vnd.oci.image.manifest.v1+json",
+            b"{}",
+        )
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Denied { .. }), "{err}");
 }

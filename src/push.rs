@@ -1,0 +1,361 @@
+//! `devenv push`'s core: the env as an OCI image in a registry, by devenv's own client.
+//!
+//! The image is the one `devenv export` writes (the same [`export::compose`]): base layers
+//! as the registry gave them, one gzip'd layer per tool layer, the config with `Env`,
+//! `WorkingDir`, a numeric `User` and labels. Every blob is first asked for (`HEAD`): what the
+//! registry has is skipped; a base layer on the base's own registry is mounted from the base's
+//! repository; the rest is uploaded, each as one verified `PUT`. The manifest goes last, so a
+//! push cut anywhere leaves no tag naming an incomplete image.
+//!
+//! A tool layer's blob is a pure function of its directory (export.rs), so its digest,
+//! diff_id and size are remembered per layer key in `cache/layer-blobs/<key>`: a second push
+//! of the same env asks the registry for the digest and packs nothing. The memo is only a
+//! hint: a layer packed again that hashes otherwise replaces it.
+//!
+//! Invariants: nothing in the store is changed but that memo and temporary files in `tmp/`;
+//! the registry gets only blobs whose digest was computed from the bytes sent.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::export::{self, Base, ExportError, Meta, ToolLayer, WrittenLayer};
+use crate::progress::Reporter;
+use crate::reference::{Digest, ImageRef};
+use crate::registry::{Client, RegistryError, upload::Mounted};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushError {
+    #[error("pushing to {target}: {source}")]
+    Registry {
+        target: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error("tool layer {}: {source}", dir.display())]
+    Layer { dir: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl crate::error::Hint for PushError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            PushError::Registry {
+                source:
+                    RegistryError::Unauthorized {
+                        registry, searched, ..
+                    },
+                ..
+            } => Some(format!(
+                "pushing needs credentials with write access ({searched}); log in with `podman \
+                 login {registry}` or `docker login {registry}`, or set REGISTRY_AUTH_FILE"
+            )),
+            PushError::Registry {
+                source:
+                    RegistryError::Denied {
+                        registry,
+                        repository,
+                    },
+                ..
+            } => Some(format!(
+                "the credentials used for {registry} may not push to {repository}; check the \
+                 account's permissions and the repository name"
+            )),
+            PushError::Registry { source, .. } => crate::error::Hint::hint(source),
+            PushError::Export(e) => crate::error::Hint::hint(e),
+            _ => None,
+        }
+    }
+}
+
+/// What [`push`] sends.
+pub struct Image<'a> {
+    /// The base image as pulled (registry and repository: where base blobs may be mounted
+    /// from).
+    pub base_image: &'a ImageRef,
+    pub base_manifest: &'a Digest,
+    pub tools: &'a [ToolLayer],
+    pub meta: &'a Meta,
+}
+
+/// What a push did.
+#[derive(Debug)]
+pub struct Pushed {
+    pub digest: Digest,
+    /// `registry/repository@sha256:…`: what `podman run`, Kubernetes and Apptainer take.
+    pub pinned: String,
+    pub uploaded: usize,
+    pub uploaded_bytes: u64,
+    pub mounted: usize,
+    pub skipped: usize,
+}
+
+/// One blob to send.
+struct Blob {
+    digest: Digest,
+    size: u64,
+    label: String,
+    source: Source,
+}
+
+enum Source {
+    /// A file in the store (a base layer).
+    File(PathBuf),
+    /// A tool layer: packed now unless `packed` already holds it.
+    Tool {
+        dir: PathBuf,
+        key: String,
+        packed: Option<tempfile::TempPath>,
+    },
+    Bytes(Vec<u8>),
+}
+
+/// Push `image` to `target` (a tag; `latest` when it has none).
+pub fn push(
+    store: &Store,
+    client: &Client,
+    image: &Image,
+    target: &ImageRef,
+    ui: &dyn Reporter,
+) -> Result<Pushed, PushError> {
+    let reg = |source: RegistryError| PushError::Registry {
+        target: target.to_string(),
+        source,
+    };
+    let base = export::read_base(store, image.base_manifest)?;
+    let mut blobs = base_blobs(store, &base);
+    let mut tools = Vec::new();
+    for tool in image.tools {
+        let (written, packed) =
+            tool_blob(store, &tool.dir, ui, client, target).map_err(|e| match e {
+                Packing::Registry(e) => reg(e),
+                Packing::Io(source) => PushError::Layer {
+                    dir: tool.dir.clone(),
+                    source,
+                },
+            })?;
+        blobs.push(Blob {
+            digest: written.digest.clone(),
+            size: written.size,
+            label: short_label(&tool.created_by),
+            source: Source::Tool {
+                dir: tool.dir.clone(),
+                key: layer_key(&tool.dir),
+                packed,
+            },
+        });
+        tools.push((written, tool.created_by.as_str()));
+    }
+    let (config, manifest) = export::compose(&base, &tools, image.meta)?;
+    blobs.push(Blob {
+        digest: Digest::of(&config),
+        size: config.len() as u64,
+        label: "config".into(),
+        source: Source::Bytes(config),
+    });
+
+    let same_registry = image.base_image.registry == target.registry;
+    let mut pushed = Pushed {
+        digest: Digest::of(&manifest),
+        pinned: String::new(),
+        uploaded: 0,
+        uploaded_bytes: 0,
+        mounted: 0,
+        skipped: 0,
+    };
+    for blob in blobs {
+        if client.has_blob(target, &blob.digest).map_err(reg)? {
+            pushed.skipped += 1;
+            continue;
+        }
+        if same_registry
+            && matches!(blob.source, Source::File(_))
+            && client
+                .mount_blob(target, &blob.digest, &image.base_image.repository)
+                .map_err(reg)?
+                == Mounted::Yes
+        {
+            pushed.mounted += 1;
+            continue;
+        }
+        // A packed tool layer's file lives until its upload is done.
+        let mut _keep = None;
+        let open: Opener = match blob.source {
+            Source::File(p) => file_opener(p),
+            Source::Bytes(b) => Box::new(move || Ok(Box::new(io::Cursor::new(b.clone())))),
+            Source::Tool {
+                packed: Some(p), ..
+            } => {
+                let opener = file_opener(p.to_path_buf());
+                _keep = Some(p);
+                opener
+            }
+            Source::Tool {
+                dir,
+                key,
+                packed: None,
+            } => {
+                // The memo said what the layer packs to, and the registry lacks it: pack it
+                // now, and check that it is still what the config says.
+                let (w, p) = pack(store, &dir, ui)?;
+                if w.digest != blob.digest {
+                    forget(store, &key);
+                    return Err(PushError::Layer {
+                        dir,
+                        source: io::Error::other(format!(
+                            "it packs to {} now, not {} as remembered; push again",
+                            w.digest, blob.digest
+                        )),
+                    });
+                }
+                let opener = file_opener(p.to_path_buf());
+                _keep = Some(p);
+                opener
+            }
+        };
+        let bar = ui.step_bar("Pushing", "Pushed", &blob.label, Some(blob.size));
+        client
+            .upload_blob(target, &blob.digest, blob.size, &*open, &*bar)
+            .map_err(reg)?;
+        bar.finish(blob.digest.short());
+        pushed.uploaded += 1;
+        pushed.uploaded_bytes += blob.size;
+    }
+    let reference = target.tag.clone().unwrap_or_else(|| "latest".into());
+    let digest = client
+        .put_manifest(target, &reference, export::MANIFEST_MEDIA_TYPE, &manifest)
+        .map_err(reg)?;
+    pushed.pinned = format!("{}/{}@{digest}", target.registry, target.repository);
+    pushed.digest = digest;
+    Ok(pushed)
+}
+
+type Opener = Box<dyn Fn() -> io::Result<Box<dyn io::Read + Send>>>;
+
+fn file_opener(path: PathBuf) -> Opener {
+    Box::new(move || {
+        let f = fs_err::File::open(&path)?;
+        Ok(Box::new(io::BufReader::with_capacity(1 << 20, f)))
+    })
+}
+
+fn base_blobs(store: &Store, base: &Base) -> Vec<Blob> {
+    base.manifest
+        .layers
+        .iter()
+        .map(|d| Blob {
+            digest: d.digest.clone(),
+            size: d.size,
+            label: d.digest.short().to_string(),
+            source: Source::File(store.blob_path(&d.digest)),
+        })
+        .collect()
+}
+
+fn short_label(created_by: &str) -> String {
+    let label = created_by.strip_prefix("devenv: ").unwrap_or(created_by);
+    label.chars().take(40).collect()
+}
+
+/// A tool layer's key: its directory's name in `layers/`.
+fn layer_key(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+enum Packing {
+    Registry(RegistryError),
+    Io(io::Error),
+}
+
+impl From<io::Error> for Packing {
+    fn from(e: io::Error) -> Packing {
+        Packing::Io(e)
+    }
+}
+
+/// The tool layer at `dir` as a blob: from the memo when the registry already has that blob
+/// (nothing packed), else packed into a temporary file.
+fn tool_blob(
+    store: &Store,
+    dir: &Path,
+    ui: &dyn Reporter,
+    client: &Client,
+    target: &ImageRef,
+) -> Result<(WrittenLayer, Option<tempfile::TempPath>), Packing> {
+    let key = layer_key(dir);
+    if let Some(w) = remembered(store, &key)
+        && client
+            .has_blob(target, &w.digest)
+            .map_err(Packing::Registry)?
+    {
+        return Ok((w, None));
+    }
+    let (w, path) = pack(store, dir, ui).map_err(|e| match e {
+        PushError::Io(e) | PushError::Layer { source: e, .. } => Packing::Io(e),
+        other => Packing::Io(io::Error::other(other.to_string())),
+    })?;
+    Ok((w, Some(path)))
+}
+
+/// Pack `dir` into a temporary file in the store's `tmp/`, remembering what it packed to.
+pub fn pack(
+    store: &Store,
+    dir: &Path,
+    ui: &dyn Reporter,
+) -> Result<(WrittenLayer, tempfile::TempPath), PushError> {
+    let tmp = tempfile::NamedTempFile::new_in(store.root().join("tmp"))?;
+    let label = format!("layer {}", &layer_key(dir)[..12.min(layer_key(dir).len())]);
+    let bar = ui.step_bar("Packing", "Packed", &label, None);
+    let written = export::layer_tar_gz(dir, io::BufWriter::with_capacity(1 << 20, tmp.as_file()))
+        .map_err(|source| PushError::Layer {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    bar.finish(written.digest.short());
+    remember(store, &layer_key(dir), &written);
+    Ok((written, tmp.into_temp_path()))
+}
+
+fn memo_path(store: &Store, key: &str) -> Option<PathBuf> {
+    let ok = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
+    ok.then(|| store.root().join("cache/layer-blobs").join(key))
+}
+
+/// What the layer with `key` packed to last time, if remembered.
+pub fn remembered(store: &Store, key: &str) -> Option<WrittenLayer> {
+    let text = fs_err::read_to_string(memo_path(store, key)?).ok()?;
+    let mut lines = text.lines();
+    let digest = lines.next()?.parse().ok()?;
+    let diff_id = lines.next()?.parse().ok()?;
+    let size = lines.next()?.parse().ok()?;
+    Some(WrittenLayer {
+        digest,
+        diff_id,
+        size,
+    })
+}
+
+/// Remember what the layer with `key` packs to; a failure only costs a later repack.
+pub fn remember(store: &Store, key: &str, w: &WrittenLayer) {
+    let Some(path) = memo_path(store, key) else {
+        return;
+    };
+    let text = format!("{}\n{}\n{}\n", w.digest, w.diff_id, w.size);
+    if let Err(e) = store.write_atomic(&path, text.as_bytes()) {
+        tracing::debug!("cannot remember layer {key}: {e}");
+    }
+}
+
+fn forget(store: &Store, key: &str) {
+    if let Some(p) = memo_path(store, key) {
+        let _ = fs_err::remove_file(p);
+    }
+}

@@ -1,0 +1,259 @@
+//! End-to-end tests of `devenv push`, run as the unprivileged test user against real
+//! registries (Debian's docker-registry, one per test, with and without basic auth): what was
+//! pushed is read by skopeo and pulled and run by rootless podman; a second push uploads
+//! nothing; a base on the same registry is mounted, not uploaded; a push without credentials
+//! is refused with a hint.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::env::{busybox_layer, write_env_toml};
+use common::image::ImageBuilder;
+use common::registry::Registry;
+use common::{Outcome, TestHome, as_user, devenv, run};
+
+const SETUP: &str = "[setup]\nrun = [\"echo hi > /opt/marker\", \"rm /etc/os-release\"]\n\n\
+[env]\nGREETING = \"hello from env.toml\"\n";
+
+/// A project over a busybox image that `registry` serves as `base/busybox:1`.
+fn project(registry: &Registry) -> TestHome {
+    let image = ImageBuilder::new().layer(busybox_layer("push-tests").dir("opt", 0o755));
+    let base = registry.client().push("base/busybox", "1", &image.build());
+    let home = TestHome::new();
+    write_env_toml(&home, "project", &base, SETUP);
+    home
+}
+
+fn push(home: &TestHome, target: &str) -> Outcome {
+    run(devenv(home)
+        .env("DEVENV_LOG", "devenv::registry=debug")
+        .args(["push", target]))
+}
+
+/// Blob bodies the debug log shows devenv sending (`PUT` of an upload).
+fn uploads(out: &Outcome) -> usize {
+    out.stderr
+        .lines()
+        .filter(|l| l.contains("blob upload") && l.contains("method=\"PUT\""))
+        .count()
+}
+
+fn tool(home: &TestHome, program: &str, args: &[&str]) -> Outcome {
+    run(as_user(program)
+        .env("HOME", home.home())
+        .env("XDG_RUNTIME_DIR", home.home())
+        .args(args))
+}
+
+/// Rootless podman with the flags that work on these machines, its storage in a short
+/// directory of its own (podman refuses a long runroot), removed through `podman unshare`.
+struct Podman {
+    dir: PathBuf,
+    home: PathBuf,
+}
+
+impl Podman {
+    fn new(home: &TestHome) -> Podman {
+        let dir = tempfile::Builder::new()
+            .prefix("dvp.")
+            .tempdir_in("/tmp")
+            .unwrap()
+            .keep();
+        for d in ["run", "home"] {
+            fs_err::create_dir_all(dir.join(d)).unwrap();
+        }
+        home.chown(&dir);
+        Podman {
+            home: dir.join("home"),
+            dir,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Outcome {
+        let root = self.dir.join("root");
+        let runroot = self.dir.join("runroot");
+        run(as_user("podman")
+            .env("HOME", &self.home)
+            .env("XDG_RUNTIME_DIR", self.dir.join("run"))
+            .args(["--root", path(&root), "--runroot", path(&runroot)])
+            .args([
+                "--storage-driver",
+                "overlay",
+                "--cgroup-manager",
+                "cgroupfs",
+            ])
+            .args(["--events-backend", "file"])
+            .args(args))
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["unshare", "rm", "-rf", path(&self.dir.join("root"))]);
+        let _ = fs_err::remove_dir_all(&self.dir);
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 test path")
+}
+
+#[test]
+fn a_pushed_env_is_an_image_skopeo_reads_and_podman_runs() {
+    let registry = Registry::start();
+    let home = project(&registry);
+    let target = format!("{}/team/env:1", registry.addr());
+    let out = push(&home, &target).success();
+    let pinned = out.stdout.trim();
+    assert!(
+        pinned.starts_with(&format!("{}/team/env@sha256:", registry.addr())),
+        "stdout is the pinned reference: {out:?}"
+    );
+    assert!(out.stderr.contains("Pushed"), "{out:?}");
+
+    let docker = format!("docker://{target}");
+    let inspect = tool(&home, "skopeo", &["inspect", "--tls-verify=false", &docker]).success();
+    let v: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+    assert_eq!(
+        v["Layers"].as_array().map(|l| l.len()),
+        Some(3),
+        "base + two setup layers: {inspect:?}"
+    );
+    assert_eq!(
+        format!(
+            "{}@{}",
+            v["Name"].as_str().unwrap(),
+            v["Digest"].as_str().unwrap()
+        ),
+        pinned,
+        "the digest printed is the one the registry serves"
+    );
+    let config = tool(
+        &home,
+        "skopeo",
+        &["inspect", "--config", "--tls-verify=false", &docker],
+    )
+    .success();
+    let c: serde_json::Value = serde_json::from_str(&config.stdout).unwrap();
+    assert_eq!(c["config"]["User"], "1000:1000", "{c}");
+    assert_eq!(c["config"]["WorkingDir"], "/workspaces/project", "{c}");
+    let labels = &c["config"]["Labels"];
+    let toml_hash = common::image::sha256(&home.read("project/env.toml"));
+    assert_eq!(labels["dev.devenv.env-toml.sha256"], toml_hash, "{c}");
+    assert!(
+        labels["dev.devenv.env-lock.sha256"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("sha256:")),
+        "{c}"
+    );
+    assert!(
+        labels["org.opencontainers.image.base.digest"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("sha256:")),
+        "{c}"
+    );
+
+    let podman = Podman::new(&home);
+    podman
+        .run(&["pull", "-q", "--tls-verify=false", pinned])
+        .success();
+    let ran = podman
+        .run(&[
+            "run",
+            "--rm",
+            "--pull=never",
+            "--network=host",
+            "--runtime",
+            "runc",
+            pinned,
+            "sh",
+            "-c",
+            "cat /opt/marker; echo \"$GREETING\"; id -u; pwd; test -e /etc/os-release && echo present || echo gone",
+        ])
+        .success();
+    assert_eq!(
+        ran.stdout, "hi\nhello from env.toml\n1000\n/workspaces/project\ngone\n",
+        "{ran:?}"
+    );
+}
+
+#[test]
+fn a_second_push_uploads_nothing_and_packs_nothing() {
+    let registry = Registry::start();
+    let home = project(&registry);
+    let target = format!("{}/team/env:1", registry.addr());
+    let first = push(&home, &target).success();
+    // the base's one layer is mounted from base/busybox; two tool layers and the config are
+    // uploaded
+    assert_eq!(uploads(&first), 3, "{first:?}");
+    assert!(first.stderr.contains("1 mounted"), "{first:?}");
+
+    let second = push(&home, &format!("{}/team/env:2", registry.addr())).success();
+    assert_eq!(uploads(&second), 0, "{second:?}");
+    assert!(second.stderr.contains("0 uploaded"), "{second:?}");
+    assert!(
+        !second.stderr.contains("Packing") && !second.stderr.contains("Packed"),
+        "the remembered digests were used: {second:?}"
+    );
+    assert_eq!(
+        first.stdout,
+        second.stdout.replace(":2", ":1"),
+        "the same image under both tags"
+    );
+}
+
+#[test]
+fn a_tool_layer_pushed_from_two_stores_has_one_digest() {
+    let registry = Registry::start();
+    let a = project(&registry);
+    let target = format!("{}/team/env:a", registry.addr());
+    push(&a, &target).success();
+    // another machine: another store, the same env.toml and env.lock
+    let b = TestHome::new();
+    b.write("project/env.toml", a.read("project/env.toml"));
+    b.write("project/env.lock", a.read("project/env.lock"));
+    let out = push(&b, &format!("{}/team/env:b", registry.addr())).success();
+    assert_eq!(uploads(&out), 0, "every blob was already there: {out:?}");
+}
+
+#[test]
+fn a_push_without_credentials_is_refused_with_a_hint_and_works_after_login() {
+    let registry = Registry::start_with_htpasswd("ci", "s3cret");
+    // the base comes from the shared registry, which needs no login
+    let image = ImageBuilder::new().layer(busybox_layer("push-auth").dir("opt", 0o755));
+    let base = common::env::push("push/busybox", &image.build());
+    let home = TestHome::new();
+    write_env_toml(&home, "project", &base, SETUP);
+    let target = format!("{}/team/env:1", registry.addr());
+    let out = push(&home, &target).failure(&["authentication required"]);
+    assert!(out.stderr.contains("podman login"), "{out:?}");
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .count(),
+        1,
+        "{out:?}"
+    );
+
+    home.docker_login(registry.addr(), "ci", "s3cret");
+    let ok = push(&home, &target).success();
+    assert!(ok.stdout.contains("@sha256:"), "{ok:?}");
+    let (media_type, _) = registry.client().get_manifest("team/env", "1");
+    assert_eq!(media_type, "application/vnd.oci.image.manifest.v1+json");
+}
+
+#[test]
+fn push_refuses_a_digest_target_and_offline() {
+    let registry = Registry::start();
+    let home = project(&registry);
+    let digest = format!("{}/team/env@sha256:{}", registry.addr(), "a".repeat(64));
+    push(&home, &digest).failure(&["names a digest"]);
+    run(devenv(&home).args([
+        "--offline",
+        "push",
+        &format!("{}/team/env:1", registry.addr()),
+    ]))
+    .failure(&["--offline"]);
+}
