@@ -76,9 +76,16 @@ pub fn materialize(loaded: &Loaded, store: &Store, opts: &Options, ui: &Ui) -> a
     let build_opts = crate::build::BuildOptions {
         echo: ui.verbose(),
         offline: opts.offline,
+        cache: if opts.offline {
+            None
+        } else {
+            team_cache(loaded)?.map(std::sync::Arc::new)
+        },
     };
     let tools = crate::build::build(loaded, &project, &pulled, &lock, store, &build_opts, ui)
         .with_context(|| format!("building the tool layers of {}", loaded.path.display()))?;
+    let mut lock = lock;
+    pin_layers(loaded, &mut lock, &tools, store, opts.locked, ui)?;
     drop(gc);
     Ok(Env {
         image,
@@ -89,6 +96,65 @@ pub fn materialize(loaded: &Loaded, store: &Store, opts: &Options, ui: &Ui) -> a
         state_dir,
         tools,
     })
+}
+
+/// The team cache in effect for `loaded` (DEVENV_CACHE, the user's config.toml, env.toml).
+pub fn team_cache(loaded: &Loaded) -> anyhow::Result<Option<crate::cache::TeamCache>> {
+    let Some((repo, origin)) = crate::cache::configured(loaded.env.cache.as_ref())? else {
+        return Ok(None);
+    };
+    Ok(Some(crate::cache::TeamCache::new(repo, origin, client()?)))
+}
+
+/// Pin in env.lock the diff_id of every Python layer (byte-identical on every machine), so a
+/// team-cache entry that differs is refused; the pins are exactly the current layers'. A layer
+/// built here that differs from its pin keeps the pin and says so. `--locked` writes nothing.
+fn pin_layers(
+    loaded: &Loaded,
+    lock: &mut Lock,
+    tools: &[BuiltLayer],
+    store: &Store,
+    locked: bool,
+    ui: &Ui,
+) -> anyhow::Result<()> {
+    use crate::build::{Origin, StepKind};
+    let mut pins = std::collections::BTreeMap::new();
+    for t in tools.iter().filter(|t| t.step.kind == StepKind::Python) {
+        let pinned = lock.layers.get(&t.key);
+        let diff_id = match (pinned, t.origin) {
+            // Checked when it entered the store.
+            (Some(p), Origin::Store | Origin::TeamCache) => p.clone(),
+            _ => match crate::push::remembered(store, t.key.hex()) {
+                Some(w) => w.diff_id,
+                None => crate::export::layer_diff_id(&t.dir)
+                    .with_context(|| format!("hashing the layer {}", t.dir.display()))?,
+            },
+        };
+        match pinned {
+            Some(p) if *p != diff_id => {
+                crate::progress::Reporter::warn(
+                    ui,
+                    &format!(
+                        "the {} layer built here is {diff_id}, but env.lock pins {p} (built \
+                     elsewhere from the same lock): this machine does not reproduce it; the pin \
+                     stays, and team-cache entries other than the pinned one are refused",
+                        t.step.label
+                    ),
+                );
+                pins.insert(t.key.clone(), p.clone());
+            }
+            _ => {
+                pins.insert(t.key.clone(), diff_id);
+            }
+        }
+    }
+    if locked || lock.layers == pins {
+        return Ok(());
+    }
+    let path = loaded.project_dir.join(crate::lock::FILE_NAME);
+    crate::lock::pin_layers(&path, lock, pins)
+        .with_context(|| format!("pinning layers in {}", path.display()))?;
+    Ok(())
 }
 
 /// One entry into the env (`shell`, `run`): what the command asked for, and what the user

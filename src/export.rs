@@ -525,6 +525,17 @@ pub fn write_tool_layer(
     Ok(written)
 }
 
+/// The diff_id of `dir` as a layer: the sha256 of the tar [`layer_tar_gz`] would compress.
+pub fn layer_diff_id(dir: &Path) -> io::Result<Digest> {
+    let ops = plan(dir)?;
+    let mut tar = tar::Builder::new(Hashing::new(io::sink()));
+    for op in &ops {
+        append(&mut tar, dir, op)?;
+    }
+    let raw = tar.into_inner()?;
+    Ok(Digest::from_sha256_bytes(&raw.hasher.finalize()))
+}
+
 /// Stream `dir` as a gzip'd layer tar into `out`, hashing the tar and the gzip in one pass.
 pub fn layer_tar_gz(dir: &Path, out: impl Write) -> io::Result<WrittenLayer> {
     write_layer(

@@ -4,6 +4,7 @@
 //! Core modules never print; they report through [`progress::Reporter`], which `ui` implements.
 
 pub mod build;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod doctor;
@@ -114,6 +115,12 @@ pub(crate) fn known_hint(cause: &(dyn std::error::Error + 'static)) -> Option<St
         return e.hint();
     }
     if let Some(e) = cause.downcast_ref::<export::ExportError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<push::PushError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<cache::CacheError>() {
         return e.hint();
     }
     if let Some(e) = cause.downcast_ref::<std::io::Error>() {

@@ -16,6 +16,8 @@ pub trait Reporter: Sync {
     fn status(&self, verb: &str, message: &str);
     /// A warning the user should read (not an error).
     fn warn(&self, message: &str);
+    /// Something worth knowing that needs no action (`note: …`); quiet hides it.
+    fn note(&self, _message: &str) {}
     /// A bar for one download of `total` bytes, when known.
     fn bar(&self, label: &str, total: Option<u64>) -> Box<dyn Bar>;
     /// A bar for another kind of step: `doing` while it runs (`Packing`), `done` when it ends.

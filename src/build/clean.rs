@@ -56,7 +56,7 @@ pub const EPOCH: i64 = 315_532_800;
 
 /// Every entry below `dir`, then `dir` itself (a child's times never move its parent's), to
 /// [`EPOCH`], symlinks as links (utimensat(2) with AT_SYMLINK_NOFOLLOW).
-fn clamp_times(dir: &Path) -> io::Result<()> {
+pub fn clamp_times(dir: &Path) -> io::Result<()> {
     use nix::sys::stat::{UtimensatFlags, utimensat};
     use nix::sys::time::TimeSpec;
     let t = TimeSpec::new(EPOCH, 0);

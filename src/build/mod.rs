@@ -16,6 +16,7 @@
 //! prints: status through the [`Reporter`], step output into `envs/<id>/build.log`.
 
 mod clean;
+pub use clean::clamp_times;
 mod inputs;
 mod log;
 use crate::tools::fetch;
@@ -133,6 +134,8 @@ pub struct BuildOptions {
     pub echo: bool,
     /// Download nothing: every locked file must be in the store already.
     pub offline: bool,
+    /// The team cache to look each missing layer up in before building it.
+    pub cache: Option<std::sync::Arc<crate::cache::TeamCache>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +146,7 @@ pub enum StepKind {
 }
 
 impl StepKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             StepKind::Apt => "apt",
             StepKind::Python => "python",
@@ -310,10 +313,47 @@ pub fn activate_venv(lock: &Lock, env: &mut Vec<(String, String)>) {
     env.sort();
 }
 
+/// The steps `loaded` and `lock` call for on top of the base manifest `base`, each with its
+/// layer's key and its parent's, in build order.
+pub fn planned(
+    loaded: &Loaded,
+    lock: &Lock,
+    base: &Digest,
+) -> Result<Vec<(Step, Digest, Digest)>, BuildError> {
+    let inputs = recipe::expand(&loaded.env, &loaded.project_dir)?;
+    let steps = plan(lock, &inputs.run, &loaded.project_dir)?;
+    let mut parent = base.clone();
+    Ok(steps
+        .into_iter()
+        .map(|step| {
+            let key = step_key(&parent, step.kind, &step.inputs);
+            let below = std::mem::replace(&mut parent, key.clone());
+            (step, key, below)
+        })
+        .collect())
+}
+
 /// A tool layer in the store and the step that made it.
 pub struct BuiltLayer {
     pub dir: PathBuf,
     pub step: Step,
+    /// The layer's key (its directory's name).
+    pub key: Digest,
+    /// The key of the layer below (the base manifest's digest for the first).
+    pub parent: Digest,
+    /// How this call got it.
+    pub origin: Origin,
+}
+
+/// How [`build`] got a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The store had it.
+    Store,
+    /// The step ran.
+    Built,
+    /// It came from the team cache.
+    TeamCache,
 }
 
 /// Build (or find in the store) every tool layer `loaded` and `lock` call for on top of
@@ -327,21 +367,39 @@ pub fn build(
     opts: &BuildOptions,
     ui: &dyn Reporter,
 ) -> Result<Vec<BuiltLayer>, BuildError> {
-    let inputs = recipe::expand(&loaded.env, &loaded.project_dir)?;
-    let steps = plan(lock, &inputs.run, &loaded.project_dir)?;
+    let steps = planned(loaded, lock, &base.manifest)?;
     let env_dir = project.state_dir(store);
     let mut log = None;
     let mut lowers = base.layer_dirs(store);
-    let mut parent = base.manifest.clone();
     let mut built = Vec::new();
     let mut keys: Vec<Digest> = Vec::new();
     let mut venv = false;
-    for step in steps {
-        let key = step_key(&parent, step.kind, &step.inputs);
+    // After one failed lookup the cache is not asked again in this build.
+    let mut cache = opts.cache.as_deref();
+    for (step, key, parent) in steps {
         let dest = store.layer_path(&key);
+        let mut origin = Origin::Store;
         if !dest.exists() {
             let _held = store.lock(&format!("build-{}", key.hex()))?;
+            if !dest.exists()
+                && let Some(c) = cache
+            {
+                match from_cache(c, store, &key, &step, lock.layers.get(&key), &dest, ui) {
+                    Ok(true) => origin = Origin::TeamCache,
+                    Ok(false) => {}
+                    Err(e) => {
+                        ui.note(&format!(
+                            "team cache {}: {}: {e}; building it instead",
+                            c.repo, step.label
+                        ));
+                        if !matches!(e, crate::cache::CacheError::Refused { .. }) {
+                            cache = None;
+                        }
+                    }
+                }
+            }
             if !dest.exists() {
+                origin = Origin::Built;
                 ui.status("Building", &step.label);
                 if log.is_none() {
                     fs_err::create_dir_all(&env_dir)?;
@@ -366,9 +424,14 @@ pub fn build(
         tracing::debug!("step {} is layer {}", step.label, key.hex());
         venv |= step.kind == StepKind::Python;
         lowers.push(dest.clone());
-        built.push(BuiltLayer { dir: dest, step });
         keys.push(key.clone());
-        parent = key;
+        built.push(BuiltLayer {
+            dir: dest,
+            step,
+            key,
+            parent,
+            origin,
+        });
     }
     let json = serde_json::to_vec_pretty(&keys).map_err(std::io::Error::other)?;
     fs_err::create_dir_all(&env_dir)?;
@@ -378,6 +441,26 @@ pub fn build(
         store.write_atomic(&path, &json)?;
     }
     Ok(built)
+}
+
+/// Install the team cache's entry for `key` at `dest`, if it has a good one.
+fn from_cache(
+    cache: &crate::cache::TeamCache,
+    store: &Store,
+    key: &Digest,
+    step: &Step,
+    pin: Option<&Digest>,
+    dest: &Path,
+    ui: &dyn Reporter,
+) -> Result<bool, crate::cache::CacheError> {
+    let Some(entry) = cache.lookup(key)? else {
+        tracing::debug!("team cache {}: no entry for {}", cache.repo, step.label);
+        return Ok(false);
+    };
+    let written = cache.install(store, &entry, pin, dest, ui)?;
+    crate::push::remember(store, key.hex(), &written);
+    ui.status("Fetched", &format!("{} from the team cache", step.label));
+    Ok(true)
 }
 
 struct StepContext<'a> {

@@ -9,7 +9,7 @@ mod gc;
 mod init;
 mod lock;
 mod pull;
-mod push;
+pub(crate) mod push;
 mod run;
 mod status;
 mod trust;

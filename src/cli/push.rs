@@ -27,28 +27,49 @@ Kubernetes and Apptainer accept."
 )]
 pub struct PushArgs {
     /// Where to push: REGISTRY/REPOSITORY[:TAG] (the tag defaults to `latest`)
-    #[arg(value_name = "REF")]
-    pub reference: String,
+    #[arg(value_name = "REF", required_unless_present = "cache")]
+    pub reference: Option<String>,
+    /// Also (or only, without REF) upload each tool layer the team cache lacks
+    #[arg(long)]
+    pub cache: bool,
 }
 
 pub fn run(args: PushArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
-    let target: ImageRef = args
-        .reference
-        .parse()
-        .with_context(|| format!("push target `{}`", args.reference))?;
-    if target.digest.is_some() {
-        anyhow::bail!(
-            "push target `{}` names a digest; push to a tag (REGISTRY/REPOSITORY:TAG), the digest \
-             is the registry's answer",
-            args.reference
-        );
-    }
+    let target: Option<ImageRef> = match &args.reference {
+        None => None,
+        Some(r) => {
+            let t: ImageRef = r.parse().with_context(|| format!("push target `{r}`"))?;
+            if t.digest.is_some() {
+                anyhow::bail!(
+                    "push target `{r}` names a digest; push to a tag \
+                     (REGISTRY/REPOSITORY:TAG), the digest is the registry's answer"
+                );
+            }
+            Some(t)
+        }
+    };
     if ctx.offline {
         anyhow::bail!("`devenv push` sends the env to a registry; it cannot run with --offline");
     }
     let loaded = crate::config::find_and_load(&ctx.cwd)?;
+    // Before the build: a missing cache setting is found in a second, not after minutes.
+    let cache = match args.cache {
+        false => None,
+        true => Some(crate::env::team_cache(&loaded)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "--cache: no team cache is set; set `[cache] registry = \"HOST/REPO\"` in \
+                 env.toml or config.toml, or DEVENV_CACHE"
+            )
+        })?),
+    };
     let store = ctx.store()?;
     let m = crate::env::materialize(&loaded, &store, &ctx.env_options(), &ctx.ui)?;
+    if let Some(cache) = &cache {
+        publish_cache(cache, &store, &m, ctx)?;
+    }
+    let Some(target) = target else {
+        return Ok(ExitCode::SUCCESS);
+    };
     // gc waits while blobs are read out of the store.
     let _gc = store.keep_from_gc()?;
     let tools = m.tool_layers();
@@ -76,4 +97,27 @@ pub fn run(args: PushArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     // The one line a script wants, on stdout.
     println!("{}", pushed.pinned);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Upload the env's tool layers the team cache lacks (`push --cache`, `build --push-cache`).
+pub fn publish_cache(
+    cache: &crate::cache::TeamCache,
+    store: &crate::store::Store,
+    m: &crate::env::Env,
+    ctx: &super::Context,
+) -> anyhow::Result<()> {
+    let _gc = store.keep_from_gc()?;
+    let done = crate::cache::publish_all(cache, store, &m.tools, &ctx.ui)
+        .with_context(|| format!("filling the team cache {}", cache.repo))?;
+    ctx.ui.status(
+        "Cached",
+        &format!(
+            "{} tool layers in {} ({} uploaded, {} already there)",
+            m.tools.len(),
+            cache.repo,
+            done.uploaded,
+            done.present
+        ),
+    );
+    Ok(())
 }

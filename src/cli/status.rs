@@ -37,6 +37,8 @@ pub struct Status {
     pub lock_drift: Vec<String>,
     /// What env.toml asks beyond the project: granted, and not (yet).
     pub trust: TrustInfo,
+    /// The team cache tool layers are looked up in; null when none is set.
+    pub team_cache: Option<CacheInfo>,
     pub store: StoreInfo,
     /// What `devenv shell` would fetch: empty when everything is cached.
     pub pending: Vec<String>,
@@ -71,8 +73,22 @@ pub struct LayerInfo {
 pub struct ToolLayerInfo {
     /// The layer's key: the hash of its parent chain and locked inputs.
     pub key: Digest,
+    /// The step that makes it (`python (3 packages)`); null when only the record names it.
+    pub step: Option<String>,
     pub cached: bool,
     pub bytes: u64,
+    /// For a layer the store lacks: whether the team cache has it (it would be fetched, not
+    /// built); null when there is no cache or it was not asked (`--offline`, unreachable).
+    pub in_team_cache: Option<bool>,
+}
+
+#[derive(Serialize)]
+pub struct CacheInfo {
+    pub repository: String,
+    /// `DEVENV_CACHE`, `config.toml` or `env.toml`.
+    pub from: &'static str,
+    /// Why it could not be asked, when it could not.
+    pub unreachable: Option<String>,
 }
 
 /// What env.toml asks beyond the project, and what of it the user granted (trust.rs).
@@ -138,22 +154,63 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
                 .collect()
         })
         .unwrap_or_default();
-    let tool_layers: Vec<ToolLayerInfo> = crate::store::gc::tool_layers(&project.state_dir(&store))
-        .into_iter()
-        .map(|key| {
-            let path = store.layer_path(&key);
-            ToolLayerInfo {
-                cached: path.exists(),
-                bytes: disk_usage(&path),
-                key,
-            }
-        })
-        .collect();
     // A lock that cannot be read is one more way it differs, not a reason to show nothing.
     let lock_drift: Vec<String> = match crate::lock::check(&loaded, &platform) {
         Ok(drift) => drift.iter().map(ToString::to_string).collect(),
         Err(e) => vec![format!("unreadable: {e}")],
     };
+    // With a current lock, the layers a build would make; else those last built.
+    let planned: Option<Vec<(String, Digest)>> = match crate::lock::read(&loaded.project_dir) {
+        Ok(Some(lock)) if lock_drift.is_empty() => lock
+            .image_for(&platform)
+            .and_then(|i| i.digest)
+            .and_then(|base| crate::build::planned(&loaded, &lock, &base).ok())
+            .map(|steps| steps.into_iter().map(|(s, k, _)| (s.label, k)).collect()),
+        _ => None,
+    };
+    let steps: Vec<(Option<String>, Digest)> = match planned {
+        Some(p) => p.into_iter().map(|(l, k)| (Some(l), k)).collect(),
+        None => crate::store::gc::tool_layers(&project.state_dir(&store))
+            .into_iter()
+            .map(|k| (None, k))
+            .collect(),
+    };
+    let cache = crate::cache::configured(loaded.env.cache.as_ref())?;
+    let mut team_cache = cache.as_ref().map(|(repo, origin)| CacheInfo {
+        repository: repo.to_string(),
+        from: origin.as_str(),
+        unreachable: None,
+    });
+    let client = match (&cache, ctx.offline) {
+        (Some((repo, origin)), false) => Some(crate::cache::TeamCache::new(
+            repo.clone(),
+            *origin,
+            crate::env::client()?,
+        )),
+        _ => None,
+    };
+    let mut tool_layers = Vec::new();
+    for (step, key) in steps {
+        let path = store.layer_path(&key);
+        let cached = path.exists();
+        let in_team_cache = match (&client, &mut team_cache) {
+            (Some(c), Some(info)) if !cached && info.unreachable.is_none() => match c.has(&key) {
+                Ok(has) => Some(has),
+                Err(e) => {
+                    info.unreachable = Some(e.to_string());
+                    None
+                }
+            },
+            _ => None,
+        };
+        tool_layers.push(ToolLayerInfo {
+            cached,
+            bytes: disk_usage(&path),
+            key,
+            step,
+            in_team_cache,
+        });
+    }
     let lock_present = loaded.project_dir.join(crate::lock::FILE_NAME).is_file();
     let mut pending = Vec::new();
     if cached.is_none() {
@@ -188,6 +245,7 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         lock: if lock_present { "present" } else { "missing" },
         lock_drift,
         trust: trust_info(&loaded)?,
+        team_cache,
         store: StoreInfo {
             root: store.root().to_path_buf(),
             bytes: disk_usage(store.root()),
@@ -232,7 +290,17 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     }
     for t in &status.tool_layers {
         let (id, size) = (t.key.short(), size(t.cached, t.bytes));
-        writeln!(out, "tool     {id}  {size}")?;
+        let step = t
+            .step
+            .as_deref()
+            .map(|s| format!("  {s}"))
+            .unwrap_or_default();
+        let from = match t.in_team_cache {
+            Some(true) => "  (from the team cache)",
+            Some(false) => "  (to build: not in the team cache)",
+            None => "",
+        };
+        writeln!(out, "tool     {id}  {size}{step}{from}")?;
     }
     match (status.lock, status.lock_drift.as_slice()) {
         ("present", []) => writeln!(out, "lock     env.lock current")?,
@@ -255,6 +323,12 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     }
     for g in &status.trust.not_granted {
         writeln!(out, "trust    not granted: {g} (`devenv trust` grants it)")?;
+    }
+    if let Some(c) = &status.team_cache {
+        writeln!(out, "cache    {} (from {})", c.repository, c.from)?;
+        if let Some(why) = &c.unreachable {
+            writeln!(out, "           not reachable: {why}")?;
+        }
     }
     let caches: Vec<String> = crate::store::gc::Cache::ALL
         .iter()

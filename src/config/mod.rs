@@ -22,6 +22,7 @@ use crate::reference::ImageRef;
 
 pub use error::{ConfigError, DiagnosticKind};
 pub use mount::{Expansion, parse_mount};
+pub use raw::cache_repository;
 pub use template::{Created, Detected, Template, create};
 
 pub const FILE_NAME: &str = "env.toml";
@@ -64,6 +65,8 @@ pub struct EnvFile {
     /// `[env]`: variables set inside the env; names are valid environment variable names.
     pub env: BTreeMap<String, String>,
     pub container: Container,
+    /// `[cache].registry`: the team cache repository tool layers are looked up in.
+    pub cache: Option<ImageRef>,
 }
 
 impl EnvFile {

@@ -30,6 +30,14 @@ pub(super) struct RawFile {
     env: BTreeMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     container: RawContainer,
+    #[serde(default)]
+    cache: RawCache,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    registry: Option<Spanned<String>>,
 }
 
 /// A `[tools]` value: `"2.5.1"`, or `{ version = "2.5.1", variant = "cu124" }`.
@@ -300,6 +308,20 @@ impl RawFile {
             setup: self.setup.validate(src)?,
             env: validate_env(src, self.env)?,
             container: self.container.validate(src, exp)?,
+            cache: match self.cache.registry {
+                None => None,
+                Some(r) => Some(cache_repository(r.get_ref()).map_err(|message| {
+                    src.error(
+                        r.span(),
+                        Kind::ImageRef,
+                        message,
+                        Some(
+                            "a team cache is a repository: registry.example.com/team/devenv-cache"
+                                .into(),
+                        ),
+                    )
+                })?),
+            },
         })
     }
 }
@@ -454,6 +476,25 @@ fn is_env_name(name: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A team cache repository: `host[:port]/path`, naming its registry, with no tag or digest.
+pub fn cache_repository(text: &str) -> Result<crate::reference::ImageRef, String> {
+    let mut r: crate::reference::ImageRef = text.parse().map_err(|e| format!("{e}"))?;
+    let last = text.rsplit('/').next().unwrap_or("");
+    if last.contains(':') || text.contains('@') {
+        return Err(format!(
+            "`{text}` names a tag or digest; the cache is a whole repository"
+        ));
+    }
+    if !text.starts_with(&format!("{}/", r.registry)) {
+        return Err(format!(
+            "`{text}` does not name its registry; write host[:port]/repository"
+        ));
+    }
+    // Parsing gives a name without a tag `latest`; a cache's tags are its keys.
+    r.tag = None;
+    Ok(r)
 }
 
 fn non_empty(src: &Source<'_>, value: &Spanned<String>, what: &str) -> Result<(), ConfigError> {

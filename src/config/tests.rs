@@ -177,7 +177,7 @@ fn unknown_key_at_the_top_level_and_unknown_section() {
     assert_eq!((kind, line, col), (DiagnosticKind::UnknownKey, 1, 1));
     assert_eq!(
         msg,
-        "unknown key `colour`, expected one of: version, image, tools, packages, setup, env, container"
+        "unknown key `colour`, expected one of: version, image, tools, packages, setup, env, container, cache"
     );
     let (kind, line, col, msg, hint) = fail(&format!("{BASE}[package]\napt = []\n"));
     assert_eq!((kind, line, col), (DiagnosticKind::UnknownKey, 3, 2));
@@ -511,4 +511,32 @@ fn setup_step_tables_are_checked_where_they_are_written() {
         assert!(message.contains(needle), "{entry}: {message}");
         assert!(hint.is_some(), "{entry}");
     }
+}
+
+#[test]
+fn a_team_cache_is_a_repository_naming_its_registry() {
+    let ok = load_str(&format!(
+        "{BASE}[cache]\nregistry = \"cache.example:5000/team/devenv\"\n"
+    ))
+    .unwrap();
+    let repo = ok.cache.unwrap();
+    assert_eq!(
+        (repo.registry.as_str(), repo.repository.as_str()),
+        ("cache.example:5000", "team/devenv")
+    );
+    for (bad, why) in [
+        ("cache.example/team/devenv:v1", "tag or digest"),
+        ("team/devenv", "does not name its registry"),
+        ("", "empty"),
+    ] {
+        let (_, line, col, msg, hint) = fail(&format!("{BASE}[cache]\nregistry = \"{bad}\"\n"));
+        assert_eq!((line, col), (BASE.lines().count() + 2, 12), "{bad}: {msg}");
+        assert!(msg.contains(why), "{bad}: {msg}");
+        assert!(
+            hint.is_some_and(|h| h.contains("team/devenv-cache")),
+            "{bad}"
+        );
+    }
+    let (kind, ..) = fail(&format!("{BASE}[cache]\nregistri = \"x.example/a\"\n"));
+    assert_eq!(kind, DiagnosticKind::UnknownKey);
 }

@@ -77,6 +77,15 @@ pub fn render(lock: &Lock) -> String {
             ));
         }
     }
+    if !lock.layers.is_empty() {
+        out.push_str(
+            "\n# Tool layers that build byte-identical everywhere: layer key = the diff_id every\n\
+             # build and every team-cache entry must have.\n[layers]\n",
+        );
+        for (key, diff_id) in &lock.layers {
+            out.push_str(&format!("{} = {}\n", q(key.as_str()), q(diff_id.as_str())));
+        }
+    }
     out
 }
 
@@ -87,6 +96,8 @@ struct RawLock {
     image: RawImage,
     python: Option<RawPython>,
     apt: Option<RawApt>,
+    #[serde(default)]
+    layers: BTreeMap<Digest, Digest>,
 }
 
 #[derive(Deserialize)]
@@ -209,5 +220,6 @@ pub fn parse(path: &std::path::Path, text: &str) -> Result<Lock, LockError> {
         },
         python,
         apt,
+        layers: raw.layers,
     })
 }

@@ -59,6 +59,9 @@ pub struct Lock {
     pub image: ImageLock,
     pub python: PythonLock,
     pub apt: AptLock,
+    /// Tool layers that build byte-identical on every machine (the Python venv): layer key →
+    /// the diff_id every build and every team-cache entry of that key must have.
+    pub layers: std::collections::BTreeMap<Digest, Digest>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -838,6 +841,21 @@ pub fn ensure(
         );
     }
     Ok(lock)
+}
+
+/// Pin `pins` (layer key → diff_id) in the lock at `path`, replacing the pins it had: written
+/// only when they differ. Returns whether the file changed.
+pub fn pin_layers(
+    path: &Path,
+    lock: &mut Lock,
+    pins: std::collections::BTreeMap<Digest, Digest>,
+) -> Result<bool, LockError> {
+    if lock.layers == pins {
+        return Ok(false);
+    }
+    lock.layers = pins;
+    write_atomic(path, &render(lock))?;
+    Ok(true)
 }
 
 /// Replace `path` by rename from a temp file beside it, so a reader sees the old or the new

@@ -51,6 +51,7 @@ fn sample() -> Lock {
                 },
             ],
         },
+        layers: [(digest('d'), digest('e'))].into(),
     }
 }
 
@@ -191,6 +192,7 @@ fn locked_for(w: &Wanted) -> Lock {
                 packages: Vec::new(),
             })
             .unwrap_or_default(),
+        layers: Default::default(),
     }
 }
 

@@ -243,7 +243,8 @@ pub struct Fetched {
 }
 
 /// A registry client. Cheap to share between threads (`&Client`); tokens and credential lookups
-/// are cached for its lifetime.
+/// are cached for its lifetime; a clone shares them.
+#[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
 }

@@ -115,6 +115,10 @@ impl Reporter for Ui {
         self.line(&format!("{}: {message}", self.label("warning", "1;33")));
     }
 
+    fn note(&self, message: &str) {
+        Ui::note(self, message)
+    }
+
     fn bar(&self, label: &str, total: Option<u64>) -> Box<dyn Bar> {
         self.step_bar("Fetching", "Fetched", label, total)
     }
