@@ -253,11 +253,21 @@ impl Env {
             None if numeric(base_user) => base_user.to_string(),
             _ => "1000:1000".to_string(),
         };
+        let dir = format!("/workspaces/{}", self.project.name);
+        let (uid, gid) = user.split_once(':').unwrap_or((&user, &user));
+        let workspace = crate::export::Workspace {
+            dir: dir.clone(),
+            uid: uid.parse().unwrap_or(0),
+            gid: gid.parse().unwrap_or(0),
+            root: loaded.project_dir.clone(),
+            files: Vec::new(),
+        };
         crate::export::Meta {
             env: self.image_environment(loaded),
-            working_dir: Some(format!("/workspaces/{}", self.project.name)),
+            working_dir: Some(dir),
             user: Some(user),
             labels,
+            workspace: Some(workspace),
         }
     }
 

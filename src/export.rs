@@ -283,6 +283,8 @@ pub struct Meta {
     pub user: Option<String>,
     /// Added to the base's `Labels`.
     pub labels: BTreeMap<String, String>,
+    /// The working directory's own layer, last.
+    pub workspace: Option<Workspace>,
 }
 
 /// The config and manifest bytes of `base` with `tools` (written layers, with the steps that
@@ -364,6 +366,16 @@ fn write_layout(
         })?;
         size += written.size;
         tools.push((written, tool.created_by.as_str()));
+    }
+    let created;
+    if let Some(ws) = &opts.meta.workspace {
+        let mut tmp = tempfile::NamedTempFile::new_in(&blobs)?;
+        let written = workspace_layer(ws, io::BufWriter::new(tmp.as_file_mut()))?;
+        tmp.persist(blobs.join(written.digest.hex()))
+            .map_err(|e| e.error)?;
+        size += written.size;
+        created = format!("devenv: workspace {}", ws.dir);
+        tools.push((written, created.as_str()));
     }
     let (config, manifest) = compose(&base, &tools, opts.meta)?;
     put_blob(&blobs, &config)?;
@@ -525,6 +537,105 @@ pub fn write_tool_layer(
     Ok(written)
 }
 
+/// The image's working directory as a layer of its own: `/workspaces/<name>` owned by the
+/// image's user (`uid:gid`), so a job can write where it starts and runtimes that do not create
+/// a missing `WorkingDir` (podman kube play) find it; with `files` (relative to `root`, as
+/// `git ls-files` lists them) the project's tracked files in it. Deterministic like a tool layer:
+/// sorted, the fixed epoch, regular files and symlinks only.
+#[derive(Clone, Debug, Default)]
+pub struct Workspace {
+    /// `/workspaces/<name>`.
+    pub dir: String,
+    pub uid: u64,
+    pub gid: u64,
+    /// The project directory the files are read from.
+    pub root: PathBuf,
+    pub files: Vec<PathBuf>,
+}
+
+/// Write `ws` as a gzip'd layer into `out`.
+pub fn workspace_layer(ws: &Workspace, out: impl Write) -> io::Result<WrittenLayer> {
+    use std::collections::BTreeSet;
+    use tar::EntryType as T;
+    let epoch = crate::build::clamp_epoch();
+    let base = Path::new(ws.dir.trim_start_matches('/'));
+    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut files: Vec<&PathBuf> = ws.files.iter().collect();
+    files.sort();
+    files.dedup();
+    for f in &files {
+        if f.is_absolute()
+            || f.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(io::Error::other(format!(
+                "project file `{}` is not a plain relative path",
+                f.display()
+            )));
+        }
+        let mut p = f.parent();
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(d.to_path_buf());
+            p = d.parent();
+        }
+    }
+    let mut tar = layer_builder(out);
+    let dir_entry = |tar: &mut tar::Builder<_>, path: &Path, uid: u64, gid: u64| {
+        let mut h = header(T::Directory, 0o755, epoch, 0);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        let mut name = path.as_os_str().to_owned();
+        name.push("/");
+        tar.append_data(&mut h, Path::new(&name), io::empty())
+    };
+    let mut ancestors: Vec<&Path> = base
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .collect();
+    ancestors.reverse();
+    for a in ancestors {
+        let (uid, gid) = if a == base { (ws.uid, ws.gid) } else { (0, 0) };
+        dir_entry(&mut tar, a, uid, gid)?;
+    }
+    // Directories and files in one sorted walk, parents before children.
+    let mut entries: Vec<(PathBuf, bool)> = dirs.into_iter().map(|d| (d, true)).collect();
+    entries.extend(files.into_iter().map(|f| (f.clone(), false)));
+    entries.sort();
+    for (rel, is_dir) in entries {
+        let at = base.join(&rel);
+        if is_dir {
+            dir_entry(&mut tar, &at, ws.uid, ws.gid)?;
+            continue;
+        }
+        let src = ws.root.join(&rel);
+        let meta = match fs_err::symlink_metadata(&src) {
+            Ok(m) => m,
+            // Listed by git but deleted in the work tree: not part of what is pushed.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if meta.file_type().is_symlink() {
+            let target = fs_err::read_link(&src)?;
+            let mut h = header(T::Symlink, 0o777, epoch, 0);
+            h.set_uid(ws.uid);
+            h.set_gid(ws.gid);
+            tar.append_link(&mut h, &at, &target)?;
+        } else if meta.is_file() {
+            let mode = if meta.mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            let mut h = header(T::Regular, mode, epoch, meta.len());
+            h.set_uid(ws.uid);
+            h.set_gid(ws.gid);
+            let file = fs_err::File::open(&src)?;
+            tar.append_data(&mut h, &at, io::Read::take(file, meta.len()))?;
+        }
+    }
+    finish_layer(tar)
+}
+
 /// The diff_id of `dir` as a layer: the sha256 of the tar [`layer_tar_gz`] would compress.
 pub fn layer_diff_id(dir: &Path) -> io::Result<Digest> {
     let ops = plan(dir)?;
@@ -552,17 +663,29 @@ fn write_layer(
     out: impl Write,
     bar: &dyn Bar,
 ) -> io::Result<WrittenLayer> {
-    let compressed = Hashing::new(out);
-    let gz = flate2::GzBuilder::new()
-        .operating_system(255)
-        .write(compressed, flate2::Compression::new(GZIP_LEVEL));
-    let mut tar = tar::Builder::new(Hashing::new(gz));
+    let mut tar = layer_builder(out);
     for op in ops {
         append(&mut tar, dir, op)?;
         if let EntryOp::File { size, .. } = op {
             bar.inc(*size);
         }
     }
+    finish_layer(tar)
+}
+
+type LayerBuilder<W> = tar::Builder<Hashing<flate2::write::GzEncoder<Hashing<W>>>>;
+
+/// A tar writer into a gzip stream into `out`, hashing both: the one way layers are written
+/// (a fixed level, a header without name, time or OS).
+fn layer_builder<W: Write>(out: W) -> LayerBuilder<W> {
+    let gz = flate2::GzBuilder::new()
+        .operating_system(255)
+        .write(Hashing::new(out), flate2::Compression::new(GZIP_LEVEL));
+    tar::Builder::new(Hashing::new(gz))
+}
+
+/// End the tar and the gzip stream; the layer's digests and size.
+fn finish_layer<W: Write>(tar: LayerBuilder<W>) -> io::Result<WrittenLayer> {
     let raw = tar.into_inner()?;
     let diff_id = Digest::from_sha256_bytes(&raw.hasher.finalize());
     let mut compressed = raw.inner.finish()?;

@@ -6,6 +6,7 @@
 pub mod build;
 pub mod cache;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod doctor;
 pub mod env;

@@ -25,6 +25,15 @@ const HOST_ALLOW: &[&str] = &[
     "HTTPS_PROXY",
     "NO_PROXY",
     "ALL_PROXY",
+    // The GPUs a scheduler (Slurm's gres) or the user gave this process.
+    "CUDA_VISIBLE_DEVICES",
+];
+
+/// Host variables passed by prefix: the locale, and what a cluster job step and MPI launchers
+/// set (Slurm's task identity and resources, PMI/PMIx and Open MPI wire-up, Intel MPI/Hydra),
+/// so the ranks of `srun devenv run -- CMD` each see their own.
+const HOST_PREFIXES: &[&str] = &[
+    "LC_", "SLURM_", "SLURMD_", "PMI_", "PMIX_", "OMPI_", "PRTE_", "I_MPI_", "HYDRA_",
 ];
 
 /// The PATH a container gets when its image says none (Docker's default).
@@ -234,11 +243,12 @@ pub fn container_env(
     for (k, v) in env_toml {
         env.insert(k.clone(), v.clone());
     }
-    let allowed = |k: &str| HOST_ALLOW.contains(&k) || k.starts_with("LC_");
+    let by_prefix = |k: &str| HOST_PREFIXES.iter().any(|p| k.starts_with(p));
+    let allowed = |k: &str| HOST_ALLOW.contains(&k) || by_prefix(k);
     for k in HOST_ALLOW
         .iter()
         .map(|s| s.to_string())
-        .chain(host_names.iter().filter(|k| k.starts_with("LC_")).cloned())
+        .chain(host_names.iter().filter(|k| by_prefix(k)).cloned())
     {
         if allowed(&k)
             && let Some(v) = host(&k)
@@ -305,6 +315,31 @@ mod tests {
         assert_eq!(get("LC_ALL"), Some("C.UTF-8"));
         assert_eq!(get("SECRET"), None);
         assert_eq!(get("DEVENV"), Some("1"));
+    }
+
+    #[test]
+    fn a_job_steps_slurm_and_mpi_variables_come_in() {
+        let vars = [
+            ("SLURM_PROCID", "1"),
+            ("SLURMD_NODENAME", "n1"),
+            ("PMIX_RANK", "1"),
+            ("PMI_SIZE", "2"),
+            ("OMPI_COMM_WORLD_RANK", "1"),
+            ("CUDA_VISIBLE_DEVICES", "0,1"),
+            ("SLURMISH", "no"),
+        ];
+        let host = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        let names: Vec<String> = vars.iter().map(|(n, _)| n.to_string()).collect();
+        let env = container_env(&[], &BTreeMap::new(), &host, &names, &[]);
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        for (k, v) in &vars[..6] {
+            assert_eq!(get(k), Some(*v), "{k}");
+        }
+        assert_eq!(get("SLURMISH"), None);
     }
 
     #[test]

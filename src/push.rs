@@ -114,6 +114,8 @@ enum Source {
         packed: Option<tempfile::TempPath>,
     },
     Bytes(Vec<u8>),
+    /// Packed already (the workspace layer).
+    Packed(tempfile::TempPath),
 }
 
 /// Push `image` to `target` (a tag; `latest` when it has none).
@@ -152,6 +154,25 @@ pub fn push(
         });
         tools.push((written, tool.created_by.as_str()));
     }
+    let created;
+    if let Some(ws) = &image.meta.workspace {
+        let tmp = tempfile::NamedTempFile::new_in(store.root().join("tmp"))?;
+        let written =
+            export::workspace_layer(ws, io::BufWriter::new(tmp.as_file())).map_err(|source| {
+                PushError::Layer {
+                    dir: ws.root.clone(),
+                    source,
+                }
+            })?;
+        blobs.push(Blob {
+            digest: written.digest.clone(),
+            size: written.size,
+            label: format!("workspace ({} files)", ws.files.len()),
+            source: Source::Packed(tmp.into_temp_path()),
+        });
+        created = format!("devenv: workspace {}", ws.dir);
+        tools.push((written, created.as_str()));
+    }
     let (config, manifest) = export::compose(&base, &tools, image.meta)?;
     blobs.push(Blob {
         digest: Digest::of(&config),
@@ -189,7 +210,8 @@ pub fn push(
         let open: Opener = match blob.source {
             Source::File(p) => file_opener(p),
             Source::Bytes(b) => Box::new(move || Ok(Box::new(io::Cursor::new(b.clone())))),
-            Source::Tool {
+            Source::Packed(p)
+            | Source::Tool {
                 packed: Some(p), ..
             } => {
                 let opener = file_opener(p.to_path_buf());

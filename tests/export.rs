@@ -99,8 +99,8 @@ fn export_is_an_oci_layout_that_skopeo_and_umoci_read() {
     let v: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
     assert_eq!(
         v["Layers"].as_array().map(|l| l.len()),
-        Some(3),
-        "base + two setup layers: {inspect:?}"
+        Some(4),
+        "base + two setup layers + the workspace: {inspect:?}"
     );
     let c = image_config(&home, &layout);
     let env = config_env(&c);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::podman::Podman;
 
 use common::env::{busybox_layer, write_env_toml};
 use common::image::ImageBuilder;
@@ -46,59 +46,6 @@ fn tool(home: &TestHome, program: &str, args: &[&str]) -> Outcome {
         .args(args))
 }
 
-/// Rootless podman with the flags that work on these machines, its storage in a short
-/// directory of its own (podman refuses a long runroot), removed through `podman unshare`.
-struct Podman {
-    dir: PathBuf,
-    home: PathBuf,
-}
-
-impl Podman {
-    fn new(home: &TestHome) -> Podman {
-        let dir = tempfile::Builder::new()
-            .prefix("dvp.")
-            .tempdir_in("/tmp")
-            .unwrap()
-            .keep();
-        for d in ["run", "home"] {
-            fs_err::create_dir_all(dir.join(d)).unwrap();
-        }
-        home.chown(&dir);
-        Podman {
-            home: dir.join("home"),
-            dir,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Outcome {
-        let root = self.dir.join("root");
-        let runroot = self.dir.join("runroot");
-        run(as_user("podman")
-            .env("HOME", &self.home)
-            .env("XDG_RUNTIME_DIR", self.dir.join("run"))
-            .args(["--root", path(&root), "--runroot", path(&runroot)])
-            .args([
-                "--storage-driver",
-                "overlay",
-                "--cgroup-manager",
-                "cgroupfs",
-            ])
-            .args(["--events-backend", "file"])
-            .args(args))
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.run(&["unshare", "rm", "-rf", path(&self.dir.join("root"))]);
-        let _ = fs_err::remove_dir_all(&self.dir);
-    }
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("a UTF-8 test path")
-}
-
 #[test]
 fn a_pushed_env_is_an_image_skopeo_reads_and_podman_runs() {
     let registry = Registry::start();
@@ -117,8 +64,8 @@ fn a_pushed_env_is_an_image_skopeo_reads_and_podman_runs() {
     let v: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
     assert_eq!(
         v["Layers"].as_array().map(|l| l.len()),
-        Some(3),
-        "base + two setup layers: {inspect:?}"
+        Some(4),
+        "base + two setup layers + the workspace: {inspect:?}"
     );
     assert_eq!(
         format!(
@@ -164,8 +111,6 @@ fn a_pushed_env_is_an_image_skopeo_reads_and_podman_runs() {
             "--rm",
             "--pull=never",
             "--network=host",
-            "--runtime",
-            "runc",
             pinned,
             "sh",
             "-c",
@@ -184,9 +129,9 @@ fn a_second_push_uploads_nothing_and_packs_nothing() {
     let home = project(&registry);
     let target = format!("{}/team/env:1", registry.addr());
     let first = push(&home, &target).success();
-    // the base's one layer is mounted from base/busybox; two tool layers and the config are
-    // uploaded
-    assert_eq!(uploads(&first), 3, "{first:?}");
+    // the base's one layer is mounted from base/busybox; two tool layers, the workspace and
+    // the config are uploaded
+    assert_eq!(uploads(&first), 4, "{first:?}");
     assert!(first.stderr.contains("1 mounted"), "{first:?}");
 
     let second = push(&home, &format!("{}/team/env:2", registry.addr())).success();

@@ -16,7 +16,7 @@
 //! prints: status through the [`Reporter`], step output into `envs/<id>/build.log`.
 
 mod clean;
-pub use clean::clamp_times;
+pub use clean::{clamp_epoch, clamp_times};
 mod inputs;
 mod log;
 use crate::tools::fetch;

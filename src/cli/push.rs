@@ -32,6 +32,10 @@ pub struct PushArgs {
     /// Also (or only, without REF) upload each tool layer the team cache lacks
     #[arg(long)]
     pub cache: bool,
+    /// Put the project's tracked files (`git ls-files`) in the image's working directory, so a
+    /// cluster job runs the project's code, not only its environment
+    #[arg(long, requires = "reference")]
+    pub with_project: bool,
 }
 
 pub fn run(args: PushArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
@@ -73,7 +77,12 @@ pub fn run(args: PushArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     // gc waits while blobs are read out of the store.
     let _gc = store.keep_from_gc()?;
     let tools = m.tool_layers();
-    let meta = m.image_meta(&loaded);
+    let mut meta = m.image_meta(&loaded);
+    if args.with_project
+        && let Some(ws) = &mut meta.workspace
+    {
+        ws.files = tracked_files(&loaded.project_dir)?;
+    }
     let image = Image {
         base_image: &m.image,
         base_manifest: &m.pulled.manifest,
@@ -97,6 +106,30 @@ pub fn run(args: PushArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     // The one line a script wants, on stdout.
     println!("{}", pushed.pinned);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The project's files git tracks, relative to the project directory.
+fn tracked_files(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let out = std::process::Command::new("git")
+        .args(["ls-files", "-z", "--cached", "--"])
+        .current_dir(dir)
+        .output()
+        .with_context(|| "--with-project runs `git ls-files`: is git installed?")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "--with-project: `git ls-files` failed in {}: {}; the project's files are the ones \
+             git tracks, so the project must be a git work tree",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+        .collect())
 }
 
 /// Upload the env's tool layers the team cache lacks (`push --cache`, `build --push-cache`).

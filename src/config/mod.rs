@@ -22,7 +22,7 @@ use crate::reference::ImageRef;
 
 pub use error::{ConfigError, DiagnosticKind};
 pub use mount::{Expansion, parse_mount};
-pub use raw::cache_repository;
+pub use raw::{cache_repository, is_slurm_time};
 pub use template::{Created, Detected, Template, create};
 
 pub const FILE_NAME: &str = "env.toml";
@@ -67,6 +67,19 @@ pub struct EnvFile {
     pub container: Container,
     /// `[cache].registry`: the team cache repository tool layers are looked up in.
     pub cache: Option<ImageRef>,
+    /// `[cluster]`: what a job of this env asks a scheduler for (`devenv export --slurm/--k8s`).
+    pub cluster: Cluster,
+}
+
+/// `[cluster]`: resources for cluster jobs; flags of `devenv export` override each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cluster {
+    pub nodes: Option<u32>,
+    pub tasks: Option<u32>,
+    pub gpus: Option<u32>,
+    /// A time limit as Slurm writes one: `MM`, `HH:MM:SS`, `D-HH:MM`…
+    pub time: Option<String>,
+    pub partition: Option<String>,
 }
 
 impl EnvFile {

@@ -32,6 +32,78 @@ pub(super) struct RawFile {
     container: RawContainer,
     #[serde(default)]
     cache: RawCache,
+    #[serde(default)]
+    cluster: RawCluster,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    nodes: Option<Spanned<i64>>,
+    tasks: Option<Spanned<i64>>,
+    gpus: Option<Spanned<i64>>,
+    time: Option<Spanned<String>>,
+    partition: Option<Spanned<String>>,
+}
+
+impl RawCluster {
+    fn validate(self, src: &Source<'_>) -> Result<super::Cluster, ConfigError> {
+        let count =
+            |v: Option<Spanned<i64>>, what: &str, min: i64| -> Result<Option<u32>, ConfigError> {
+                let Some(v) = v else { return Ok(None) };
+                match u32::try_from(*v.get_ref()) {
+                    Ok(n) if i64::from(n) >= min => Ok(Some(n)),
+                    _ => Err(src.error(
+                        v.span(),
+                        Kind::Value,
+                        format!("`{what}` in [cluster] must be a whole number from {min}"),
+                        None,
+                    )),
+                }
+            };
+        if let Some(t) = &self.time
+            && !is_slurm_time(t.get_ref())
+        {
+            return Err(src.error(
+                t.span(),
+                Kind::Value,
+                format!("`time = \"{}\"` in [cluster] is not a time limit", t.get_ref()),
+                Some("write minutes (\"90\"), HH:MM:SS (\"01:30:00\") or D-HH:MM:SS (\"2-00:00:00\")".into()),
+            ));
+        }
+        if let Some(p) = &self.partition {
+            non_empty(src, p, "`partition` in [cluster]")?;
+            if p.get_ref()
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(src.error(
+                    p.span(),
+                    Kind::Value,
+                    "`partition` in [cluster] has spaces or control characters",
+                    None,
+                ));
+            }
+        }
+        Ok(super::Cluster {
+            nodes: count(self.nodes, "nodes", 1)?,
+            tasks: count(self.tasks, "tasks", 1)?,
+            gpus: count(self.gpus, "gpus", 0)?,
+            time: self.time.map(Spanned::into_inner),
+            partition: self.partition.map(Spanned::into_inner),
+        })
+    }
+}
+
+/// A Slurm time limit: `M`, `M:S`, `H:M:S`, `D-H`, `D-H:M`, `D-H:M:S` (digits only).
+pub fn is_slurm_time(t: &str) -> bool {
+    let (days, rest) = match t.split_once('-') {
+        Some((d, r)) => (Some(d), r),
+        None => (None, t),
+    };
+    let digits = |s: &str| !s.is_empty() && s.len() <= 4 && s.bytes().all(|b| b.is_ascii_digit());
+    let parts: Vec<&str> = rest.split(':').collect();
+    days.is_none_or(digits) && parts.len() <= 3 && parts.iter().all(|p| digits(p))
 }
 
 #[derive(Deserialize, Default)]
@@ -308,6 +380,7 @@ impl RawFile {
             setup: self.setup.validate(src)?,
             env: validate_env(src, self.env)?,
             container: self.container.validate(src, exp)?,
+            cluster: self.cluster.validate(src)?,
             cache: match self.cache.registry {
                 None => None,
                 Some(r) => Some(cache_repository(r.get_ref()).map_err(|message| {

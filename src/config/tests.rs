@@ -177,7 +177,7 @@ fn unknown_key_at_the_top_level_and_unknown_section() {
     assert_eq!((kind, line, col), (DiagnosticKind::UnknownKey, 1, 1));
     assert_eq!(
         msg,
-        "unknown key `colour`, expected one of: version, image, tools, packages, setup, env, container, cache"
+        "unknown key `colour`, expected one of: version, image, tools, packages, setup, env, container, cache, cluster"
     );
     let (kind, line, col, msg, hint) = fail(&format!("{BASE}[package]\napt = []\n"));
     assert_eq!((kind, line, col), (DiagnosticKind::UnknownKey, 3, 2));

@@ -36,7 +36,9 @@ pub struct Store {
 }
 
 impl Store {
-    /// `$DEVENV_HOME`, else `$XDG_CACHE_HOME/devenv`, else `~/.cache/devenv`.
+    /// `$DEVENV_HOME`, else in a Slurm job node-local scratch (`$SLURM_TMPDIR`, `$TMPDIR` or
+    /// `/tmp`, then `devenv-<uid>`: a cluster home is often NFS, where overlay's user xattrs
+    /// do not work), else `$XDG_CACHE_HOME/devenv`, else `~/.cache/devenv`.
     pub fn default_root() -> Result<PathBuf, StoreError> {
         let var = |k: &str| {
             std::env::var_os(k)
@@ -45,6 +47,12 @@ impl Store {
         };
         if let Some(p) = var("DEVENV_HOME") {
             return Ok(p);
+        }
+        if var("SLURM_JOB_ID").is_some() {
+            let scratch = var("SLURM_TMPDIR")
+                .or_else(|| var("TMPDIR"))
+                .unwrap_or_else(|| PathBuf::from("/tmp"));
+            return Ok(scratch.join(format!("devenv-{}", nix::unistd::getuid())));
         }
         if let Some(p) = var("XDG_CACHE_HOME") {
             return Ok(p.join("devenv"));
