@@ -159,7 +159,8 @@ pub fn k8s(job: &Job, kind: Kind) -> String {
         env.push(json!({ "name": "NVIDIA_VISIBLE_DEVICES", "value": "all" }));
         env.push(json!({ "name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility" }));
         // Limits only: the device plugin takes whole GPUs and requests default to limits.
-        container["resources"] = json!({ "limits": { "nvidia.com/gpu": gpus } });
+        // A quantity, written as the API's own clients write one: a string.
+        container["resources"] = json!({ "limits": { "nvidia.com/gpu": gpus.to_string() } });
     }
     if !env.is_empty() {
         container["env"] = json!(env);
@@ -350,7 +351,7 @@ spec:
       name: "env"
       resources:
         limits:
-          nvidia.com/gpu: 1
+          nvidia.com/gpu: "1"
       workingDir: "/workspaces/proj"
   restartPolicy: "Never"
   securityContext:

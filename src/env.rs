@@ -63,24 +63,40 @@ pub fn materialize(loaded: &Loaded, store: &Store, opts: &Options, ui: &Ui) -> a
         .with_context(|| format!("locking {}", loaded.path.display()))?;
     let base = loaded.env.base_image()?;
     let image = lock.image_for(&platform).unwrap_or_else(|| base.clone());
+    let base_digest = image.digest.clone();
     let pull_opts = PullOptions {
         platform,
         offline: opts.offline,
         refresh_tag: false,
     };
-    let pulled = pull::pull(&image, &pull_opts, store, &client, ui)
-        .with_context(|| format!("pulling {image}"))?;
+    let cache = if opts.offline {
+        None
+    } else {
+        team_cache(loaded)?.map(std::sync::Arc::new)
+    };
+    // Tool layers from the team cache come down beside the base image: their keys are the
+    // lock's alone.
+    let pulled = std::thread::scope(|s| {
+        let prefetch = match (&cache, &base_digest) {
+            (Some(c), Some(d)) => {
+                Some(s.spawn(|| crate::build::prefetch(loaded, &lock, d, store, c, ui)))
+            }
+            _ => None,
+        };
+        let pulled = pull::pull(&image, &pull_opts, store, &client, ui);
+        let usable = prefetch.is_none_or(|p| p.join().unwrap_or(false));
+        (pulled, usable)
+    });
+    let (pulled, cache_usable) = pulled;
+    let pulled = pulled.with_context(|| format!("pulling {image}"))?;
+    let cache = cache.filter(|_| cache_usable);
     let project = Project::new(&loaded.project_dir)?;
     // The record names the image as env.toml does; the digests pin what it resolved to.
     let state_dir = project.touch(store, &base.to_string(), &pulled.resolved, &pulled.manifest)?;
     let build_opts = crate::build::BuildOptions {
         echo: ui.verbose(),
         offline: opts.offline,
-        cache: if opts.offline {
-            None
-        } else {
-            team_cache(loaded)?.map(std::sync::Arc::new)
-        },
+        cache,
     };
     let tools = crate::build::build(loaded, &project, &pulled, &lock, store, &build_opts, ui)
         .with_context(|| format!("building the tool layers of {}", loaded.path.display()))?;

@@ -8,12 +8,12 @@ mod common;
 
 use common::podman::Podman;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::env::{busybox_layer, write_env_toml};
 use common::image::ImageBuilder;
 use common::registry::Registry;
-use common::{Outcome, TestHome, as_user, bookworm_image, devenv, devenv_bin, run, user_in};
+use common::{Outcome, TestHome, bookworm_image, devenv, devenv_bin, run, user_in};
 
 /// The `slurm.conf` of the cluster scripts/test started. Never skips.
 fn slurm_conf() -> String {
@@ -130,6 +130,36 @@ fn export_slurm_refuses_a_missing_lock_and_a_missing_command() {
     .failure(&["--time"]);
 }
 
+/// `tests/k8s_check.py MANIFEST` in a venv with the official Kubernetes Python client (from
+/// the package index pip is configured with; made once per test process): its one-line verdict.
+fn k8s_check(manifest: &Path) -> String {
+    static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let venv = VENV.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("devenv-k8s-check-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        run(std::process::Command::new("python3").args(["-m", "venv", path(&dir)])).success();
+        run(std::process::Command::new(dir.join("bin/pip")).args([
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "kubernetes",
+            "pyyaml",
+        ]))
+        .success();
+        dir
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/k8s_check.py");
+    let out = std::process::Command::new(venv.join("bin/python"))
+        .arg(&script)
+        .arg(manifest)
+        .output()
+        .expect("running tests/k8s_check.py");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[test]
 fn an_exported_pod_runs_the_pushed_env_under_podman_kube_play() {
     let registry = Registry::start();
@@ -200,21 +230,13 @@ fn an_exported_pod_runs_the_pushed_env_under_podman_kube_play() {
         "{yaml}"
     );
     assert!(!yaml.contains("nvidia.com/gpu"), "{yaml}");
-    // The strictest offline reading here: YAML 1.1 (PyYAML), every field where Kubernetes wants it.
-    let parsed = run(as_user("python3").args([
-        "-c",
-        "import sys, yaml, json; d = yaml.safe_load(open(sys.argv[1])); c = d['spec']['containers'][0]; \
-         assert d['apiVersion'] == 'v1' and d['kind'] == 'Pod', d; \
-         assert isinstance(d['spec']['securityContext']['runAsUser'], int); \
-         print(json.dumps(c, sort_keys=True))",
-        path(&manifest),
-    ]))
-    .success();
+    // The strictest offline check found: the Kubernetes API's own models (the official Python
+    // client's), field by field and type by type, then its deserializer's required fields.
+    assert_eq!(k8s_check(&manifest), "ok Pod");
+    let bogus = home.write("bogus.yaml", yaml.replace("workingDir:", "workdir:"));
     assert!(
-        parsed
-            .stdout
-            .contains("\"workingDir\": \"/workspaces/project\""),
-        "{parsed:?}"
+        k8s_check(&bogus).contains("`workdir` is not a field of V1Container"),
+        "the check can fail"
     );
 
     let podman = Podman::new(&home);
@@ -255,8 +277,10 @@ fn a_gpu_job_manifest_carries_the_gpu_limit() {
     )
     .success();
     let y = &out.stdout;
+    let job = home.write("job.yaml", y);
+    assert_eq!(k8s_check(&job), "ok Job", "{y}");
     assert!(y.contains("kind: \"Job\""), "{y}");
-    assert!(y.contains("nvidia.com/gpu: 2"), "{y}");
+    assert!(y.contains("nvidia.com/gpu: \"2\""), "{y}");
     assert!(y.contains("NVIDIA_VISIBLE_DEVICES"), "{y}");
     assert!(y.contains("restartPolicy: \"Never\""), "{y}");
 }

@@ -443,6 +443,51 @@ pub fn build(
     Ok(built)
 }
 
+/// Fetch from `cache` every tool layer the store lacks and the cache has, in build order, before
+/// the base image is even there: the keys come from the lock alone (the base manifest digest it
+/// pins, the locked inputs), so this runs beside the base image's pull. A failing cache is one
+/// note and stops the prefetch (returns false: do not ask it again); a refused entry is a note
+/// and the next layer is asked for. [`build`] then builds what is still missing.
+pub fn prefetch(
+    loaded: &Loaded,
+    lock: &Lock,
+    base: &Digest,
+    store: &Store,
+    cache: &crate::cache::TeamCache,
+    ui: &dyn Reporter,
+) -> bool {
+    let Ok(steps) = planned(loaded, lock, base) else {
+        // build reports it.
+        return true;
+    };
+    for (step, key, _) in steps {
+        let dest = store.layer_path(&key);
+        if dest.exists() {
+            continue;
+        }
+        let Ok(held) = store.lock(&format!("build-{}", key.hex())) else {
+            return true;
+        };
+        if dest.exists() {
+            continue;
+        }
+        match from_cache(cache, store, &key, &step, lock.layers.get(&key), &dest, ui) {
+            Ok(_) => {}
+            Err(e) => {
+                ui.note(&format!(
+                    "team cache {}: {}: {e}; building it instead",
+                    cache.repo, step.label
+                ));
+                if !matches!(e, crate::cache::CacheError::Refused { .. }) {
+                    return false;
+                }
+            }
+        }
+        drop(held);
+    }
+    true
+}
+
 /// Install the team cache's entry for `key` at `dest`, if it has a good one.
 fn from_cache(
     cache: &crate::cache::TeamCache,
