@@ -355,6 +355,30 @@ pub fn check_gpu(wanted: bool) -> Check {
     }
 }
 
+/// The GPU preflight against the project's env.lock: the host driver, what the lock needs, and
+/// the verdict `devenv run` would give.
+pub fn check_gpu_preflight(loaded: &crate::config::Loaded) -> Option<Check> {
+    let driver = crate::env::host_driver()?;
+    let lock = crate::lock::read(&loaded.project_dir).ok().flatten();
+    let need = lock
+        .as_ref()
+        .and_then(|l| crate::preflight::cuda_needed(l, &[]));
+    let detail = match &need {
+        Some(n) => format!(
+            "driver {} (from {}); env.lock needs CUDA {} ({})",
+            driver.version, driver.source, n.cuda, n.because
+        ),
+        None => format!(
+            "driver {} (from {}); env.lock needs no CUDA",
+            driver.version, driver.source
+        ),
+    };
+    Some(match crate::preflight::check(&driver, need.as_ref()) {
+        Ok(()) => Check::ok("gpu-preflight", detail),
+        Err(refused) => Check::fail("gpu-preflight", refused.to_string(), refused.fix()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

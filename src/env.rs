@@ -114,6 +114,67 @@ pub fn materialize(loaded: &Loaded, store: &Store, opts: &Options, ui: &Ui) -> a
     })
 }
 
+/// Where the GPU preflight reads the driver's version: `/`, or `DEVENV_GPU_ROOT` (a fixture
+/// directory with `proc/driver/nvidia/version` and `sys/module/nvidia/version`, for tests).
+fn gpu_root() -> PathBuf {
+    std::env::var_os("DEVENV_GPU_ROOT")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// The GPU preflight for an env with `[container].gpu` (docs/gpu.md): refuse to start when the
+/// host's driver cannot run the CUDA that `lock` (and the image's `CUDA_VERSION`) needs, with
+/// the fix. Nothing to check without a driver (the runtime says so) or without a lock yet.
+/// `DEVENV_GPU_PREFLIGHT=off` skips it (forward-compatibility packages on data-center GPUs).
+pub fn gpu_preflight(
+    loaded: &Loaded,
+    lock: Option<&Lock>,
+    image_env: &[String],
+    ui: &Ui,
+) -> anyhow::Result<()> {
+    use crate::error::HintExt as _;
+    if !loaded.env.container.gpu
+        || std::env::var_os("DEVENV_GPU_PREFLIGHT").is_some_and(|v| v == "off")
+    {
+        return Ok(());
+    }
+    let Some(driver) = host_driver() else {
+        return Ok(());
+    };
+    if let Some(lib) = driver.library {
+        ui.note(&format!(
+            "the NVIDIA kernel module is {} but its libraries are {lib} (updated without a \
+             reboot?): CUDA fails with \"driver/library version mismatch\" until the host \
+             reboots or reloads the nvidia module",
+            driver.version
+        ));
+    }
+    let Some(lock) = lock else { return Ok(()) };
+    let need = crate::preflight::cuda_needed(lock, image_env);
+    if let Err(refused) = crate::preflight::check(&driver, need.as_ref()) {
+        let fix = refused.fix();
+        return Err(anyhow::Error::new(refused)).hint(fix);
+    }
+    Ok(())
+}
+
+/// The host's NVIDIA driver as the preflight reads it (under [`gpu_root`]).
+pub fn host_driver() -> Option<crate::preflight::HostDriver> {
+    let root = gpu_root();
+    let libcuda = if root == Path::new("/") {
+        runtime::gpu::discover().and_then(|g| {
+            g.libraries
+                .iter()
+                .find(|(n, _)| n.starts_with("libcuda.so"))
+                .and_then(|(_, p)| fs_err::canonicalize(p).ok())
+        })
+    } else {
+        None
+    };
+    crate::preflight::host_driver(&root, libcuda.as_deref())
+}
+
 /// The team cache in effect for `loaded` (DEVENV_CACHE, the user's config.toml, env.toml).
 pub fn team_cache(loaded: &Loaded) -> anyhow::Result<Option<crate::cache::TeamCache>> {
     let Some((repo, origin)) = crate::cache::configured(loaded.env.cache.as_ref())? else {

@@ -14,6 +14,7 @@ pub mod error;
 pub mod export;
 pub mod lock;
 pub mod platform;
+pub mod preflight;
 pub mod progress;
 pub mod project;
 pub mod pull;

@@ -52,6 +52,11 @@ pub fn run(args: DoctorArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     checks.push(doctor::check_gpu(
         env.as_ref().is_some_and(|l| l.env.container.gpu),
     ));
+    if let Some(loaded) = env.as_ref().filter(|l| l.env.container.gpu)
+        && let Some(c) = doctor::check_gpu_preflight(loaded)
+    {
+        checks.push(c);
+    }
 
     let ok = checks.iter().all(|c| c.status != Status::Fail);
     let mut out = std::io::stdout().lock();

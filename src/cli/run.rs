@@ -116,7 +116,19 @@ fn enter(
     // Before anything runs: what env.toml asks beyond the project must be the user's choice.
     let decided = super::trust::decide(ctx, &loaded)?;
     crate::env::prepare_mounts(&decided.mounts, crate::env::home_dir().as_deref(), &ctx.ui)?;
+    // Before a pull or build that may take minutes: the lock as it is (a new lock is checked
+    // below), then with the image's CUDA_VERSION.
+    if loaded.env.container.gpu {
+        let lock = crate::lock::read(&loaded.project_dir).ok().flatten();
+        crate::env::gpu_preflight(&loaded, lock.as_ref(), &[], &ctx.ui)?;
+    }
     let env = crate::env::materialize(&loaded, &ctx.store()?, &ctx.env_options(), &ctx.ui)?;
+    crate::env::gpu_preflight(
+        &loaded,
+        Some(&env.lock),
+        &env.pulled.config.config.env,
+        &ctx.ui,
+    )?;
     let session = crate::env::Session {
         argv,
         root,
