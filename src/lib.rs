@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod env;
 pub mod error;
 pub mod export;
+pub mod import;
 pub mod lock;
 pub mod platform;
 pub mod preflight;
@@ -123,6 +124,9 @@ pub(crate) fn known_hint(cause: &(dyn std::error::Error + 'static)) -> Option<St
         return e.hint();
     }
     if let Some(e) = cause.downcast_ref::<cache::CacheError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<import::ImportError>() {
         return e.hint();
     }
     if let Some(e) = cause.downcast_ref::<std::io::Error>() {

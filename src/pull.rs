@@ -189,7 +189,7 @@ pub fn pull(
         .zip(&diff_ids)
         .filter(|(_, diff_id)| !store.layer_path(diff_id).exists())
         .collect();
-    fetch_layers(&client, store, image, &missing, ui)?;
+    fetch_layers(Some(&client), store, image, &missing, ui)?;
     let fetched = missing.len();
     if image.digest.is_none() {
         store.set_tag(image, &resolved)?;
@@ -267,8 +267,8 @@ fn fetch_manifest(
 }
 
 /// Fetch the missing layers, a few at a time; the first error stops the rest.
-fn fetch_layers(
-    client: &Client,
+pub(crate) fn fetch_layers(
+    client: Option<&Client>,
     store: &Store,
     image: &ImageRef,
     missing: &[(&Descriptor, &Digest)],
@@ -308,7 +308,7 @@ fn fetch_layers(
 
 /// One layer: download (or reuse the local blob), verify, unpack, commit.
 fn fetch_layer(
-    client: &Client,
+    client: Option<&Client>,
     store: &Store,
     image: &ImageRef,
     desc: &Descriptor,
@@ -354,6 +354,13 @@ fn fetch_layer(
         let file = fs_err::File::open(&blob_dest).map_err(StoreError::from)?;
         apply(file, compression, staging.path(), &Pair(&*bar, total)).map_err(layer_error)?
     } else {
+        let Some(client) = client else {
+            // A local import: every blob was put in the store, verified, before this.
+            return Err(PullError::Store(StoreError::Io(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("blob {} is not in the store", desc.digest),
+            ))));
+        };
         let body = client.open_blob(image, &desc.digest, Some(desc.size))?;
         let blob_tmp =
             tempfile::NamedTempFile::new_in(store.root().join("tmp")).map_err(StoreError::from)?;

@@ -263,3 +263,54 @@ fn an_exported_python_env_carries_the_venv_and_runs_after_a_push() {
     .success();
     assert_eq!(out.stdout, "1.16.0 /opt/devenv/venv\n", "{out:?}");
 }
+
+#[test]
+fn an_exported_archive_is_pulled_without_a_registry_and_runs_offline() {
+    let home = project();
+    let tar = home.root().join("env.tar");
+    export(
+        &home,
+        &["--format", "oci-archive", "-o", path(&tar), "--tag", "v1"],
+    )
+    .success();
+
+    // Another machine, no registry reachable: the archive alone.
+    let other = TestHome::new();
+    fs_err::copy(&tar, other.root().join("env.tar")).unwrap();
+    other.chown(&other.root().join("env.tar"));
+    let archive = format!("oci-archive:{}:v1", path(&other.root().join("env.tar")));
+    let out =
+        run(devenv(&other).args(["pull", &archive, "--as", "localhost/team/env:v1"])).success();
+    assert!(out.stderr.contains("Imported"), "{out:?}");
+    write_env_toml(&other, "project", "localhost/team/env:v1", "");
+    let ran = run(devenv(&other).current_dir(other.project()).args([
+        "--offline",
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "cat /opt/marker; echo \"$GREETING\"",
+    ]))
+    .success();
+    assert_eq!(ran.stdout, "hi\nhello from env.toml\n", "{ran:?}");
+
+    // A layout directory works too, and a damaged blob is refused with nothing kept.
+    let dir = home.root().join("layout");
+    export(&home, &["-o", path(&dir)]).success();
+    let third = TestHome::new();
+    let blobs = dir.join("blobs/sha256");
+    let biggest = fs_err::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| fs_err::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs_err::read(&biggest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs_err::write(&biggest, &bytes).unwrap();
+    let bad = run(devenv(&third).args(["pull", &format!("oci:{}", path(&dir))]))
+        .failure(&["hashes to", "hint:"]);
+    assert!(!bad.stderr.contains("Imported"), "{bad:?}");
+    let layers = fs_err::read_dir(third.store().join("layers")).map_or(0, |d| d.count());
+    assert_eq!(layers, 0, "nothing unpacked from a damaged layout");
+}
