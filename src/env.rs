@@ -410,6 +410,22 @@ impl Env {
                  starting without a GPU",
             );
         }
+        if let Some(g) = &gpu {
+            if !g.uvm {
+                ui.note(
+                    "[container].gpu: /dev/nvidia-uvm is missing (the host has not run CUDA since \
+                     boot), and a rootless container cannot create it: CUDA fails until the host \
+                     runs `nvidia-modprobe -u -c=0` (or any CUDA program) once",
+                );
+            }
+            if !g.libraries.iter().any(|(n, _)| n.starts_with("libcuda.so")) {
+                ui.note(
+                    "[container].gpu: the NVIDIA driver is loaded but no libcuda.so was found \
+                     (ldconfig -p, /usr/local/nvidia/lib64): the GPU is visible, CUDA will not \
+                     start; install the driver's CUDA library (Debian: libcuda1)",
+                );
+            }
+        }
         Spec {
             lowers,
             state_dir: self.state_dir.join("state"),

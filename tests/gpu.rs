@@ -107,3 +107,89 @@ fn the_preflight_can_be_turned_off() {
         .args(["--trust", "run", "--", "true"]))
     .success();
 }
+
+/// A fixture driver root: device nodes as regular files, a stub `libcuda.so.VERSION` built by
+/// `cc` (its `cuInit` returns 0) linked as `libcuda.so.1` in `/usr/local/nvidia/lib64`, the
+/// kernel module's version file, and a decoy older libcuda elsewhere.
+fn stub_driver(home: &TestHome, version: &str) -> std::path::PathBuf {
+    let root = home.root().join("stub-driver");
+    let lib = root.join("usr/local/nvidia/lib64");
+    let _ = fs_err::remove_dir_all(&lib);
+    fs_err::create_dir_all(&lib).unwrap();
+    for dev in ["nvidiactl", "nvidia0", "nvidia-uvm"] {
+        home.write(format!("stub-driver/dev/{dev}"), "");
+    }
+    home.write(
+        "stub-driver/proc/driver/nvidia/version",
+        PROPRIETARY.replace("{V}", version),
+    );
+    let src = home.write(
+        "stub-driver/stub.c",
+        "int cuInit(unsigned int flags) { return 0; }\n",
+    );
+    let file = lib.join(format!("libcuda.so.{version}"));
+    let cc = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+        .arg(&file)
+        .arg(&src)
+        .output()
+        .expect("running cc (scripts/test installs gcc)");
+    assert!(cc.status.success(), "cc failed: {cc:?}");
+    std::os::unix::fs::symlink(format!("libcuda.so.{version}"), lib.join("libcuda.so.1")).unwrap();
+    home.write(
+        "stub-driver/usr/lib/x86_64-linux-gnu/libcuda.so.470.82.01",
+        "decoy",
+    );
+    home.chown(&root);
+    root
+}
+
+#[test]
+fn the_stub_driver_is_found_by_ctypes_and_a_driver_update_leaves_nothing_behind() {
+    let home = TestHome::new();
+    home.write(
+        "project/env.toml",
+        format!(
+            "[image]\nbase = \"{}\"\n\n[container]\ngpu = true\n",
+            bookworm_image()
+        ),
+    );
+    let check = "import ctypes, os; print(ctypes.CDLL('libcuda.so.1').cuInit(0), \
+                 sorted(os.listdir('/usr/local/nvidia/lib64')), os.environ['TRITON_LIBCUDA_PATH'])";
+    let start = |version: &str| {
+        let root = stub_driver(&home, version);
+        run(devenv(&home)
+            .current_dir(home.project())
+            .env("DEVENV_GPU_ROOT", &root)
+            .args(["--trust", "run", "--", "python3", "-c", check]))
+        .success()
+    };
+    let first = start("550.54.14");
+    assert_eq!(
+        first.stdout,
+        "0 ['libcuda.so', 'libcuda.so.1', 'libcuda.so.550.54.14'] /usr/local/nvidia/lib64\n",
+        "{first:?}"
+    );
+    // The host's driver is updated: the next start has the new library and none of the old.
+    let second = start("560.35.03");
+    assert_eq!(
+        second.stdout,
+        "0 ['libcuda.so', 'libcuda.so.1', 'libcuda.so.560.35.03'] /usr/local/nvidia/lib64\n",
+        "{second:?}"
+    );
+    // Nothing of the driver was kept in the env's writable layer or anywhere in the store.
+    let mut kept = Vec::new();
+    let mut stack = vec![home.store()];
+    while let Some(dir) = stack.pop() {
+        for e in fs_err::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("libcuda") {
+                kept.push(e.path());
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    assert!(kept.is_empty(), "driver files in the store: {kept:?}");
+}

@@ -80,17 +80,35 @@ pub struct HostGpu {
     pub libraries: Vec<(String, PathBuf)>,
     /// Host paths of the driver's programs, bound into [`BIN_DIR`] under their own names.
     pub programs: Vec<PathBuf>,
+    /// nvidia-persistenced's socket on the host, when the daemon runs.
+    #[serde(default)]
+    pub persistenced: Option<PathBuf>,
+    /// Whether `/dev/nvidia-uvm` exists: CUDA needs it, and a rootless container cannot make it.
+    #[serde(default)]
+    pub uvm: bool,
 }
 
-/// The host's NVIDIA driver, `None` when it has none loaded (no `/dev/nvidiactl`).
+/// The host's NVIDIA driver, `None` when it has none loaded (no `/dev/nvidiactl`). Under
+/// `DEVENV_GPU_ROOT` (a fixture driver root for tests: `dev/`, the driver directories, regular
+/// files standing in for device nodes) instead of `/`.
 pub fn discover() -> Option<HostGpu> {
-    let dev = Path::new("/dev");
+    match std::env::var_os("DEVENV_GPU_ROOT").filter(|v| !v.is_empty()) {
+        Some(root) => discover_in(Path::new(&root)),
+        None => discover_in(Path::new("/")),
+    }
+}
+
+/// [`discover`] under `root`; only the real root asks `ldconfig -p`, only a fixture root takes
+/// regular files for device nodes.
+pub fn discover_in(root: &Path) -> Option<HostGpu> {
+    let host = root == Path::new("/");
+    let dev = root.join("dev");
     if !dev.join("nvidiactl").exists() {
         return None;
     }
     let ldconfig = ["/sbin/ldconfig", "/usr/sbin/ldconfig"]
         .into_iter()
-        .find(|p| Path::new(p).is_file());
+        .find(|p| host && Path::new(p).is_file());
     let cache = ldconfig
         .and_then(|l| {
             std::process::Command::new(l)
@@ -103,19 +121,34 @@ pub fn discover() -> Option<HostGpu> {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    dirs.push("/usr/bin".into());
-    dirs.push("/usr/local/nvidia/bin".into());
+    let mut dirs: Vec<PathBuf> = if host {
+        std::env::split_paths(&path).collect()
+    } else {
+        Vec::new()
+    };
+    dirs.push(root.join("usr/bin"));
+    dirs.push(root.join("usr/local/nvidia/bin"));
     let mut libraries = libraries(&cache, std::env::consts::ARCH);
     for dir in DRIVER_DIRS {
-        for (name, path) in scanned(Path::new(dir)) {
+        for (name, path) in scanned(&root.join(dir.trim_start_matches('/'))) {
             if !libraries.iter().any(|(n, _)| *n == name) {
                 libraries.push((name, path));
             }
         }
     }
+    // `-lcuda` (Triton, behind torch.compile) links the unversioned name, which driver
+    // packages often leave to the -dev package.
+    if !libraries.iter().any(|(n, _)| n == "libcuda.so")
+        && let Some((_, p)) = libraries.iter().find(|(n, _)| n == "libcuda.so.1")
+    {
+        let p = p.clone();
+        libraries.push(("libcuda.so".into(), p));
+    }
+    let socket = root.join(PERSISTENCED.trim_start_matches('/'));
     Some(HostGpu {
-        devices: devices(dev),
+        devices: devices(&dev, !host),
+        persistenced: socket_exists(&socket).then_some(socket),
+        uvm: dev.join("nvidia-uvm").exists(),
         libraries,
         programs: PROGRAMS
             .iter()
@@ -124,8 +157,18 @@ pub fn discover() -> Option<HostGpu> {
     })
 }
 
-/// `/dev/nvidia*` character devices and the `nvidia-caps` directory, sorted.
-fn devices(dev: &Path) -> Vec<PathBuf> {
+/// nvidia-persistenced's socket: bound in when the daemon runs, so CUDA keeps the GPU
+/// initialised between processes as on the host.
+pub const PERSISTENCED: &str = "/run/nvidia-persistenced/socket";
+
+fn socket_exists(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    fs_err::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// `/dev/nvidia*` character devices (regular files too in a fixture root) and the
+/// `nvidia-caps` directory, sorted.
+fn devices(dev: &Path, fixture: bool) -> Vec<PathBuf> {
     use std::os::unix::fs::FileTypeExt;
     let Ok(entries) = fs_err::read_dir(dev) else {
         return Vec::new();
@@ -134,8 +177,11 @@ fn devices(dev: &Path) -> Vec<PathBuf> {
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with("nvidia"))
         .filter(|e| {
-            e.file_type()
-                .is_ok_and(|t| t.is_char_device() || (t.is_dir() && e.file_name() == "nvidia-caps"))
+            e.file_type().is_ok_and(|t| {
+                t.is_char_device()
+                    || (fixture && t.is_file())
+                    || (t.is_dir() && e.file_name() == "nvidia-caps")
+            })
         })
         .map(|e| e.path())
         .collect();
@@ -206,6 +252,10 @@ pub fn add_to_env(env: &mut Vec<(String, String)>) {
     };
     set("LD_LIBRARY_PATH", LIB_DIR, true);
     set("PATH", BIN_DIR, false);
+    // Triton (torch.compile) looks here before `ldconfig -p`.
+    if !env.iter().any(|(k, _)| k == "TRITON_LIBCUDA_PATH") {
+        env.push(("TRITON_LIBCUDA_PATH".into(), LIB_DIR.into()));
+    }
 }
 
 #[cfg(test)]
@@ -276,8 +326,13 @@ Cache generated by: ldconfig (GNU libc) stable release version 2.36
         fs_err::write(dir.path().join("nvidia0"), "").unwrap(); // a file, not a device
         fs_err::create_dir(dir.path().join("nvidia-caps")).unwrap();
         fs_err::create_dir(dir.path().join("nvidia-other")).unwrap();
-        assert_eq!(devices(dir.path()), [dir.path().join("nvidia-caps")]);
-        let real = devices(Path::new("/dev"));
+        assert_eq!(devices(dir.path(), false), [dir.path().join("nvidia-caps")]);
+        // A fixture root's regular files stand in for device nodes.
+        assert_eq!(
+            devices(dir.path(), true),
+            [dir.path().join("nvidia-caps"), dir.path().join("nvidia0")]
+        );
+        let real = devices(Path::new("/dev"), false);
         assert!(
             real.iter().all(|d| d.starts_with("/dev/nvidia")),
             "{real:?}"
@@ -300,7 +355,8 @@ Cache generated by: ldconfig (GNU libc) stable release version 2.36
             bare,
             [
                 ("LD_LIBRARY_PATH".to_string(), LIB_DIR.to_string()),
-                ("PATH".to_string(), BIN_DIR.to_string())
+                ("PATH".to_string(), BIN_DIR.to_string()),
+                ("TRITON_LIBCUDA_PATH".to_string(), LIB_DIR.to_string()),
             ]
         );
     }

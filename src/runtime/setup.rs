@@ -387,6 +387,11 @@ fn gpu_mounts<S: Syscalls>(
         sys.write_file(&p, "").map_err(made(host))?;
         bind(sys, host, &p, true)?;
     }
+    // Where libcuda looks for it; the mount point is an empty file, never a library.
+    if let Some(socket) = &gpu.persistenced {
+        let p = point(sys, root, Path::new(super::gpu::PERSISTENCED), Kind::File)?;
+        bind(sys, socket, &p, false)?;
+    }
     Ok(())
 }
 
@@ -1379,6 +1384,8 @@ mod tests {
                 "/usr/lib/x86_64-linux-gnu/libcuda.so.1".into(),
             )],
             programs: vec!["/usr/bin/nvidia-smi".into()],
+            persistenced: Some("/run/nvidia-persistenced/socket".into()),
+            uvm: true,
         }
     }
 
@@ -1406,10 +1413,13 @@ mod tests {
         let lib_ro = r.pos("setattr_ro /s/run/e/root/usr/local/nvidia/lib64/libcuda.so.1");
         let smi =
             r.pos("mount - /usr/bin/nvidia-smi /s/run/e/root/usr/local/nvidia/bin/nvidia-smi ");
+        let socket = r.pos(
+            "mount - /run/nvidia-persistenced/socket /s/run/e/root/run/nvidia-persistenced/socket ",
+        );
         let home = r.pos("mount - /s/home /s/run/e/root/home/alice ");
         let pivot = r.pos("pivot_root . .");
         let order = [
-            dev, caps_dir, caps, card, ctl, top, lib, lib_ro, smi, home, pivot,
+            dev, caps_dir, caps, card, ctl, top, lib, lib_ro, smi, socket, home, pivot,
         ];
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}\n{c:#?}");
         assert!(
@@ -1420,6 +1430,10 @@ mod tests {
         let env = environment(&p);
         assert!(env.contains(&("PATH".into(), "/bin:/usr/local/nvidia/bin".into())));
         assert!(env.contains(&("LD_LIBRARY_PATH".into(), "/usr/local/nvidia/lib64".into())));
+        assert!(env.contains(&(
+            "TRITON_LIBCUDA_PATH".into(),
+            "/usr/local/nvidia/lib64".into()
+        )));
         assert!(
             !environment(&plan())
                 .iter()

@@ -496,6 +496,7 @@ fn container_gpu_binds_the_driver_it_is_given() {
             devices: vec![ctl.clone()],
             libraries: vec![("libcuda.so.1".into(), lib.clone())],
             programs: vec![smi],
+            ..Default::default()
         }),
         argv: vec![
             "sh".into(),
