@@ -154,8 +154,13 @@ fn the_stub_driver_is_found_by_ctypes_and_a_driver_update_leaves_nothing_behind(
             bookworm_image()
         ),
     );
-    let check = "import ctypes, os; print(ctypes.CDLL('libcuda.so.1').cuInit(0), \
-                 sorted(os.listdir('/usr/local/nvidia/lib64')), os.environ['TRITON_LIBCUDA_PATH'])";
+    // dlopen by soname with LD_LIBRARY_PATH removed: the image's ldconfig cache has the driver.
+    let check = "import ctypes, os, subprocess; os.environ.pop('LD_LIBRARY_PATH'); \
+                 c = subprocess.run(['python3', '-c', 'import ctypes; print(ctypes.CDLL(\"libcuda.so.1\").cuInit(0))'], \
+                 capture_output=True, text=True); \
+                 p = subprocess.run(['ldconfig', '-p'], capture_output=True, text=True).stdout; \
+                 print(c.stdout.strip() or c.stderr, sorted(os.listdir('/usr/local/nvidia/lib64')), \
+                 os.environ['TRITON_LIBCUDA_PATH'], '/usr/local/nvidia/lib64/libcuda.so.1' in p)";
     let start = |version: &str| {
         let root = stub_driver(&home, version);
         run(devenv(&home)
@@ -167,14 +172,14 @@ fn the_stub_driver_is_found_by_ctypes_and_a_driver_update_leaves_nothing_behind(
     let first = start("550.54.14");
     assert_eq!(
         first.stdout,
-        "0 ['libcuda.so', 'libcuda.so.1', 'libcuda.so.550.54.14'] /usr/local/nvidia/lib64\n",
+        "0 ['libcuda.so', 'libcuda.so.1', 'libcuda.so.550.54.14'] /usr/local/nvidia/lib64 True\n",
         "{first:?}"
     );
     // The host's driver is updated: the next start has the new library and none of the old.
     let second = start("560.35.03");
     assert_eq!(
         second.stdout,
-        "0 ['libcuda.so', 'libcuda.so.1', 'libcuda.so.560.35.03'] /usr/local/nvidia/lib64\n",
+        "0 ['libcuda.so', 'libcuda.so.1', 'libcuda.so.560.35.03'] /usr/local/nvidia/lib64 True\n",
         "{second:?}"
     );
     // Nothing of the driver was kept in the env's writable layer or anywhere in the store.

@@ -575,6 +575,10 @@ pub fn finish<S: Syscalls>(
     } else {
         plan.spec.argv.clone()
     };
+    let argv = match plan.spec.gpu {
+        Some(_) => with_ldconfig(sys, argv),
+        None => argv,
+    };
     if !accounts {
         // Written after the pivot, into the fresh upper layer, through the container's own view.
         let user = account(plan, shell);
@@ -738,6 +742,40 @@ pub fn shell_from_layers(plan: &Plan) -> Option<String> {
         Merged::Dir | Merged::Missing => false,
     });
     (!unsure).then_some(shell)
+}
+
+/// With the GPU on: the driver's directory as an `ld.so.conf.d` entry in the fresh upper layer,
+/// and `argv` run by a `/bin/sh` that first runs the image's `ldconfig`, then `exec`s it (same
+/// pid, same descriptors): `dlopen("libcuda.so.1")` and `ldconfig -p` (Triton) find the driver
+/// without `LD_LIBRARY_PATH`, at every start, so a driver update is picked up and nothing is
+/// kept (the upper layer is the entry's own). An image without `sh`, `ldconfig` (musl) or
+/// `/etc/ld.so.conf.d` keeps `argv` as it is, and `LD_LIBRARY_PATH` finds the driver.
+fn with_ldconfig<S: Syscalls>(sys: &mut S, argv: Vec<String>) -> Vec<String> {
+    let ldconfig = ["/sbin/ldconfig", "/usr/sbin/ldconfig"]
+        .into_iter()
+        .find(|p| sys.kind_of(Path::new(p)) == Some(Kind::File));
+    let (Some(ldconfig), Some(Kind::File), Some(Kind::Dir)) = (
+        ldconfig,
+        sys.kind_of(Path::new("/bin/sh")),
+        sys.kind_of(Path::new("/etc/ld.so.conf.d")),
+    ) else {
+        return argv;
+    };
+    let conf = Path::new("/etc/ld.so.conf.d/000-devenv-nvidia.conf");
+    if sys
+        .write_file(conf, &format!("{}\n", super::gpu::LIB_DIR))
+        .is_err()
+    {
+        return argv;
+    }
+    let mut wrapped = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        format!("{ldconfig} 2>/dev/null; exec \"$@\""),
+        "sh".to_string(),
+    ];
+    wrapped.extend(argv);
+    wrapped
 }
 
 /// `[container].shell`, else the user's host shell when the image has it, else bash, else sh.
@@ -1295,6 +1333,43 @@ mod tests {
         assert_eq!(
             r.calls[nnp + 1..],
             ["join_session_keyring", "seccomp allow=[] chown=false"]
+        );
+    }
+
+    #[test]
+    fn with_the_gpu_the_command_runs_after_the_images_ldconfig() {
+        let mut r = Recorder {
+            file: Some("root:x:0:0:root:/root:/bin/sh\n".into()),
+            dirs: vec!["/etc/ld.so.conf.d".into()],
+            missing: vec!["/sbin/ldconfig".into()],
+            ..Default::default()
+        };
+        let p = with(plan(), |s| {
+            s.gpu = Some(gpu());
+            s.argv = vec!["python3".into(), "train.py".into()];
+        });
+        let argv = finish(&mut r, &p, false).unwrap();
+        assert_eq!(
+            argv,
+            [
+                "/bin/sh",
+                "-c",
+                "/usr/sbin/ldconfig 2>/dev/null; exec \"$@\"",
+                "sh",
+                "python3",
+                "train.py"
+            ]
+        );
+        assert!(r.pos("write /etc/ld.so.conf.d/000-devenv-nvidia.conf") < r.pos("no_new_privs"));
+        // No ld.so.conf.d (or no ldconfig, as in musl images): the command as it is.
+        let mut bare = Recorder {
+            file: Some("root:x:0:0:root:/root:/bin/sh\n".into()),
+            missing: vec!["/etc/ld.so.conf.d".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            finish(&mut bare, &p, false).unwrap(),
+            ["python3", "train.py"]
         );
     }
 
