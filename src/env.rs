@@ -175,6 +175,47 @@ pub fn host_driver() -> Option<crate::preflight::HostDriver> {
     crate::preflight::host_driver(&root, libcuda.as_deref())
 }
 
+/// `NVIDIA_VISIBLE_DEVICES`, `CUDA_VISIBLE_DEVICES` and `CUDA_DEVICE_ORDER` for a GPU
+/// selection (`gpu = [0, 1]`, indices as `nvidia-smi` and `/dev/nvidiaN` number them) on a
+/// host with GPUs `host`: indices the host lacks are left out with a note; a scheduler's
+/// `CUDA_VISIBLE_DEVICES` (Slurm's gres) wins over env.toml's list, with a note.
+pub fn gpu_visible(
+    selected: Option<&[u32]>,
+    host: &[u32],
+    scheduler: bool,
+    ui: &Ui,
+) -> Vec<(&'static str, String)> {
+    let Some(selected) = selected else {
+        return vec![("NVIDIA_VISIBLE_DEVICES", "all".into())];
+    };
+    let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let (there, missing): (Vec<u32>, Vec<u32>) = selected.iter().partition(|i| host.contains(i));
+    if !missing.is_empty() {
+        ui.note(&format!(
+            "[container].gpu: this host has no GPU {} (it has {}); left out",
+            list(&missing),
+            if host.is_empty() {
+                "none".to_string()
+            } else {
+                list(host)
+            }
+        ));
+    }
+    if scheduler {
+        ui.note(
+            "[container].gpu: CUDA_VISIBLE_DEVICES is set (by a scheduler?); it wins over \
+             env.toml's list of GPUs",
+        );
+        return vec![("NVIDIA_VISIBLE_DEVICES", list(&there))];
+    }
+    vec![
+        ("NVIDIA_VISIBLE_DEVICES", list(&there)),
+        ("CUDA_VISIBLE_DEVICES", list(&there)),
+        // CUDA's own default order is fastest first; nvidia-smi's and /dev's is the bus's.
+        ("CUDA_DEVICE_ORDER", "PCI_BUS_ID".into()),
+    ]
+}
+
 /// The team cache in effect for `loaded` (DEVENV_CACHE, the user's config.toml, env.toml).
 pub fn team_cache(loaded: &Loaded) -> anyhow::Result<Option<crate::cache::TeamCache>> {
     let Some((repo, origin)) = crate::cache::configured(loaded.env.cache.as_ref())? else {
@@ -424,6 +465,18 @@ impl Env {
                      (ldconfig -p, /usr/local/nvidia/lib64): the GPU is visible, CUDA will not \
                      start; install the driver's CUDA library (Debian: libcuda1)",
                 );
+            }
+            let host_gpus = runtime::gpu::indices(g);
+            let scheduler = env.iter().any(|(k, _)| k == "CUDA_VISIBLE_DEVICES");
+            let visible = gpu_visible(
+                loaded.env.container.gpu_devices.as_deref(),
+                &host_gpus,
+                scheduler,
+                ui,
+            );
+            for (k, v) in visible {
+                env.retain(|(n, _)| n != k);
+                env.push((k.to_string(), v));
             }
         }
         Spec {

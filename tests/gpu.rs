@@ -198,3 +198,48 @@ fn the_stub_driver_is_found_by_ctypes_and_a_driver_update_leaves_nothing_behind(
     }
     assert!(kept.is_empty(), "driver files in the store: {kept:?}");
 }
+
+#[test]
+fn a_list_of_gpus_selects_them_and_a_missing_one_is_a_note() {
+    let home = TestHome::new();
+    home.write(
+        "project/env.toml",
+        format!(
+            "[image]\nbase = \"{}\"\n\n[container]\ngpu = [1, 5]\n",
+            bookworm_image()
+        ),
+    );
+    let root = stub_driver(&home, "550.54.14");
+    home.write("stub-driver/dev/nvidia1", "");
+    home.chown(&root);
+    let show = "echo $NVIDIA_VISIBLE_DEVICES $CUDA_VISIBLE_DEVICES $CUDA_DEVICE_ORDER";
+    let out = run(devenv(&home)
+        .current_dir(home.project())
+        .env("DEVENV_GPU_ROOT", &root)
+        .args(["--trust", "run", "--", "sh", "-c", show]))
+    .success();
+    assert_eq!(out.stdout, "1 1 PCI_BUS_ID\n", "{out:?}");
+    assert!(out.stderr.contains("no GPU 5 (it has 0,1)"), "{out:?}");
+    // A scheduler's choice (Slurm's gres) wins.
+    let slurm = run(devenv(&home)
+        .current_dir(home.project())
+        .env("DEVENV_GPU_ROOT", &root)
+        .env("CUDA_VISIBLE_DEVICES", "0")
+        .args(["--trust", "run", "--", "sh", "-c", show]))
+    .success();
+    assert_eq!(slurm.stdout, "1 0\n", "{slurm:?}");
+    // All of them: NVIDIA_VISIBLE_DEVICES=all, CUDA's variable left alone.
+    home.write(
+        "project/env.toml",
+        format!(
+            "[image]\nbase = \"{}\"\n\n[container]\ngpu = \"all\"\n",
+            bookworm_image()
+        ),
+    );
+    let all = run(devenv(&home)
+        .current_dir(home.project())
+        .env("DEVENV_GPU_ROOT", &root)
+        .args(["--trust", "run", "--", "sh", "-c", show]))
+    .success();
+    assert_eq!(all.stdout, "all\n", "{all:?}");
+}

@@ -166,6 +166,8 @@ pub struct Container {
     pub shell: Option<String>,
     pub network: Network,
     pub gpu: bool,
+    /// `gpu = [0, 1]`: the host GPUs (by index) the env sees; `None` for `true` / `"all"`.
+    pub gpu_devices: Option<Vec<u32>>,
     pub mounts: Vec<Mount>,
     /// Groups or syscalls the default seccomp profile lets through (`runtime::seccomp::GROUPS`).
     pub allow_syscalls: Vec<String>,
@@ -182,6 +184,7 @@ impl Default for Container {
             shell: None,
             network: Network::default(),
             gpu: false,
+            gpu_devices: None,
             mounts: Vec::new(),
             allow_syscalls: Vec::new(),
             ssh_agent: true,

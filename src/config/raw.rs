@@ -290,7 +290,7 @@ fn input_problem(pattern: &str) -> Option<&'static str> {
 struct RawContainer {
     shell: Option<Spanned<String>>,
     network: Option<Spanned<String>>,
-    gpu: Option<bool>,
+    gpu: Option<Spanned<toml::Value>>,
     #[serde(default)]
     mounts: Vec<Spanned<String>>,
     #[serde(default)]
@@ -459,6 +459,10 @@ impl RawPackages {
 
 impl RawContainer {
     fn validate(self, src: &Source<'_>, exp: &Expansion) -> Result<Container, ConfigError> {
+        let (gpu, gpu_devices) = match &self.gpu {
+            None => (false, None),
+            Some(v) => gpu_selection(src, v)?,
+        };
         if let Some(shell) = &self.shell {
             non_empty(src, shell, "`shell` in [container]")?;
         }
@@ -500,7 +504,8 @@ impl RawContainer {
         Ok(Container {
             shell: self.shell.map(Spanned::into_inner),
             network,
-            gpu: self.gpu.unwrap_or(false),
+            gpu,
+            gpu_devices,
             mounts,
             allow_syscalls,
             ssh_agent: self.ssh_agent.unwrap_or(true),
@@ -549,6 +554,39 @@ fn is_env_name(name: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `gpu = true | false | "all" | [0, 1]`.
+fn gpu_selection(
+    src: &Source<'_>,
+    v: &Spanned<toml::Value>,
+) -> Result<(bool, Option<Vec<u32>>), ConfigError> {
+    let bad = || {
+        src.error(
+            v.span(),
+            Kind::Value,
+            "`gpu` in [container] must be true, false, \"all\" or a list of GPU indices",
+            Some("like `gpu = true`, or `gpu = [0, 1]` for the host's first two GPUs".into()),
+        )
+    };
+    match v.get_ref() {
+        toml::Value::Boolean(b) => Ok((*b, None)),
+        toml::Value::String(s) if s == "all" => Ok((true, None)),
+        toml::Value::Array(items) if !items.is_empty() => {
+            let mut out = Vec::new();
+            for i in items {
+                let n = i
+                    .as_integer()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(bad)?;
+                if !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+            Ok((true, Some(out)))
+        }
+        _ => Err(bad()),
+    }
 }
 
 /// A team cache repository: `host[:port]/path`, naming its registry, with no tag or digest.

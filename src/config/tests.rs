@@ -246,9 +246,9 @@ fn wrong_type_for_arrays_bools_and_sections() {
     assert_eq!(hint.as_deref(), Some("write a list: [\"numpy\"]"));
 
     let (kind, line, col, msg, _) = fail(&format!("{BASE}[container]\ngpu = \"yes\"\n"));
-    assert_eq!((kind, line, col), (DiagnosticKind::WrongType, 4, 7));
+    assert_eq!((kind, line, col), (DiagnosticKind::Value, 4, 7));
     assert!(
-        msg.contains("`gpu` in [container]: expected true or false"),
+        msg.contains("`gpu` in [container] must be true, false, \"all\" or a list"),
         "{msg}"
     );
 
@@ -539,4 +539,22 @@ fn a_team_cache_is_a_repository_naming_its_registry() {
     }
     let (kind, ..) = fail(&format!("{BASE}[cache]\nregistri = \"x.example/a\"\n"));
     assert_eq!(kind, DiagnosticKind::UnknownKey);
+}
+
+#[test]
+fn gpu_is_a_switch_all_or_a_list_of_indices() {
+    let gpu = |v: &str| {
+        load_str(&format!("{BASE}[container]\ngpu = {v}\n"))
+            .map(|e| (e.container.gpu, e.container.gpu_devices))
+    };
+    assert_eq!(gpu("true").unwrap(), (true, None));
+    assert_eq!(gpu("false").unwrap(), (false, None));
+    assert_eq!(gpu("\"all\"").unwrap(), (true, None));
+    assert_eq!(gpu("[1, 0, 1]").unwrap(), (true, Some(vec![1, 0])));
+    for bad in ["\"some\"", "[]", "[-1]", "[\"0\"]", "3"] {
+        let (_, line, col, msg, hint) = fail(&format!("{BASE}[container]\ngpu = {bad}\n"));
+        assert_eq!((line, col), (BASE.lines().count() + 2, 7), "{bad}: {msg}");
+        assert!(msg.contains("list of GPU indices"), "{bad}: {msg}");
+        assert!(hint.is_some(), "{bad}");
+    }
 }

@@ -240,6 +240,23 @@ fn scanned(dir: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
+/// The host's GPU indices: the `N` of each `/dev/nvidiaN`, sorted.
+pub fn indices(gpu: &HostGpu) -> Vec<u32> {
+    let mut out: Vec<u32> = gpu
+        .devices
+        .iter()
+        .filter_map(|d| {
+            d.file_name()?
+                .to_str()?
+                .strip_prefix("nvidia")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 /// `env` with [`LIB_DIR`] first on `LD_LIBRARY_PATH` (the host's driver must win over any
 /// copy in the image) and [`BIN_DIR`] last on `PATH`.
 pub fn add_to_env(env: &mut Vec<(String, String)>) {
