@@ -49,6 +49,8 @@ pub enum CacheError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("setting up the registry client: {0}")]
+    Client(String),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -162,7 +164,9 @@ pub struct EntryConfig {
 pub struct TeamCache {
     pub repo: ImageRef,
     pub origin: Origin,
-    client: Client,
+    /// Made at the first request: a warm start, with every layer in the store, loads no TLS
+    /// roots for it.
+    client: std::sync::OnceLock<Result<Client, String>>,
 }
 
 impl std::fmt::Debug for TeamCache {
@@ -180,12 +184,19 @@ pub struct Entry {
 }
 
 impl TeamCache {
-    pub fn new(repo: ImageRef, origin: Origin, client: Client) -> TeamCache {
+    pub fn new(repo: ImageRef, origin: Origin) -> TeamCache {
         TeamCache {
             repo,
             origin,
-            client,
+            client: std::sync::OnceLock::new(),
         }
+    }
+
+    fn client(&self) -> Result<&Client, CacheError> {
+        self.client
+            .get_or_init(|| crate::env::client().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| CacheError::Client(e.clone()))
     }
 
     /// The tag an entry for `key` has.
@@ -203,7 +214,10 @@ impl TeamCache {
     /// Whether the cache has an entry for `key` (`HEAD`; nothing verified).
     pub fn has(&self, key: &Digest) -> Result<bool, CacheError> {
         let tag = Self::tag(key);
-        Ok(self.client.manifest_digest(&self.at(&tag), &tag)?.is_some())
+        Ok(self
+            .client()?
+            .manifest_digest(&self.at(&tag), &tag)?
+            .is_some())
     }
 
     /// The entry for `key`, if the cache has one: manifest and config fetched, verified and
@@ -211,7 +225,7 @@ impl TeamCache {
     pub fn lookup(&self, key: &Digest) -> Result<Option<Entry>, CacheError> {
         let tag = Self::tag(key);
         let at = self.at(&tag);
-        let fetched = match self.client.fetch_manifest(&at, &tag) {
+        let fetched = match self.client()?.fetch_manifest(&at, &tag) {
             Ok(f) => f,
             Err(RegistryError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -241,7 +255,9 @@ impl TeamCache {
                 export::LAYER_MEDIA_TYPE
             )));
         }
-        let bytes = self.client.fetch_blob(&at, &m.config.digest, MAX_CONFIG)?;
+        let bytes = self
+            .client()?
+            .fetch_blob(&at, &m.config.digest, MAX_CONFIG)?;
         let config: EntryConfig = serde_json::from_slice(&bytes)
             .map_err(|e| refuse(format!("its config does not parse: {e}")))?;
         if config.key != *key {
@@ -286,7 +302,7 @@ impl TeamCache {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )?;
         let body = self
-            .client
+            .client()?
             .open_blob(&at, &entry.layer.digest, Some(entry.layer.size))?;
         let bar = ui.bar(entry.layer.digest.short(), Some(entry.layer.size));
         let applied = crate::unpack::apply_layer(
@@ -326,7 +342,7 @@ impl TeamCache {
     ) -> Result<bool, CacheError> {
         let tag = Self::tag(&config.key);
         let at = self.at(&tag);
-        if self.client.manifest_digest(&at, &tag)?.is_some() {
+        if self.client()?.manifest_digest(&at, &tag)?.is_some() {
             return Ok(false);
         }
         let (written, packed) = match crate::push::pack(store, dir, ui) {
@@ -334,7 +350,7 @@ impl TeamCache {
             Err(e) => return Err(io::Error::other(e.to_string()).into()),
         };
         config.diff_id = written.diff_id.clone();
-        if !self.client.has_blob(&at, &written.digest)? {
+        if !self.client()?.has_blob(&at, &written.digest)? {
             let path = packed.to_path_buf();
             let bar = ui.step_bar(
                 "Caching",
@@ -342,7 +358,7 @@ impl TeamCache {
                 written.digest.short(),
                 Some(written.size),
             );
-            self.client.upload_blob(
+            self.client()?.upload_blob(
                 &at,
                 &written.digest,
                 written.size,
@@ -356,9 +372,9 @@ impl TeamCache {
         }
         let config_bytes = serde_json::to_vec(&config).map_err(io::Error::other)?;
         let config_digest = Digest::of(&config_bytes);
-        if !self.client.has_blob(&at, &config_digest)? {
+        if !self.client()?.has_blob(&at, &config_digest)? {
             let silent = crate::progress::Silent.bar("", None);
-            self.client.upload_blob(
+            self.client()?.upload_blob(
                 &at,
                 &config_digest,
                 config_bytes.len() as u64,
@@ -367,7 +383,7 @@ impl TeamCache {
             )?;
         }
         let manifest = entry_manifest(&config_digest, config_bytes.len() as u64, &written, &config);
-        self.client
+        self.client()?
             .put_manifest(&at, &tag, export::MANIFEST_MEDIA_TYPE, &manifest)?;
         Ok(true)
     }

@@ -77,8 +77,11 @@ pub fn materialize(loaded: &Loaded, store: &Store, opts: &Options, ui: &Ui) -> a
     // Tool layers from the team cache come down beside the base image: their keys are the
     // lock's alone.
     let pulled = std::thread::scope(|s| {
+        // Only where the base image is not in the store yet (a teammate's first start): a warm
+        // start starts no thread for it.
+        let fresh = |d: &crate::reference::Digest| store.manifest(d).is_none();
         let prefetch = match (&cache, &base_digest) {
-            (Some(c), Some(d)) => {
+            (Some(c), Some(d)) if fresh(d) => {
                 Some(s.spawn(|| crate::build::prefetch(loaded, &lock, d, store, c, ui)))
             }
             _ => None,
@@ -221,7 +224,7 @@ pub fn team_cache(loaded: &Loaded) -> anyhow::Result<Option<crate::cache::TeamCa
     let Some((repo, origin)) = crate::cache::configured(loaded.env.cache.as_ref())? else {
         return Ok(None);
     };
-    Ok(Some(crate::cache::TeamCache::new(repo, origin, client()?)))
+    Ok(Some(crate::cache::TeamCache::new(repo, origin)))
 }
 
 /// Pin in env.lock the diff_id of every Python layer (byte-identical on every machine), so a
@@ -270,8 +273,18 @@ fn pin_layers(
         return Ok(());
     }
     let path = loaded.project_dir.join(crate::lock::FILE_NAME);
-    crate::lock::pin_layers(&path, lock, pins)
-        .with_context(|| format!("pinning layers in {}", path.display()))?;
+    // The pins make a team cache safer, not the env usable: a project directory that cannot be
+    // written (a read-only checkout) loses them, not the run.
+    if let Err(e) = crate::lock::pin_layers(&path, lock, pins) {
+        crate::progress::Reporter::warn(
+            ui,
+            &format!(
+                "could not pin the Python layer in {}: {e}; team-cache entries for it are \
+                 checked against their own digests only",
+                path.display()
+            ),
+        );
+    }
     Ok(())
 }
 

@@ -182,11 +182,7 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         unreachable: None,
     });
     let client = match (&cache, ctx.offline) {
-        (Some((repo, origin)), false) => Some(crate::cache::TeamCache::new(
-            repo.clone(),
-            *origin,
-            crate::env::client()?,
-        )),
+        (Some((repo, origin)), false) => Some(crate::cache::TeamCache::new(repo.clone(), *origin)),
         _ => None,
     };
     let mut tool_layers = Vec::new();
