@@ -2,7 +2,7 @@
 //! registries (Debian's docker-registry, one per test, with and without basic auth): what was
 //! pushed is read by skopeo and pulled and run by rootless podman; a second push uploads
 //! nothing; a base on the same registry is mounted, not uploaded; a push without credentials
-//! is refused with a hint.
+//! is refused with a hint; a push killed halfway leaves no partial image.
 
 mod common;
 
@@ -201,4 +201,64 @@ fn push_refuses_a_digest_target_and_offline() {
         &format!("{}/team/env:1", registry.addr()),
     ]))
     .failure(&["--offline"]);
+}
+
+/// `HEAD`/`GET` status of `path` on `registry` (plain HTTP, anonymous).
+fn status_of(registry: &Registry, method: &str, path: &str) -> u16 {
+    let url = format!("http://{}{path}", registry.addr());
+    let accept = "application/vnd.oci.image.manifest.v1+json";
+    match ureq::request(method, &url).set("Accept", accept).call() {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(s, _)) => s,
+        Err(e) => panic!("{method} {url}: {e}"),
+    }
+}
+
+#[test]
+fn a_push_killed_halfway_leaves_no_partial_image_and_the_next_push_completes_it() {
+    use std::io::BufRead as _;
+    let registry = Registry::start();
+    let home = project(&registry);
+    run(devenv(&home).current_dir(home.project()).arg("build")).success();
+    let target = format!("{}/team/env:1", registry.addr());
+    let (mut child, _) = common::spawn(
+        devenv(&home)
+            .env("DEVENV_LOG", "devenv::registry=debug")
+            .args(["push", &target]),
+    );
+    // SIGKILL right after the first blob went up: the manifest goes last, so no tag yet.
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("blob upload") && line.contains("method=\"PUT\"") {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    let _ = child.wait();
+    // Whatever it had sent, the tag is absent, or names an image whose every blob is there.
+    match status_of(&registry, "GET", "/v2/team/env/manifests/1") {
+        404 => {}
+        200 => {
+            let (_, bytes) = registry.client().get_manifest("team/env", "1");
+            let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let blobs = m["layers"].as_array().unwrap().iter().chain([&m["config"]]);
+            for b in blobs {
+                let path = format!("/v2/team/env/blobs/{}", b["digest"].as_str().unwrap());
+                assert_eq!(status_of(&registry, "HEAD", &path), 200, "{path}");
+            }
+        }
+        s => panic!("the registry answered {s}"),
+    }
+    // The next push finishes it, and the image runs.
+    let again = push(&home, &target).success();
+    let pinned = again.stdout.trim();
+    let other = TestHome::new();
+    write_env_toml(&other, "project", pinned, "");
+    let out =
+        run(devenv(&other)
+            .current_dir(other.project())
+            .args(["run", "--", "cat", "/opt/marker"]))
+        .success();
+    assert_eq!(out.stdout, "hi\n", "{out:?}");
 }
