@@ -331,25 +331,31 @@ impl TeamCache {
         })
     }
 
-    /// Upload the layer at `dir` (built for `config.key`) as an entry, unless the cache has
-    /// one. Returns whether anything was uploaded.
+    /// Upload tool layer `t` as an entry, unless the cache has one. Returns whether anything
+    /// was uploaded.
     pub fn publish(
         &self,
         store: &Store,
-        dir: &Path,
-        mut config: EntryConfig,
+        t: &crate::build::BuiltLayer,
         ui: &dyn Reporter,
     ) -> Result<bool, CacheError> {
-        let tag = Self::tag(&config.key);
+        let tag = Self::tag(&t.key);
         let at = self.at(&tag);
         if self.client()?.manifest_digest(&at, &tag)?.is_some() {
             return Ok(false);
         }
-        let (written, packed) = match crate::push::pack(store, dir, ui) {
+        let (written, packed) = match crate::push::pack(store, &t.dir, ui) {
             Ok(p) => p,
             Err(e) => return Err(io::Error::other(e.to_string()).into()),
         };
-        config.diff_id = written.diff_id.clone();
+        let config = EntryConfig {
+            key: t.key.clone(),
+            parent: t.parent.clone(),
+            kind: t.step.kind.as_str().to_string(),
+            inputs: t.step.inputs.clone(),
+            diff_id: written.diff_id.clone(),
+            devenv: env!("CARGO_PKG_VERSION").to_string(),
+        };
         if !self.client()?.has_blob(&at, &written.digest)? {
             let path = packed.to_path_buf();
             let bar = ui.step_bar(
@@ -464,16 +470,7 @@ pub fn publish_all(
 ) -> Result<Published, CacheError> {
     let mut done = Published::default();
     for t in tools {
-        let config = EntryConfig {
-            key: t.key.clone(),
-            parent: t.parent.clone(),
-            kind: t.step.kind.as_str().to_string(),
-            inputs: t.step.inputs.clone(),
-            // Set from the packed layer by publish.
-            diff_id: t.key.clone(),
-            devenv: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        if cache.publish(store, &t.dir, config, ui)? {
+        if cache.publish(store, t, ui)? {
             ui.status("Cached", &format!("{} in {}", t.step.label, cache.repo));
             done.uploaded += 1;
         } else {

@@ -79,7 +79,7 @@ pub fn materialize(loaded: &Loaded, store: &Store, opts: &Options, ui: &Ui) -> a
     let pulled = std::thread::scope(|s| {
         // Only where the base image is not in the store yet (a teammate's first start): a warm
         // start starts no thread for it.
-        let fresh = |d: &crate::reference::Digest| store.manifest(d).is_none();
+        let fresh = |d: &crate::reference::Digest| !store.manifest_path(d).exists();
         let prefetch = match (&cache, &base_digest) {
             (Some(c), Some(d)) if fresh(d) => {
                 Some(s.spawn(|| crate::build::prefetch(loaded, &lock, d, store, c, ui)))
@@ -164,18 +164,14 @@ pub fn gpu_preflight(
 
 /// The host's NVIDIA driver as the preflight reads it (under [`gpu_root`]).
 pub fn host_driver() -> Option<crate::preflight::HostDriver> {
-    let root = gpu_root();
-    let libcuda = if root == Path::new("/") {
-        runtime::gpu::discover().and_then(|g| {
-            g.libraries
-                .iter()
-                .find(|(n, _)| n.starts_with("libcuda.so"))
-                .and_then(|(_, p)| fs_err::canonicalize(p).ok())
-        })
-    } else {
-        None
-    };
-    crate::preflight::host_driver(&root, libcuda.as_deref())
+    // The file the runtime binds: its name carries the library's version.
+    let libcuda = runtime::gpu::discover().and_then(|g| {
+        g.libraries
+            .iter()
+            .find(|(n, _)| n.starts_with("libcuda.so"))
+            .and_then(|(_, p)| fs_err::canonicalize(p).ok())
+    });
+    crate::preflight::host_driver(&gpu_root(), libcuda.as_deref())
 }
 
 /// `NVIDIA_VISIBLE_DEVICES`, `CUDA_VISIBLE_DEVICES` and `CUDA_DEVICE_ORDER` for a GPU
@@ -227,6 +223,17 @@ pub fn team_cache(loaded: &Loaded) -> anyhow::Result<Option<crate::cache::TeamCa
     Ok(Some(crate::cache::TeamCache::new(repo, origin)))
 }
 
+/// [`team_cache`] for a command that fills it (`flag`: `--push-cache`, `--cache`): its absence is
+/// an error, found before anything is built.
+pub fn required_team_cache(loaded: &Loaded, flag: &str) -> anyhow::Result<crate::cache::TeamCache> {
+    team_cache(loaded)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{flag}: no team cache is set; set `[cache] registry = \"HOST/REPO\"` in env.toml \
+             or config.toml, or DEVENV_CACHE"
+        )
+    })
+}
+
 /// Pin in env.lock the diff_id of every Python layer (byte-identical on every machine), so a
 /// team-cache entry that differs is refused; the pins are exactly the current layers'. A layer
 /// built here that differs from its pin keeps the pin and says so. `--locked` writes nothing.
@@ -245,7 +252,7 @@ fn pin_layers(
         let diff_id = match (pinned, t.origin) {
             // Checked when it entered the store.
             (Some(p), Origin::Store | Origin::TeamCache) => p.clone(),
-            _ => match crate::push::remembered(store, t.key.hex()) {
+            _ => match crate::export::remembered(store, t.key.hex()) {
                 Some(w) => w.diff_id,
                 None => crate::export::layer_diff_id(&t.dir)
                     .with_context(|| format!("hashing the layer {}", t.dir.display()))?,

@@ -557,7 +557,7 @@ pub struct Workspace {
 pub fn workspace_layer(ws: &Workspace, out: impl Write) -> io::Result<WrittenLayer> {
     use std::collections::BTreeSet;
     use tar::EntryType as T;
-    let epoch = crate::build::clamp_epoch();
+    let epoch = crate::build::EPOCH as u64;
     let base = Path::new(ws.dir.trim_start_matches('/'));
     let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
     let mut files: Vec<&PathBuf> = ws.files.iter().collect();
@@ -634,6 +634,39 @@ pub fn workspace_layer(ws: &Workspace, out: impl Write) -> io::Result<WrittenLay
         }
     }
     finish_layer(tar)
+}
+
+fn memo_path(store: &Store, key: &str) -> Option<PathBuf> {
+    let ok = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
+    ok.then(|| store.root().join("cache/layer-blobs").join(key))
+}
+
+/// What the tool layer with `key` (its directory's name) packed to last time, if remembered in
+/// the store's `cache/layer-blobs/<key>`: a layer is a pure function of its directory, so this
+/// is a fact about it (push skips packing, the lock's pin skips hashing). Only a hint: what
+/// is built from it is verified where it goes.
+pub fn remembered(store: &Store, key: &str) -> Option<WrittenLayer> {
+    let text = fs_err::read_to_string(memo_path(store, key)?).ok()?;
+    let mut lines = text.lines();
+    let digest = lines.next()?.parse().ok()?;
+    let diff_id = lines.next()?.parse().ok()?;
+    let size = lines.next()?.parse().ok()?;
+    Some(WrittenLayer {
+        digest,
+        diff_id,
+        size,
+    })
+}
+
+/// Remember what the layer with `key` packs to; a failure only costs a later repack.
+pub fn remember(store: &Store, key: &str, w: &WrittenLayer) {
+    let Some(path) = memo_path(store, key) else {
+        return;
+    };
+    let text = format!("{}\n{}\n{}\n", w.digest, w.diff_id, w.size);
+    if let Err(e) = store.write_atomic(&path, text.as_bytes()) {
+        tracing::debug!("cannot remember layer {key}: {e}");
+    }
 }
 
 /// The diff_id of `dir` as a layer: the sha256 of the tar [`layer_tar_gz`] would compress.

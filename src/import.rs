@@ -189,7 +189,6 @@ pub fn import(
                     chosen.digest
                 ))
             })?;
-            store.put_manifest(&top, &bytes)?;
             match manifest::parse_manifest("", &b)? {
                 ManifestKind::Image(m) => {
                     store.put_manifest(&chosen.digest, &b)?;
@@ -201,9 +200,7 @@ pub fn import(
             }
         }
     };
-    if manifest_digest == top {
-        store.put_manifest(&top, &bytes)?;
-    }
+    store.put_manifest(&top, &bytes)?;
     let config_bytes = store
         .blob(&m.config.digest)
         .ok_or_else(|| layout(format!("its config {} is not in blobs/", m.config.digest)))?;

@@ -7,10 +7,9 @@
 //! repository; the rest is uploaded, each as one verified `PUT`. The manifest goes last, so a
 //! push cut anywhere leaves no tag naming an incomplete image.
 //!
-//! A tool layer's blob is a pure function of its directory (export.rs), so its digest,
-//! diff_id and size are remembered per layer key in `cache/layer-blobs/<key>`: a second push
-//! of the same env asks the registry for the digest and packs nothing. The memo is only a
-//! hint: a layer packed again that hashes otherwise replaces it.
+//! A tool layer's blob is a pure function of its directory, and export.rs remembers what each
+//! packed to ([`export::remembered`]): a second push of the same env asks the registry for the
+//! digest and packs nothing.
 //!
 //! Invariants: nothing in the store is changed but that memo and temporary files in `tmp/`;
 //! the registry gets only blobs whose digest was computed from the bytes sent.
@@ -107,15 +106,11 @@ struct Blob {
 enum Source {
     /// A file in the store (a base layer).
     File(PathBuf),
-    /// A tool layer: packed now unless `packed` already holds it.
-    Tool {
-        dir: PathBuf,
-        key: String,
-        packed: Option<tempfile::TempPath>,
-    },
-    Bytes(Vec<u8>),
-    /// Packed already (the workspace layer).
+    /// A tool layer the registry has (its remembered digest answered `HEAD`): nothing packed.
+    There,
+    /// Packed into a temporary file (a tool layer, the workspace).
     Packed(tempfile::TempPath),
+    Bytes(Vec<u8>),
 }
 
 /// Push `image` to `target` (a tag; `latest` when it has none).
@@ -134,23 +129,25 @@ pub fn push(
     let mut blobs = base_blobs(store, &base);
     let mut tools = Vec::new();
     for tool in image.tools {
-        let (written, packed) =
-            tool_blob(store, &tool.dir, ui, client, target).map_err(|e| match e {
-                Packing::Registry(e) => reg(e),
-                Packing::Io(source) => PushError::Layer {
-                    dir: tool.dir.clone(),
-                    source,
-                },
-            })?;
+        // What the layer packs to is remembered; when the registry has that blob, nothing is
+        // packed and the blob is not asked for again below.
+        let known = export::remembered(store, &layer_key(&tool.dir));
+        let there = match &known {
+            Some(w) => client.has_blob(target, &w.digest).map_err(reg)?,
+            None => false,
+        };
+        let (written, source) = match known {
+            Some(w) if there => (w, Source::There),
+            _ => {
+                let (w, path) = pack(store, &tool.dir, ui)?;
+                (w, Source::Packed(path))
+            }
+        };
         blobs.push(Blob {
             digest: written.digest.clone(),
             size: written.size,
             label: short_label(&tool.created_by),
-            source: Source::Tool {
-                dir: tool.dir.clone(),
-                key: layer_key(&tool.dir),
-                packed,
-            },
+            source,
         });
         tools.push((written, tool.created_by.as_str()));
     }
@@ -191,7 +188,9 @@ pub fn push(
         skipped: 0,
     };
     for blob in blobs {
-        if client.has_blob(target, &blob.digest).map_err(reg)? {
+        if matches!(blob.source, Source::There)
+            || client.has_blob(target, &blob.digest).map_err(reg)?
+        {
             pushed.skipped += 1;
             continue;
         }
@@ -205,41 +204,18 @@ pub fn push(
             pushed.mounted += 1;
             continue;
         }
-        // A packed tool layer's file lives until its upload is done.
+        // A packed layer's file lives until its upload is done.
         let mut _keep = None;
         let open: Opener = match blob.source {
             Source::File(p) => file_opener(p),
             Source::Bytes(b) => Box::new(move || Ok(Box::new(io::Cursor::new(b.clone())))),
-            Source::Packed(p)
-            | Source::Tool {
-                packed: Some(p), ..
-            } => {
+            Source::Packed(p) => {
                 let opener = file_opener(p.to_path_buf());
                 _keep = Some(p);
                 opener
             }
-            Source::Tool {
-                dir,
-                key,
-                packed: None,
-            } => {
-                // The memo said what the layer packs to, and the registry lacks it: pack it
-                // now, and check that it is still what the config says.
-                let (w, p) = pack(store, &dir, ui)?;
-                if w.digest != blob.digest {
-                    forget(store, &key);
-                    return Err(PushError::Layer {
-                        dir,
-                        source: io::Error::other(format!(
-                            "it packs to {} now, not {} as remembered; push again",
-                            w.digest, blob.digest
-                        )),
-                    });
-                }
-                let opener = file_opener(p.to_path_buf());
-                _keep = Some(p);
-                opener
-            }
+            // Counted as there above.
+            Source::There => continue,
         };
         let bar = ui.step_bar("Pushing", "Pushed", &blob.label, Some(blob.size));
         client
@@ -292,41 +268,6 @@ fn layer_key(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
-enum Packing {
-    Registry(RegistryError),
-    Io(io::Error),
-}
-
-impl From<io::Error> for Packing {
-    fn from(e: io::Error) -> Packing {
-        Packing::Io(e)
-    }
-}
-
-/// The tool layer at `dir` as a blob: from the memo when the registry already has that blob
-/// (nothing packed), else packed into a temporary file.
-fn tool_blob(
-    store: &Store,
-    dir: &Path,
-    ui: &dyn Reporter,
-    client: &Client,
-    target: &ImageRef,
-) -> Result<(WrittenLayer, Option<tempfile::TempPath>), Packing> {
-    let key = layer_key(dir);
-    if let Some(w) = remembered(store, &key)
-        && client
-            .has_blob(target, &w.digest)
-            .map_err(Packing::Registry)?
-    {
-        return Ok((w, None));
-    }
-    let (w, path) = pack(store, dir, ui).map_err(|e| match e {
-        PushError::Io(e) | PushError::Layer { source: e, .. } => Packing::Io(e),
-        other => Packing::Io(io::Error::other(other.to_string())),
-    })?;
-    Ok((w, Some(path)))
-}
-
 /// Pack `dir` into a temporary file in the store's `tmp/`, remembering what it packed to.
 pub fn pack(
     store: &Store,
@@ -342,42 +283,6 @@ pub fn pack(
         source,
     })?;
     bar.finish(written.digest.short());
-    remember(store, &layer_key(dir), &written);
+    export::remember(store, &layer_key(dir), &written);
     Ok((written, tmp.into_temp_path()))
-}
-
-fn memo_path(store: &Store, key: &str) -> Option<PathBuf> {
-    let ok = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
-    ok.then(|| store.root().join("cache/layer-blobs").join(key))
-}
-
-/// What the layer with `key` packed to last time, if remembered.
-pub fn remembered(store: &Store, key: &str) -> Option<WrittenLayer> {
-    let text = fs_err::read_to_string(memo_path(store, key)?).ok()?;
-    let mut lines = text.lines();
-    let digest = lines.next()?.parse().ok()?;
-    let diff_id = lines.next()?.parse().ok()?;
-    let size = lines.next()?.parse().ok()?;
-    Some(WrittenLayer {
-        digest,
-        diff_id,
-        size,
-    })
-}
-
-/// Remember what the layer with `key` packs to; a failure only costs a later repack.
-pub fn remember(store: &Store, key: &str, w: &WrittenLayer) {
-    let Some(path) = memo_path(store, key) else {
-        return;
-    };
-    let text = format!("{}\n{}\n{}\n", w.digest, w.diff_id, w.size);
-    if let Err(e) = store.write_atomic(&path, text.as_bytes()) {
-        tracing::debug!("cannot remember layer {key}: {e}");
-    }
-}
-
-fn forget(store: &Store, key: &str) {
-    if let Some(p) = memo_path(store, key) {
-        let _ = fs_err::remove_file(p);
-    }
 }

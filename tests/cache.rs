@@ -44,6 +44,20 @@ fn offline_from_pypi(home: &TestHome, args: &[&str]) -> Outcome {
     run(cmd.current_dir(home.project()).args(args))
 }
 
+/// `python -c 'import six; print(six.__version__)'` in `home`'s env.
+fn six_version(home: &TestHome) -> Outcome {
+    devenv_in(
+        home,
+        &[
+            "run",
+            "--",
+            "python",
+            "-c",
+            "import six; print(six.__version__)",
+        ],
+    )
+}
+
 /// A teammate's fresh clone of `a`'s project: env.toml and env.lock only.
 fn clone_of(a: &TestHome) -> TestHome {
     let b = TestHome::new();
@@ -157,17 +171,7 @@ fn a_corrupt_entry_is_refused_and_the_layer_built() {
     fs_err::write(&blob, &bytes).unwrap();
 
     let b = clone_of(&a);
-    let out = devenv_in(
-        &b,
-        &[
-            "run",
-            "--",
-            "python",
-            "-c",
-            "import six; print(six.__version__)",
-        ],
-    )
-    .success();
+    let out = six_version(&b).success();
     assert_eq!(out.stdout, "1.16.0\n", "{out:?}");
     assert!(
         out.stderr.contains("note:") && out.stderr.contains("building it instead"),
@@ -214,17 +218,7 @@ fn an_entry_tagged_with_another_key_is_refused() {
         "application/vnd.oci.image.manifest.v1+json",
         &tags.1,
     );
-    let out = devenv_in(
-        &b,
-        &[
-            "run",
-            "--",
-            "python",
-            "-c",
-            "import six; print(six.__version__)",
-        ],
-    )
-    .success();
+    let out = six_version(&b).success();
     assert_eq!(out.stdout, "1.15.0\n", "{out:?}");
     assert!(
         out.stderr.contains("not the key it is tagged with"),

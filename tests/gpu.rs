@@ -11,6 +11,17 @@ use common::{Outcome, TestHome, bookworm_image, devenv, run};
 const PROPRIETARY: &str = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  {V}  Thu Feb 22 01:44:30 UTC 2024\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n";
 const OPEN: &str = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  {V}  Release Build  (dvs-builder@U16-I3-B03-4-3)  Wed May 21 2025\n";
 
+/// `home`'s env.toml: the bookworm image with `gpu = VALUE`.
+fn gpu_env(home: &TestHome, value: &str) {
+    home.write(
+        "project/env.toml",
+        format!(
+            "[image]\nbase = \"{}\"\n\n[container]\ngpu = {value}\n",
+            bookworm_image()
+        ),
+    );
+}
+
 /// A project whose env needs CUDA 12.1, locked, with `[container].gpu = true`.
 fn project() -> TestHome {
     let home = TestHome::new();
@@ -57,14 +68,7 @@ fn a_cuda_12_lock_is_refused_on_a_470_driver_with_the_fix_and_starts_on_550() {
         !out.stderr.contains("Building"),
         "refused before the build: {out:?}"
     );
-    assert_eq!(
-        out.stderr
-            .lines()
-            .filter(|l| l.starts_with("error:"))
-            .count(),
-        1,
-        "{out:?}"
-    );
+    assert_eq!(out.errors(), 1, "{out:?}");
 
     // doctor says the same, as a failed check with the fix.
     let doctor = with_driver(&home, PROPRIETARY, "470.82.01", &["doctor"]);
@@ -84,13 +88,7 @@ fn a_cuda_12_lock_is_refused_on_a_470_driver_with_the_fix_and_starts_on_550() {
 #[test]
 fn an_env_without_cuda_never_fails_the_preflight() {
     let home = TestHome::new();
-    home.write(
-        "project/env.toml",
-        format!(
-            "[image]\nbase = \"{}\"\n\n[container]\ngpu = true\n",
-            bookworm_image()
-        ),
-    );
+    gpu_env(&home, "true");
     let out = with_driver(&home, PROPRIETARY, "390.157", &["run", "--", "true"]).success();
     assert!(!out.stderr.contains("error"), "{out:?}");
 }
@@ -147,13 +145,7 @@ fn stub_driver(home: &TestHome, version: &str) -> std::path::PathBuf {
 #[test]
 fn the_stub_driver_is_found_by_ctypes_and_a_driver_update_leaves_nothing_behind() {
     let home = TestHome::new();
-    home.write(
-        "project/env.toml",
-        format!(
-            "[image]\nbase = \"{}\"\n\n[container]\ngpu = true\n",
-            bookworm_image()
-        ),
-    );
+    gpu_env(&home, "true");
     // dlopen by soname with LD_LIBRARY_PATH removed: the image's ldconfig cache has the driver.
     let check = "import ctypes, os, subprocess; os.environ.pop('LD_LIBRARY_PATH'); \
                  c = subprocess.run(['python3', '-c', 'import ctypes; print(ctypes.CDLL(\"libcuda.so.1\").cuInit(0))'], \
@@ -202,13 +194,7 @@ fn the_stub_driver_is_found_by_ctypes_and_a_driver_update_leaves_nothing_behind(
 #[test]
 fn a_list_of_gpus_selects_them_and_a_missing_one_is_a_note() {
     let home = TestHome::new();
-    home.write(
-        "project/env.toml",
-        format!(
-            "[image]\nbase = \"{}\"\n\n[container]\ngpu = [1, 5]\n",
-            bookworm_image()
-        ),
-    );
+    gpu_env(&home, "[1, 5]");
     let root = stub_driver(&home, "550.54.14");
     home.write("stub-driver/dev/nvidia1", "");
     home.chown(&root);
@@ -229,13 +215,7 @@ fn a_list_of_gpus_selects_them_and_a_missing_one_is_a_note() {
     .success();
     assert_eq!(slurm.stdout, "1 0\n", "{slurm:?}");
     // All of them: NVIDIA_VISIBLE_DEVICES=all, CUDA's variable left alone.
-    home.write(
-        "project/env.toml",
-        format!(
-            "[image]\nbase = \"{}\"\n\n[container]\ngpu = \"all\"\n",
-            bookworm_image()
-        ),
-    );
+    gpu_env(&home, "\"all\"");
     let all = run(devenv(&home)
         .current_dir(home.project())
         .env("DEVENV_GPU_ROOT", &root)

@@ -173,14 +173,7 @@ fn a_push_without_credentials_is_refused_with_a_hint_and_works_after_login() {
     let target = format!("{}/team/env:1", registry.addr());
     let out = push(&home, &target).failure(&["authentication required"]);
     assert!(out.stderr.contains("podman login"), "{out:?}");
-    assert_eq!(
-        out.stderr
-            .lines()
-            .filter(|l| l.starts_with("error:"))
-            .count(),
-        1,
-        "{out:?}"
-    );
+    assert_eq!(out.errors(), 1, "{out:?}");
 
     home.docker_login(registry.addr(), "ci", "s3cret");
     let ok = push(&home, &target).success();

@@ -54,11 +54,6 @@ pub fn clean_upper(upper: &Path, lowers: &[PathBuf], mount_points: &[PathBuf]) -
 /// file can record, so a wheel built from layer files (`pip wheel`, zipimport) still works.
 pub const EPOCH: i64 = 315_532_800;
 
-/// [`EPOCH`] as a tar header's mtime.
-pub fn clamp_epoch() -> u64 {
-    EPOCH as u64
-}
-
 /// Every entry below `dir`, then `dir` itself (a child's times never move its parent's), to
 /// [`EPOCH`], symlinks as links (utimensat(2) with AT_SYMLINK_NOFOLLOW).
 pub fn clamp_times(dir: &Path) -> io::Result<()> {

@@ -16,7 +16,7 @@
 //! prints: status through the [`Reporter`], step output into `envs/<id>/build.log`.
 
 mod clean;
-pub use clean::{clamp_epoch, clamp_times};
+pub use clean::{EPOCH, clamp_times};
 mod inputs;
 mod log;
 use crate::tools::fetch;
@@ -385,17 +385,9 @@ pub fn build(
                 && let Some(c) = cache
             {
                 match from_cache(c, store, &key, &step, lock.layers.get(&key), &dest, ui) {
-                    Ok(true) => origin = Origin::TeamCache,
-                    Ok(false) => {}
-                    Err(e) => {
-                        ui.note(&format!(
-                            "team cache {}: {}: {e}; building it instead",
-                            c.repo, step.label
-                        ));
-                        if !matches!(e, crate::cache::CacheError::Refused { .. }) {
-                            cache = None;
-                        }
-                    }
+                    Cached::Installed => origin = Origin::TeamCache,
+                    Cached::Not => {}
+                    Cached::Down => cache = None,
                 }
             }
             if !dest.exists() {
@@ -471,24 +463,27 @@ pub fn prefetch(
         if dest.exists() {
             continue;
         }
-        match from_cache(cache, store, &key, &step, lock.layers.get(&key), &dest, ui) {
-            Ok(_) => {}
-            Err(e) => {
-                ui.note(&format!(
-                    "team cache {}: {}: {e}; building it instead",
-                    cache.repo, step.label
-                ));
-                if !matches!(e, crate::cache::CacheError::Refused { .. }) {
-                    return false;
-                }
-            }
+        if from_cache(cache, store, &key, &step, lock.layers.get(&key), &dest, ui) == Cached::Down {
+            return false;
         }
         drop(held);
     }
     true
 }
 
-/// Install the team cache's entry for `key` at `dest`, if it has a good one.
+/// What asking the team cache for one layer gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cached {
+    /// Its entry verified and is the layer now.
+    Installed,
+    /// No entry, or one refused (said in a note): build it.
+    Not,
+    /// The cache failed (said in a note): build it, and do not ask again.
+    Down,
+}
+
+/// Install the team cache's entry for `key` at `dest`, if it has a good one; what went wrong
+/// is one note.
 fn from_cache(
     cache: &crate::cache::TeamCache,
     store: &Store,
@@ -497,15 +492,32 @@ fn from_cache(
     pin: Option<&Digest>,
     dest: &Path,
     ui: &dyn Reporter,
-) -> Result<bool, crate::cache::CacheError> {
-    let Some(entry) = cache.lookup(key)? else {
-        tracing::debug!("team cache {}: no entry for {}", cache.repo, step.label);
-        return Ok(false);
-    };
-    let written = cache.install(store, &entry, pin, dest, ui)?;
-    crate::push::remember(store, key.hex(), &written);
-    ui.status("Fetched", &format!("{} from the team cache", step.label));
-    Ok(true)
+) -> Cached {
+    let installed = cache.lookup(key).and_then(|entry| match entry {
+        None => Ok(None),
+        Some(entry) => cache.install(store, &entry, pin, dest, ui).map(Some),
+    });
+    match installed {
+        Ok(Some(written)) => {
+            crate::export::remember(store, key.hex(), &written);
+            ui.status("Fetched", &format!("{} from the team cache", step.label));
+            Cached::Installed
+        }
+        Ok(None) => {
+            tracing::debug!("team cache {}: no entry for {}", cache.repo, step.label);
+            Cached::Not
+        }
+        Err(e) => {
+            ui.note(&format!(
+                "team cache {}: {}: {e}; building it instead",
+                cache.repo, step.label
+            ));
+            match e {
+                crate::cache::CacheError::Refused { .. } => Cached::Not,
+                _ => Cached::Down,
+            }
+        }
+    }
 }
 
 struct StepContext<'a> {

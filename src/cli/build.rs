@@ -25,12 +25,7 @@ pub fn run(args: BuildArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     let loaded = crate::config::find_and_load(&ctx.cwd)?;
     let cache = match args.push_cache {
         false => None,
-        true => Some(crate::env::team_cache(&loaded)?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "--push-cache: no team cache is set; set `[cache] registry = \"HOST/REPO\"` in \
-                 env.toml or config.toml, or DEVENV_CACHE"
-            )
-        })?),
+        true => Some(crate::env::required_team_cache(&loaded, "--push-cache")?),
     };
     let store = ctx.store()?;
     let m = crate::env::materialize(&loaded, &store, &ctx.env_options(), &ctx.ui)?;

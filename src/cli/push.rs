@@ -59,12 +59,7 @@ pub fn run(args: PushArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     // Before the build: a missing cache setting is found in a second, not after minutes.
     let cache = match args.cache {
         false => None,
-        true => Some(crate::env::team_cache(&loaded)?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "--cache: no team cache is set; set `[cache] registry = \"HOST/REPO\"` in \
-                 env.toml or config.toml, or DEVENV_CACHE"
-            )
-        })?),
+        true => Some(crate::env::required_team_cache(&loaded, "--cache")?),
     };
     let store = ctx.store()?;
     let m = crate::env::materialize(&loaded, &store, &ctx.env_options(), &ctx.ui)?;

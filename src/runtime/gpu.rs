@@ -91,11 +91,19 @@ pub struct HostGpu {
 /// The host's NVIDIA driver, `None` when it has none loaded (no `/dev/nvidiactl`). Under
 /// `DEVENV_GPU_ROOT` (a fixture driver root for tests: `dev/`, the driver directories, regular
 /// files standing in for device nodes) instead of `/`.
+///
+/// Found once per process (it runs `ldconfig -p`): the preflight before and after the pull, the
+/// session and `doctor` all ask.
 pub fn discover() -> Option<HostGpu> {
-    match std::env::var_os("DEVENV_GPU_ROOT").filter(|v| !v.is_empty()) {
-        Some(root) => discover_in(Path::new(&root)),
-        None => discover_in(Path::new("/")),
-    }
+    static FOUND: std::sync::OnceLock<Option<HostGpu>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(
+            || match std::env::var_os("DEVENV_GPU_ROOT").filter(|v| !v.is_empty()) {
+                Some(root) => discover_in(Path::new(&root)),
+                None => discover_in(Path::new("/")),
+            },
+        )
+        .clone()
 }
 
 /// [`discover`] under `root`; only the real root asks `ldconfig -p`, only a fixture root takes

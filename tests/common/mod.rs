@@ -388,6 +388,14 @@ impl Outcome {
 
     /// Exit 0, or panic showing both streams.
     #[track_caller]
+    /// How many `error:` lines stderr has (devenv prints one per failure).
+    pub fn errors(&self) -> usize {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .count()
+    }
+
     pub fn success(self) -> Outcome {
         assert!(
             self.status.success(),
