@@ -21,6 +21,7 @@ use crate::pull::{self, PullOptions, Pulled};
 use crate::reference::ImageRef;
 use crate::registry::{Client, RegistryError};
 use crate::runtime::{self, Spec};
+use crate::services;
 use crate::store::Store;
 use crate::ui::Ui;
 
@@ -44,6 +45,8 @@ pub struct Env {
     pub base_dirs: Vec<PathBuf>,
     /// The tool layers on top of them, with the steps that made them.
     pub tools: Vec<BuiltLayer>,
+    /// `[services.NAME]`'s images, pulled by their locked digests, by name.
+    pub services: Vec<(String, Pulled)>,
 }
 
 /// The registry client every fetch uses: the user's settings (insecure registries, mirrors).
@@ -105,6 +108,7 @@ pub fn materialize(loaded: &Loaded, store: &Store, opts: &Options, ui: &Ui) -> a
         .with_context(|| format!("building the tool layers of {}", loaded.path.display()))?;
     let mut lock = lock;
     pin_layers(loaded, &mut lock, &tools, store, opts.locked, ui)?;
+    let services = pull_services(loaded, &lock, store, &pull_opts, &client, &state_dir, ui)?;
     drop(gc);
     Ok(Env {
         image,
@@ -114,7 +118,46 @@ pub fn materialize(loaded: &Loaded, store: &Store, opts: &Options, ui: &Ui) -> a
         project,
         state_dir,
         tools,
+        services,
     })
+}
+
+/// Pull every service's image by its locked digest (nothing goes to a registry when the store
+/// has it), and record them in `services.json` beside env.json, where gc finds them.
+fn pull_services(
+    loaded: &Loaded,
+    lock: &Lock,
+    store: &Store,
+    opts: &PullOptions,
+    client: &dyn Fn() -> Result<Client, RegistryError>,
+    state_dir: &Path,
+    ui: &Ui,
+) -> anyhow::Result<Vec<(String, Pulled)>> {
+    let platform = loaded.env.platform();
+    let mut out = Vec::new();
+    let mut records = Vec::new();
+    for (name, service) in &loaded.env.services {
+        let image = lock
+            .service_image(name, &platform)
+            .unwrap_or_else(|| service.image.clone());
+        let pulled = pull::pull(&image, opts, store, client, ui)
+            .with_context(|| format!("pulling {image} for [services.{name}]"))?;
+        records.push(crate::store::gc::EnvRecord {
+            project: loaded.project_dir.clone(),
+            last_used: 0,
+            image: service.image.to_string(),
+            resolved: pulled.resolved.clone(),
+            manifest: pulled.manifest.clone(),
+        });
+        out.push((name.clone(), pulled));
+    }
+    let path = state_dir.join(crate::store::gc::SERVICE_IMAGES);
+    let bytes = serde_json::to_vec_pretty(&records)?;
+    let same = fs_err::read(&path).is_ok_and(|b| b == bytes);
+    if !same && !(records.is_empty() && !path.exists()) {
+        store.write_atomic(&path, &bytes)?;
+    }
+    Ok(out)
 }
 
 /// Where the GPU preflight reads the driver's version: `/`, or `DEVENV_GPU_ROOT` (a fixture
@@ -522,7 +565,136 @@ impl Env {
                 allow_syscalls: loaded.env.container.allow_syscalls.clone(),
             },
             quiet: session.quiet,
+            pod: None,
         }
+    }
+}
+
+impl Env {
+    /// What the env's supervisor runs (docs/services.md): each service's container, its
+    /// readiness check, the published ports. `None` unless the env has its own network.
+    pub fn services_plan(
+        &self,
+        loaded: &Loaded,
+        store: &Store,
+    ) -> anyhow::Result<Option<services::Plan>> {
+        use crate::config::Network;
+        use crate::error::HintExt as _;
+        if loaded.env.container.network != Network::Private {
+            return Ok(None);
+        }
+        let dir = self.state_dir.join("services");
+        let mut ports: Vec<(String, crate::config::Port)> = loaded
+            .env
+            .container
+            .ports
+            .iter()
+            .map(|p| ("[container]".to_string(), *p))
+            .collect();
+        let mut plans = Vec::new();
+        for (name, pulled) in &self.services {
+            let service = &loaded.env.services[name];
+            let table = format!("[services.{name}]");
+            ports.extend(service.ports.iter().map(|p| (table.clone(), *p)));
+            let lowers = pulled.layer_dirs(store);
+            let config = &pulled.config.config;
+            let wanted = service
+                .user
+                .clone()
+                .or_else(|| (!config.user.is_empty()).then(|| config.user.clone()))
+                .unwrap_or_else(|| "0".into());
+            let (user, home_target) = runtime::image_user(&lowers, &wanted)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{table}: user `{wanted}` is not in the image's /etc/passwd")
+                })
+                .hint("give a name the image has, or numbers: user = \"999:999\"")?;
+            let argv = match &service.command {
+                Some(c) => c.clone(),
+                None => config
+                    .entrypoint
+                    .iter()
+                    .chain(&config.cmd)
+                    .cloned()
+                    .collect(),
+            };
+            if argv.is_empty() {
+                return Err(anyhow::anyhow!(
+                    "{table}: no `command`, and {} has no entrypoint or command",
+                    service.image
+                ))
+                .hint("set `command` in env.toml");
+            }
+            let mut env: Vec<(String, String)> = config
+                .env
+                .iter()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            for (k, v) in &service.env {
+                env.retain(|(n, _)| n != k);
+                env.push((k.clone(), v.clone()));
+            }
+            let mut mounts = Vec::new();
+            for v in &service.volumes {
+                let source = dir.join("volumes").join(name).join(&v.name);
+                fs_err::create_dir_all(&source)?;
+                mounts.push(Mount {
+                    source,
+                    target: v.target.clone(),
+                    read_only: false,
+                });
+            }
+            let root = user.uid == 0;
+            let spec = Spec {
+                lowers,
+                state_dir: self.state_dir.join("state"),
+                project_dir: self.project.dir.clone(),
+                cwd: PathBuf::from(if config.working_dir.is_empty() {
+                    "/"
+                } else {
+                    &config.working_dir
+                }),
+                home: dir.clone(),
+                home_target: if root {
+                    PathBuf::from("/root")
+                } else {
+                    home_target
+                },
+                env,
+                argv,
+                shell: None,
+                hostname: name.clone(),
+                network: Network::Private,
+                root,
+                mounts,
+                upper: None,
+                output: None,
+                gpu: None,
+                sandbox: runtime::Sandbox::default(),
+                quiet: true,
+                pod: Some(runtime::Pod {
+                    join: None,
+                    etc: None,
+                    service: Some(user),
+                }),
+            };
+            plans.push(services::ServicePlan {
+                name: name.clone(),
+                spec,
+                ready: service.ready.clone(),
+                ready_timeout: service.ready_timeout,
+            });
+        }
+        Ok(Some(
+            services::Plan {
+                dir,
+                project: self.project.name.clone(),
+                hash: String::new(),
+                ports,
+                services: plans,
+            }
+            .sealed(),
+        ))
     }
 }
 

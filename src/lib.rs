@@ -23,6 +23,7 @@ pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod runtime;
+pub mod services;
 pub mod store;
 pub mod tools;
 pub mod trust;
@@ -61,6 +62,13 @@ pub fn main() -> ExitCode {
         .is_some_and(|a| a == runtime::INIT_ARG)
     {
         return runtime::init_main();
+    }
+    // So must an env's supervisor, until it has made its user namespace.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == services::SUPERVISOR_ARG)
+    {
+        return services::supervisor::main();
     }
     if std::env::args_os()
         .nth(1)

@@ -93,6 +93,7 @@ impl Hint for PullError {
     }
 }
 
+#[derive(Clone, Debug)]
 pub struct PullOptions {
     pub platform: Platform,
     /// Never contact a registry; fail if the store lacks something.

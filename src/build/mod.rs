@@ -663,6 +663,7 @@ fn run_step(
         gpu: None,
         sandbox: Default::default(),
         quiet: false,
+        pod: None,
     };
     // What the runtime mounts on: mount points it made in the upper directory, not the step's.
     let points = runtime::mount_points(&spec);

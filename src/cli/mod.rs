@@ -11,6 +11,7 @@ mod lock;
 mod pull;
 pub(crate) mod push;
 mod run;
+mod services;
 mod status;
 mod trust;
 
@@ -90,6 +91,12 @@ pub enum Command {
     Export(export::ExportArgs),
     #[command(about = "Send the env (base and tool layers) to a registry as an OCI image")]
     Push(push::PushArgs),
+    #[command(about = "Start the env's services and keep them running without a shell")]
+    Up(services::UpArgs),
+    #[command(about = "Stop the env's services")]
+    Down(services::DownArgs),
+    #[command(about = "Print a service's output (-f: follow it)")]
+    Logs(services::LogsArgs),
     #[command(about = "Show the env, what is cached and what would be fetched")]
     Status(status::StatusArgs),
     #[command(about = "Grant this project what its env.toml asks beyond the project directory")]
@@ -175,6 +182,9 @@ pub fn main() -> ExitCode {
         Command::Doctor(args) => doctor::run(args, &ctx),
         Command::Lock(args) => lock::run(args, &ctx),
         Command::Status(args) => status::run(args, &ctx),
+        Command::Up(args) => services::up(args, &ctx),
+        Command::Down(args) => services::down(args, &ctx),
+        Command::Logs(args) => services::logs(args, &ctx),
         Command::Trust(args) => trust::run(args, &ctx),
         Command::Gc(args) => gc::gc(args, &ctx),
         Command::Cache(cmd) => gc::cache(cmd, &ctx),

@@ -122,7 +122,8 @@ fn enter(
         let lock = crate::lock::read(&loaded.project_dir).ok().flatten();
         crate::env::gpu_preflight(&loaded, lock.as_ref(), &[], &ctx.ui)?;
     }
-    let env = crate::env::materialize(&loaded, &ctx.store()?, &ctx.env_options(), &ctx.ui)?;
+    let store = ctx.store()?;
+    let env = crate::env::materialize(&loaded, &store, &ctx.env_options(), &ctx.ui)?;
     crate::env::gpu_preflight(
         &loaded,
         Some(&env.lock),
@@ -140,7 +141,21 @@ fn enter(
         listen_env: passed.listen_env,
         quiet: ctx.ui.quiet(),
     };
-    let spec = env.session(&loaded, session, &ctx.ui);
+    let mut spec = env.session(&loaded, session, &ctx.ui);
+    // The env's own network: its supervisor (started now if none runs) holds it and the
+    // services; the connection kept here is this session's share of them.
+    let _attached = match env.services_plan(&loaded, &store)? {
+        Some(plan) => {
+            let attached = crate::services::attach(&plan, &store, &ctx.ui)?;
+            spec.pod = Some(runtime::Pod {
+                join: Some(attached.join.clone()),
+                etc: Some(plan.dir.join("etc")),
+                service: None,
+            });
+            Some(attached)
+        }
+        None => None,
+    };
     let (image, pulled, project) = (&env.image, &env.pulled, &env.project);
     if spec.argv.is_empty() {
         ctx.ui.status(

@@ -12,6 +12,7 @@ mod diagnose;
 mod error;
 mod mount;
 mod raw;
+mod services;
 mod template;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use crate::reference::ImageRef;
 pub use error::{ConfigError, DiagnosticKind};
 pub use mount::{Expansion, parse_mount};
 pub use raw::{cache_repository, is_slurm_time};
+pub use services::{READY_TIMEOUT, parse_port};
 pub use template::{Created, Detected, Template, create};
 
 pub const FILE_NAME: &str = "env.toml";
@@ -69,6 +71,50 @@ pub struct EnvFile {
     pub cache: Option<ImageRef>,
     /// `[cluster]`: what a job of this env asks a scheduler for (`devenv export --slurm/--k8s`).
     pub cluster: Cluster,
+    /// `[services.NAME]`: sidecar containers on the env's private network, by name.
+    pub services: BTreeMap<String, Service>,
+}
+
+/// A port published on the host's 127.0.0.1: `host` forwards to `container` inside the env's
+/// network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Port {
+    pub host: u16,
+    pub container: u16,
+}
+
+/// `[services.NAME]`: a container of another image beside the shell, reached by its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub image: ImageRef,
+    /// `None`: the image's entrypoint and command.
+    pub command: Option<Vec<String>>,
+    /// A name from the image's /etc/passwd or `uid[:gid]`; `None`: the image's `User`, else root.
+    pub user: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<Port>,
+    pub volumes: Vec<Volume>,
+    pub ready: Option<Ready>,
+    /// Seconds to pass `ready` (or, without one, to stay up for the first moment).
+    pub ready_timeout: u32,
+}
+
+/// `"NAME:/path"`: a directory kept in the store per project, mounted at `target`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    pub name: String,
+    pub target: PathBuf,
+}
+
+/// How a service says it is ready.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Ready {
+    /// A TCP connect to this port inside the env's network succeeds.
+    Tcp(u16),
+    /// This command, run in a fresh container of the service's image on the env's network,
+    /// exits 0.
+    Command(Vec<String>),
 }
 
 /// `[cluster]`: resources for cluster jobs; flags of `devenv export` override each.
@@ -165,6 +211,8 @@ pub struct Container {
     /// `None`: the image's shell (the runtime's default).
     pub shell: Option<String>,
     pub network: Network,
+    /// `ports`: what the shell listens on, published on the host's 127.0.0.1.
+    pub ports: Vec<Port>,
     pub gpu: bool,
     /// `gpu = [0, 1]`: the host GPUs (by index) the env sees; `None` for `true` / `"all"`.
     pub gpu_devices: Option<Vec<u32>>,
@@ -183,6 +231,7 @@ impl Default for Container {
         Container {
             shell: None,
             network: Network::default(),
+            ports: Vec::new(),
             gpu: false,
             gpu_devices: None,
             mounts: Vec::new(),
@@ -198,6 +247,9 @@ pub enum Network {
     #[default]
     Host,
     None,
+    /// A network namespace of the env's own, shared by the shell and its services (the
+    /// default with `[services]` or `ports`).
+    Private,
 }
 
 impl Network {
@@ -205,6 +257,7 @@ impl Network {
         match self {
             Network::Host => "host",
             Network::None => "none",
+            Network::Private => "private",
         }
     }
 }

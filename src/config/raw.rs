@@ -34,6 +34,8 @@ pub(super) struct RawFile {
     cache: RawCache,
     #[serde(default)]
     cluster: RawCluster,
+    #[serde(default)]
+    services: BTreeMap<Spanned<String>, super::services::RawService>,
 }
 
 #[derive(Deserialize, Default)]
@@ -290,6 +292,8 @@ fn input_problem(pattern: &str) -> Option<&'static str> {
 struct RawContainer {
     shell: Option<Spanned<String>>,
     network: Option<Spanned<String>>,
+    #[serde(default)]
+    ports: Vec<Spanned<String>>,
     gpu: Option<Spanned<toml::Value>>,
     #[serde(default)]
     mounts: Vec<Spanned<String>>,
@@ -369,6 +373,67 @@ impl RawFile {
                 None => return Err(ConfigError::NoBase(src.file.to_path_buf())),
             }
         }
+        let mut services = BTreeMap::new();
+        let mut listeners = Vec::new();
+        for (name, raw) in self.services {
+            let (service, listens) = raw.validate(src, &name)?;
+            listeners.extend(
+                listens
+                    .into_iter()
+                    .map(|(port, span)| (service.name.clone(), port, span)),
+            );
+            services.insert(service.name.clone(), service);
+        }
+        let shell_ports = super::services::ports(src, &self.container.ports, "[container]")?;
+        let network_span = self.container.network.as_ref().map(|n| n.span());
+        let mut container = self.container.validate(src, exp)?;
+        container.ports = shell_ports.iter().map(|(p, _)| *p).collect();
+        let private_wanted = !services.is_empty() || !container.ports.is_empty();
+        match (container.network, network_span) {
+            (super::Network::Host, None) if private_wanted => {
+                container.network = super::Network::Private;
+            }
+            (super::Network::Host | super::Network::None, Some(span)) if private_wanted => {
+                let what = if services.is_empty() {
+                    "`ports`"
+                } else {
+                    "[services]"
+                };
+                return Err(src.error(
+                    span,
+                    Kind::Network,
+                    format!(
+                        "{what} need the env's own network, not network = \"{}\"",
+                        container.network
+                    ),
+                    Some("set network = \"private\" in [container], or leave `network` out".into()),
+                ));
+            }
+            _ => {}
+        }
+        let mut all: Vec<super::services::Listener<'_>> = shell_ports
+            .iter()
+            .map(|(port, span)| super::services::Listener {
+                owner: "[container]",
+                port: *port,
+                span: span.clone(),
+            })
+            .collect();
+        let owners: Vec<String> = listeners
+            .iter()
+            .map(|(n, _, _)| format!("[services.{n}]"))
+            .collect();
+        all.extend(
+            listeners
+                .iter()
+                .zip(&owners)
+                .map(|((_, port, span), owner)| super::services::Listener {
+                    owner,
+                    port: *port,
+                    span: span.clone(),
+                }),
+        );
+        super::services::check_conflicts(src, &all)?;
         Ok(EnvFile {
             image,
             tools: tools
@@ -379,7 +444,8 @@ impl RawFile {
             packages: self.packages.validate(src)?,
             setup: self.setup.validate(src)?,
             env: validate_env(src, self.env)?,
-            container: self.container.validate(src, exp)?,
+            container,
+            services,
             cluster: self.cluster.validate(src)?,
             cache: match self.cache.registry {
                 None => None,
@@ -468,20 +534,19 @@ impl RawContainer {
         }
         let network = match &self.network {
             None => Network::default(),
-            Some(n) => {
-                match n.get_ref().as_str() {
-                    "host" => Network::Host,
-                    "none" => Network::None,
-                    other => {
-                        return Err(src.error(
+            Some(n) => match n.get_ref().as_str() {
+                "host" => Network::Host,
+                "none" => Network::None,
+                "private" => Network::Private,
+                other => {
+                    return Err(src.error(
                         n.span(),
                         Kind::Network,
-                        format!("invalid network `{other}` in [container], expected one of: host, none"),
-                        Some("\"host\" shares this machine's network; \"none\" leaves only loopback".into()),
+                        format!("invalid network `{other}` in [container], expected one of: host, none, private"),
+                        Some("\"host\" shares this machine's network; \"none\" leaves only loopback; \"private\" is the env's own, shared with its services".into()),
                     ));
-                    }
                 }
-            }
+            },
         };
         let mut mounts = Vec::with_capacity(self.mounts.len());
         for m in &self.mounts {
@@ -504,6 +569,7 @@ impl RawContainer {
         Ok(Container {
             shell: self.shell.map(Spanned::into_inner),
             network,
+            ports: Vec::new(),
             gpu,
             gpu_devices,
             mounts,
@@ -518,6 +584,15 @@ fn validate_env(
     src: &Source<'_>,
     env: BTreeMap<Spanned<String>, Spanned<String>>,
 ) -> Result<BTreeMap<String, String>, ConfigError> {
+    validate_env_in(src, env, "[env]")
+}
+
+/// An `env` table (`[env]`, a service's `env`): names are variable names, values have no NUL.
+pub(super) fn validate_env_in(
+    src: &Source<'_>,
+    env: BTreeMap<Spanned<String>, Spanned<String>>,
+    table: &str,
+) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut out = BTreeMap::new();
     for (name, value) in env {
         if !is_env_name(name.get_ref()) {
@@ -525,7 +600,7 @@ fn validate_env(
                 name.span(),
                 Kind::EnvName,
                 format!(
-                    "`{}` in [env] is not an environment variable name",
+                    "`{}` in {table} is not an environment variable name",
                     name.get_ref()
                 ),
                 Some("names are letters, digits and `_`, not starting with a digit".into()),
@@ -536,7 +611,7 @@ fn validate_env(
                 value.span(),
                 Kind::Value,
                 format!(
-                    "the value of `{}` in [env] contains a NUL character",
+                    "the value of `{}` in {table} contains a NUL character",
                     name.get_ref()
                 ),
                 None,

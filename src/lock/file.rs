@@ -77,6 +77,16 @@ pub fn render(lock: &Lock) -> String {
             ));
         }
     }
+    for (name, image) in &lock.services {
+        out.push_str(&format!("\n[services.{}]\n", q(name)));
+        out.push_str(&format!("reference = {}\n", q(&image.reference)));
+        let platforms: Vec<String> = image
+            .platforms
+            .iter()
+            .map(|(p, d)| format!("{} = {}", q(p), q(d.as_str())))
+            .collect();
+        out.push_str(&format!("platforms = {{ {} }}\n", platforms.join(", ")));
+    }
     if !lock.layers.is_empty() {
         out.push_str(
             "\n# Tool layers that build byte-identical everywhere: layer key = the diff_id every\n\
@@ -98,6 +108,8 @@ struct RawLock {
     apt: Option<RawApt>,
     #[serde(default)]
     layers: BTreeMap<Digest, Digest>,
+    #[serde(default)]
+    services: BTreeMap<String, RawImage>,
 }
 
 #[derive(Deserialize)]
@@ -221,5 +233,16 @@ pub fn parse(path: &std::path::Path, text: &str) -> Result<Lock, LockError> {
         python,
         apt,
         layers: raw.layers,
+        services: raw
+            .services
+            .into_iter()
+            .map(|(name, i)| {
+                let image = ImageLock {
+                    reference: i.reference,
+                    platforms: i.platforms,
+                };
+                (name, image)
+            })
+            .collect(),
     })
 }

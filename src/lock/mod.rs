@@ -62,6 +62,8 @@ pub struct Lock {
     /// Tool layers that build byte-identical on every machine (the Python venv): layer key →
     /// the diff_id every build and every team-cache entry of that key must have.
     pub layers: std::collections::BTreeMap<Digest, Digest>,
+    /// `[services.NAME]`: each service's image, pinned like `[image]`.
+    pub services: std::collections::BTreeMap<String, ImageLock>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -148,8 +150,19 @@ impl Lock {
 
     /// The locked image for `platform`: the reference pinned to its manifest digest.
     pub fn image_for(&self, platform: &Platform) -> Option<ImageRef> {
-        let digest = self.image.platforms.get(&platform.to_string())?;
-        let image: ImageRef = self.image.reference.parse().ok()?;
+        self.image.pinned(platform)
+    }
+
+    /// The locked image of service `name` for `platform`, pinned by digest.
+    pub fn service_image(&self, name: &str, platform: &Platform) -> Option<ImageRef> {
+        self.services.get(name)?.pinned(platform)
+    }
+}
+
+impl ImageLock {
+    fn pinned(&self, platform: &Platform) -> Option<ImageRef> {
+        let digest = self.platforms.get(&platform.to_string())?;
+        let image: ImageRef = self.reference.parse().ok()?;
         Some(image.with_digest(digest.clone()))
     }
 }
@@ -206,6 +219,13 @@ pub enum Drift {
     PartRemoved {
         part: Part,
     },
+    /// A service's image: named in env.toml and not locked (for this platform), locked under
+    /// another reference, or locked and no longer in env.toml (`wanted` empty).
+    Service {
+        name: String,
+        locked: Option<String>,
+        wanted: Option<String>,
+    },
     /// A part whose inputs changed: entries added and removed, in env.toml's words. Both empty
     /// when what changed has no words of its own (an index URL, a requirements file's content).
     Changed {
@@ -241,6 +261,17 @@ impl fmt::Display for Drift {
                 write!(f, "[image]: not locked for platform {platform}")
             }
             Drift::PartAdded { part } => write!(f, "{part}: in env.toml, not in env.lock"),
+            Drift::Service {
+                name,
+                locked,
+                wanted,
+            } => match (locked, wanted) {
+                (Some(l), Some(w)) if l != w => {
+                    write!(f, "[services.{name}]: env.toml names {w}, env.lock has {l}")
+                }
+                (_, Some(_)) => write!(f, "[services.{name}]: its image is not locked"),
+                (_, None) => write!(f, "[services.{name}]: in env.lock, no longer in env.toml"),
+            },
             Drift::PartRemoved { part } => {
                 write!(f, "{part}: in env.lock, no longer in env.toml")
             }
@@ -455,6 +486,8 @@ struct Wanted {
     platform: String,
     python: Option<WantedPart>,
     apt: Option<WantedPart>,
+    /// Service name → its image reference, fully qualified.
+    services: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -519,6 +552,7 @@ impl Wanted {
             platform,
             python,
             apt,
+            services: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -568,6 +602,28 @@ fn drift(lock: Option<&Lock>, wanted: &Wanted) -> Vec<Drift> {
                 });
             }
             _ => {}
+        }
+    }
+    for (name, reference) in &wanted.services {
+        let locked = lock.services.get(name);
+        let current = locked.is_some_and(|l| {
+            &l.reference == reference && l.platforms.contains_key(&wanted.platform)
+        });
+        if !current {
+            out.push(Drift::Service {
+                name: name.clone(),
+                locked: locked.map(|l| l.reference.clone()),
+                wanted: Some(reference.clone()),
+            });
+        }
+    }
+    for (name, l) in &lock.services {
+        if !wanted.services.contains_key(name) {
+            out.push(Drift::Service {
+                name: name.clone(),
+                locked: Some(l.reference.clone()),
+                wanted: None,
+            });
         }
     }
     out
@@ -630,12 +686,18 @@ fn wanted_for(loaded: &Loaded, platform: &Platform) -> Result<Asked, LockError> 
         }
         None => None,
     };
-    let wanted = Wanted::new(
+    let mut wanted = Wanted::new(
         &image.to_string(),
         platform,
         &inputs,
         requirements.as_deref(),
     );
+    wanted.services = loaded
+        .env
+        .services
+        .iter()
+        .map(|(name, s)| (name.clone(), s.image.to_string()))
+        .collect();
     Ok((inputs, image, requirements, wanted))
 }
 
@@ -676,6 +738,7 @@ pub fn ensure(
     }
     if let Some(Update::Name(name)) = &opts.update {
         let known = name == "image"
+            || loaded.env.services.contains_key(name)
             || old.as_ref().is_some_and(|l| {
                 l.python.packages.iter().any(|p| p.name == normalize(name))
                     || l.apt.packages.iter().any(|p| &p.name == name)
@@ -825,6 +888,32 @@ pub fn ensure(
                 };
             }
         }
+    }
+
+    // Each service's image, pinned like the base: by its locked digest unless its reference
+    // changed or the update names it.
+    lock.services
+        .retain(|name, _| wanted.services.contains_key(name));
+    for (name, reference) in &wanted.services {
+        let refresh = update_all || update_name == Some(name.as_str());
+        let entry = lock.services.entry(name.clone()).or_default();
+        if &entry.reference != reference {
+            entry.platforms.clear();
+            entry.reference = reference.clone();
+        }
+        if !refresh && entry.platforms.contains_key(&wanted.platform) {
+            continue;
+        }
+        let image = loaded.env.services[name].image.clone();
+        ui.status("Resolving", &format!("service {name}: {image}"));
+        let opts = PullOptions {
+            refresh_tag: refresh,
+            ..pull_opts.clone()
+        };
+        let pulled = pull::pull(&image, &opts, store, &client, ui)?;
+        entry
+            .platforms
+            .insert(wanted.platform.clone(), pulled.manifest.clone());
     }
 
     let text = render(&lock);

@@ -105,6 +105,7 @@ impl Sandbox<'_> {
             gpu: None,
             sandbox: Default::default(),
             quiet: false,
+            pod: None,
         };
         let status = runtime::run(&spec)?;
         Ok(Ran { status, staging })

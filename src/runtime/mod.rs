@@ -105,6 +105,58 @@ pub struct Spec {
     pub sandbox: Sandbox,
     /// `-q`: the runtime prints no notes (errors still).
     pub quiet: bool,
+    /// A container of the env's private network (`[services]`, `network = "private"`).
+    pub pod: Option<Pod>,
+}
+
+/// What a container on the env's private network differs in: the namespaces it joins, the
+/// `/etc/hosts` naming the services, and for a service, the user it runs as.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Pod {
+    /// Joined before PID 1 is cloned (so it is cloned inside them). Not on the wire: the
+    /// helper is started inside them already.
+    #[serde(skip)]
+    pub join: Option<Join>,
+    /// A directory holding `hosts` and `resolv.conf`, bound over the image's instead of the
+    /// host's.
+    pub etc: Option<PathBuf>,
+    /// A service: runs as this user of its image, and has no project mount.
+    pub service: Option<ServiceUser>,
+}
+
+/// The namespaces of an env's network, held by its supervisor (`services`).
+#[derive(Clone, Debug)]
+pub struct Join {
+    /// The user namespace that owns the network; `None` when this process is in it already.
+    pub user: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    pub net: std::sync::Arc<std::os::fd::OwnedFd>,
+}
+
+impl Join {
+    /// setns(2) into the user namespace, then the network: in a process with one thread
+    /// (joining a user namespace requires it), before the clone of PID 1. Async-signal-safe
+    /// (raw syscalls only): also run between fork and exec.
+    pub fn enter(&self) -> Result<(), Errno> {
+        if let Some(user) = &self.user {
+            // SAFETY: setns(2) on a descriptor we own; it changes only this process.
+            if unsafe { libc::setns(user.as_raw_fd(), libc::CLONE_NEWUSER) } < 0 {
+                return Err(Errno::last());
+            }
+        }
+        // SAFETY: as above.
+        if unsafe { libc::setns(self.net.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+            return Err(Errno::last());
+        }
+        Ok(())
+    }
+}
+
+/// The user a service runs as inside.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
 }
 
 /// The holes a user opens on purpose in what the container is kept from (docs/security.md).
@@ -358,12 +410,7 @@ fn launch(
         scratch_only,
         ..plan_for(spec, &entry.dir)
     };
-    for l in &mut plan.spec.lowers {
-        *l = std::path::absolute(&*l).map_err(|e| RuntimeError::Io {
-            path: l.clone(),
-            message: e.to_string(),
-        })?;
-    }
+    absolute_lowers(&mut plan)?;
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RuntimeError::sys("pipe for errors", e))?;
     // Ours until the command ends, then the caller's again.
@@ -373,6 +420,13 @@ fn launch(
     // that clones PID 1 and waits for it (the child of a threaded process could only make
     // async-signal-safe calls). Tests pass their own `exe`, which takes the second way.
     let clone = exe == Path::new("/proc/self/exe") && single_threaded();
+    // The env's private network: PID 1 is cloned inside its namespaces (the helper joins
+    // them between its fork and exec).
+    let join = spec.pod.as_ref().and_then(|p| p.join.as_ref());
+    if clone && let Some(j) = join {
+        j.enter()
+            .map_err(|e| RuntimeError::sys("joining the env's network (setns)", e))?;
+    }
     let mask = if clone {
         // Nothing buffered may be written twice.
         let _ = std::io::stdout().flush();
@@ -445,6 +499,81 @@ fn launch(
 }
 
 /// The process `launch` started and waits for.
+fn absolute_lowers(plan: &mut setup::Plan) -> Result<(), RuntimeError> {
+    for l in &mut plan.spec.lowers {
+        *l = std::path::absolute(&*l).map_err(|e| RuntimeError::Io {
+            path: l.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Bring `lo` up in this thread's network namespace.
+pub fn loopback_up() -> Result<(), Errno> {
+    use sys::Syscalls as _;
+    sys::Real.loopback_up()
+}
+
+/// A container started in the background (a service, by a process with threads): the
+/// `devenv __init` helper holding its PID 1, and the pipe PID 1 reports on.
+pub struct Background {
+    pid: Pid,
+    err: std::os::fd::OwnedFd,
+    entry: state::Entry,
+}
+
+/// Start `spec` without waiting for it: through a fresh `devenv __init` (this process may have
+/// threads), joined to `spec.pod`'s network. The helper dies with the thread that called this
+/// (its parent-death signal), and PID 1 and the container with it.
+pub fn start(spec: &Spec) -> Result<Background, RuntimeError> {
+    fs_err::create_dir_all(&spec.home).map_err(|e| RuntimeError::Io {
+        path: spec.home.clone(),
+        message: e.to_string(),
+    })?;
+    let scratch_only = state::tmpfs_user_xattrs();
+    let entry = if scratch_only {
+        state::Entry::scratch(&spec.state_dir)?
+    } else {
+        state::Entry::create_bare(&spec.state_dir)?
+    };
+    let mut plan = setup::Plan {
+        scratch: true,
+        scratch_only,
+        ..plan_for(spec, &entry.dir)
+    };
+    absolute_lowers(&mut plan)?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RuntimeError::sys("pipe for errors", e))?;
+    let exe = Path::new("/proc/self/exe");
+    let pid = spawn_helper(exe, &plan, spec, &err_w, entry.lock_fd())?;
+    Ok(Background {
+        pid,
+        err: err_r,
+        entry,
+    })
+}
+
+impl Background {
+    /// The helper's pid: a signal to it goes on to the command.
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    /// Wait for the command to end: its status (128+signal when killed), or why it never
+    /// started.
+    pub fn wait(self) -> Result<i32, RuntimeError> {
+        let message = init::Message::read(self.err);
+        let code = wait_for(self.pid)?;
+        drop(self.entry);
+        match message {
+            init::Message::Status(c) => Ok(c),
+            init::Message::Error(e) => Err(e),
+            init::Message::Nothing => Ok(code),
+        }
+    }
+}
+
 enum Child<'a> {
     /// PID 1 itself, sharing our memory.
     Pid1(init::Pid1<'a>),
@@ -515,10 +644,14 @@ fn spawn_helper(
             .stderr(dup("stderr")?);
     }
     // SAFETY: the closure runs between fork and exec and only calls fcntl(2).
+    let join = spec.pod.as_ref().and_then(|p| p.join.clone());
     unsafe {
         cmd.pre_exec(move || {
             for fd in fds {
                 init::inherit(fd)?;
+            }
+            if let Some(j) = &join {
+                j.enter().map_err(std::io::Error::from)?;
             }
             Ok(())
         })
@@ -586,14 +719,11 @@ pub fn host_name(name: &str) -> String {
 /// step can tell the mount points the runtime made in its upper directory from what the
 /// command wrote (build::clean).
 pub fn mount_points(spec: &Spec) -> Vec<PathBuf> {
-    let mut points = vec![
-        spec.project_dir.clone(),
-        spec.home_target.clone(),
-        "/dev".into(),
-        "/proc".into(),
-        "/sys".into(),
-        "/tmp".into(),
-    ];
+    let service = spec.pod.as_ref().is_some_and(|p| p.service.is_some());
+    let mut points = vec!["/dev".into(), "/proc".into(), "/sys".into(), "/tmp".into()];
+    if !service {
+        points.splice(0..0, [spec.project_dir.clone(), spec.home_target.clone()]);
+    }
     points.extend(setup::HOST_FILES.iter().map(PathBuf::from));
     points.extend(spec.mounts.iter().map(|m| m.target.clone()));
     if spec.gpu.is_some() {
@@ -615,6 +745,50 @@ pub fn home_target(lowers: &[PathBuf], user: &str, root: bool) -> PathBuf {
         return PathBuf::from("/root");
     }
     image_home(lowers, user).unwrap_or_else(|| PathBuf::from("/home").join(user))
+}
+
+/// `user` (a name, `uid` or `uid:gid`) as the image's /etc/passwd knows it: uid, gid, name and
+/// home. A number the image does not list gets its own number as the gid and name.
+pub fn image_user(lowers: &[PathBuf], user: &str) -> Option<(ServiceUser, PathBuf)> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = image_file(lowers, "/etc/passwd").unwrap_or_default();
+    let entry = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 7 && (f[0] == u || f[2] == u)).then(|| {
+            let uid = f[2].parse::<u32>().ok()?;
+            let gid = f[3].parse::<u32>().ok()?;
+            Some((f[0].to_string(), uid, gid, PathBuf::from(f[5])))
+        })?
+    });
+    let (name, uid, gid, home) = match entry {
+        Some(e) => e,
+        None => {
+            let uid: u32 = u.parse().ok()?;
+            (u.to_string(), uid, uid, PathBuf::from("/"))
+        }
+    };
+    let gid = match g {
+        None => gid,
+        Some(g) => g.parse().ok().or_else(|| {
+            let group = image_file(lowers, "/etc/group")?;
+            group.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 3 && f[0] == g).then(|| f[2].parse().ok())?
+            })
+        })?,
+    };
+    Some((ServiceUser { uid, gid, name }, home))
+}
+
+fn image_file(lowers: &[PathBuf], path: &str) -> Option<String> {
+    let fsutil::Merged::File(file) = fsutil::MergedView::new(lowers)?.lookup(Path::new(path))
+    else {
+        return None;
+    };
+    fs_err::read_to_string(&file).ok()
 }
 
 fn image_home(lowers: &[PathBuf], user: &str) -> Option<PathBuf> {

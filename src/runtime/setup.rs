@@ -59,8 +59,26 @@ impl Plan {
     fn inside_ids(&self) -> (u32, u32) {
         if self.spec.root {
             (0, 0)
+        } else if let Some(u) = self.service_user() {
+            (u.uid, u.gid)
         } else {
             (self.host_uid, self.host_gid)
+        }
+    }
+
+    /// A service's own user (`[services.NAME].user`), instead of the host user's ids and name.
+    fn service_user(&self) -> Option<&super::ServiceUser> {
+        self.spec.pod.as_ref().and_then(|p| p.service.as_ref())
+    }
+
+    /// The login name inside: root, a service's user, or the host user's name.
+    fn login(&self) -> &str {
+        if self.spec.root {
+            "root"
+        } else if let Some(u) = self.service_user() {
+            &u.name
+        } else {
+            &self.user_name
         }
     }
 }
@@ -293,11 +311,18 @@ pub fn build_root<S: Syscalls>(
         flags,
         Some("mode=1777"),
     )?;
+    // The host's resolv.conf and hosts, or on the env's private network those its supervisor
+    // wrote (the services' names; a resolver reachable from there).
+    let etc = plan.spec.pod.as_ref().and_then(|p| p.etc.as_deref());
     for f in HOST_FILES {
-        let host = Path::new(f);
-        if sys.kind_of(host) == Some(Kind::File) {
-            let p = point(sys, &root, host, Kind::File)?;
-            bind(sys, host, &p, true)?;
+        let at = Path::new(f);
+        let source = match etc {
+            Some(dir) => dir.join(at.file_name().unwrap_or_default()),
+            None => at.to_path_buf(),
+        };
+        if sys.kind_of(&source) == Some(Kind::File) {
+            let p = point(sys, &root, at, Kind::File)?;
+            bind(sys, &source, &p, true)?;
         }
     }
 
@@ -305,10 +330,13 @@ pub fn build_root<S: Syscalls>(
         gpu_mounts(sys, &root, gpu)?;
     }
 
-    let home = point(sys, &root, &plan.spec.home_target, Kind::Dir)?;
-    bind(sys, &plan.spec.home, &home, false)?;
-    let project = point(sys, &root, &plan.spec.project_dir, Kind::Dir)?;
-    bind(sys, &plan.spec.project_dir, &project, false)?;
+    // A service sees its image and volumes: not the user's home, not the project.
+    if plan.service_user().is_none() {
+        let home = point(sys, &root, &plan.spec.home_target, Kind::Dir)?;
+        bind(sys, &plan.spec.home, &home, false)?;
+        let project = point(sys, &root, &plan.spec.project_dir, Kind::Dir)?;
+        bind(sys, &plan.spec.project_dir, &project, false)?;
+    }
     for crate::config::Mount {
         source,
         target,
@@ -662,11 +690,7 @@ const ACCOUNT_FILES: [(&str, Add); 2] = [
 fn account(plan: &Plan, shell: String) -> User {
     let (uid, gid) = plan.inside_ids();
     User {
-        name: if plan.spec.root {
-            "root".into()
-        } else {
-            plan.user_name.clone()
-        },
+        name: plan.login().to_string(),
         uid,
         gid,
         home: plan.spec.home_target.display().to_string(),
@@ -833,11 +857,7 @@ pub fn find_program(name: &str, path_var: &str) -> Option<PathBuf> {
 /// when missing.
 pub fn environment(plan: &Plan) -> Vec<(String, String)> {
     let mut env = plan.spec.env.clone();
-    let user = if plan.spec.root {
-        "root"
-    } else {
-        &plan.user_name
-    };
+    let user = plan.login();
     let defaults = [
         ("HOME", plan.spec.home_target.display().to_string()),
         ("USER", user.to_string()),
@@ -888,6 +908,7 @@ mod tests {
                 gpu: None,
                 sandbox: Default::default(),
                 quiet: false,
+                pod: None,
             },
             entry: "/s/run/e".into(),
             host_uid: 1000,

@@ -79,6 +79,7 @@ impl Fixture {
             gpu: None,
             sandbox: Default::default(),
             quiet: false,
+            pod: None,
         };
         Fixture {
             _dir: t,

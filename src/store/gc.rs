@@ -33,6 +33,9 @@ pub struct EnvRecord {
 
 pub const ENV_RECORD: &str = "env.json";
 
+/// `envs/<id>/services.json`: the images of the env's `[services]`, as [`EnvRecord`]s.
+pub const SERVICE_IMAGES: &str = "services.json";
+
 /// `envs/<id>/tool-layers.json`: the keys (`sha256:…`) of the env's tool layers, in order, so
 /// gc keeps them as it keeps the base image's layers (written by `build`).
 pub const TOOL_LAYERS: &str = "tool-layers.json";
@@ -111,6 +114,13 @@ impl Roots {
     /// Add what an env uses: its image, and the tool layers built for it.
     pub fn add_env(&mut self, store: &Store, env: &EnvEntry) {
         if let Some(r) = &env.record {
+            self.add(store, r);
+        }
+        let services: Vec<EnvRecord> = fs_err::read(env.dir.join(SERVICE_IMAGES))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for r in &services {
             self.add(store, r);
         }
         self.layers.extend(tool_layers(&env.dir));
