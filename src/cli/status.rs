@@ -40,8 +40,19 @@ pub struct Status {
     /// The team cache tool layers are looked up in; null when none is set.
     pub team_cache: Option<CacheInfo>,
     pub store: StoreInfo,
+    /// `[services]`: each service, its state (`stopped` when no supervisor runs; `starting`,
+    /// `ready`, `exited (…)`), and its published ports as `HOST:CONTAINER`.
+    pub services: Vec<ServiceInfo>,
     /// What `devenv shell` would fetch: empty when everything is cached.
     pub pending: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub image: String,
+    pub state: String,
+    pub ports: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -250,6 +261,7 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
                 .map(|(c, b)| (c.name(), b))
                 .collect(),
         },
+        services: services_info(&loaded, &project.state_dir(&store).join("services")),
         pending,
     };
     let mut out = std::io::stdout().lock();
@@ -331,6 +343,18 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         .map(|c| format!("{} {}", c.name(), human(status.store.caches[c.name()])))
         .collect();
     writeln!(out, "caches   {}", caches.join(", "))?;
+    for s in &status.services {
+        let ports = if s.ports.is_empty() {
+            String::new()
+        } else {
+            format!("  127.0.0.1:{}", s.ports.join(", 127.0.0.1:"))
+        };
+        writeln!(
+            out,
+            "service  {}  {}  ({}){ports}",
+            s.name, s.state, s.image
+        )?;
+    }
     if status.pending.is_empty() {
         writeln!(
             out,
@@ -342,4 +366,33 @@ pub fn run(args: StatusArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each `[services]` entry with what the env's supervisor says of it (asked only when its
+/// socket is there; `stopped` otherwise).
+fn services_info(loaded: &crate::config::Loaded, dir: &std::path::Path) -> Vec<ServiceInfo> {
+    if loaded.env.services.is_empty() {
+        return Vec::new();
+    }
+    let running = crate::services::ask_running(dir, crate::services::Op::Status)
+        .map(|r| r.services)
+        .unwrap_or_default();
+    loaded
+        .env
+        .services
+        .values()
+        .map(|s| ServiceInfo {
+            name: s.name.clone(),
+            image: s.image.to_string(),
+            state: running
+                .iter()
+                .find(|r| r.name == s.name)
+                .map_or_else(|| "stopped".to_string(), |r| r.state.clone()),
+            ports: s
+                .ports
+                .iter()
+                .map(|p| format!("{}:{}", p.host, p.container))
+                .collect(),
+        })
+        .collect()
 }
