@@ -19,6 +19,8 @@ type Connect = (u16, Sender<io::Result<TcpStream>>);
 pub struct Pod {
     /// `/proc/thread-self/ns/net` of the pod thread.
     pub netns: Arc<OwnedFd>,
+    /// The pod thread's id (`/proc/PID/task/TID/ns/net` names the namespace).
+    pub tid: i32,
     tx: std::sync::Mutex<Sender<Connect>>,
 }
 
@@ -26,7 +28,7 @@ impl Pod {
     /// Make the namespace in a thread of its own; `lo` is up when this returns.
     pub fn new() -> io::Result<Pod> {
         let (tx, rx) = channel::<Connect>();
-        let (ready_tx, ready_rx) = channel::<io::Result<OwnedFd>>();
+        let (ready_tx, ready_rx) = channel::<io::Result<(OwnedFd, i32)>>();
         std::thread::Builder::new()
             .name("pod-net".into())
             .spawn(move || {
@@ -34,10 +36,10 @@ impl Pod {
                     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                         .map_err(io::Error::from)?;
                     crate::runtime::loopback_up().map_err(io::Error::from)?;
-                    Ok(OwnedFd::from(
-                        fs_err::File::open("/proc/thread-self/ns/net")?
-                            .into_parts()
-                            .0,
+                    let ns = fs_err::File::open("/proc/thread-self/ns/net")?;
+                    Ok((
+                        OwnedFd::from(ns.into_parts().0),
+                        nix::unistd::gettid().as_raw(),
                     ))
                 })();
                 let ok = made.is_ok();
@@ -50,11 +52,12 @@ impl Pod {
                     let _ = reply.send(TcpStream::connect_timeout(&addr, Duration::from_secs(2)));
                 }
             })?;
-        let netns = ready_rx
+        let (netns, tid) = ready_rx
             .recv()
             .map_err(|_| io::Error::other("the pod network thread ended"))??;
         Ok(Pod {
             netns: Arc::new(netns),
+            tid,
             tx: std::sync::Mutex::new(tx),
         })
     }
@@ -107,4 +110,156 @@ fn relay(pod: &Pod, outside: TcpStream, port: u16) {
     let _ = io::copy(&mut inside, &mut outside);
     let _ = outside.shutdown(std::net::Shutdown::Write);
     let _ = up.join();
+}
+
+/// Outbound traffic for the pod: slirp4netns, started from a process forked before the
+/// supervisor made its user namespace. It must join the pod from the host's user namespace:
+/// in ours, after exec, the user has no capability left (ids map to themselves, not to root),
+/// and setns into the pod's network would fail with EPERM.
+pub struct Outbound {
+    /// The launcher waits for one line here: the pod's network namespace, or EOF for none.
+    go: Option<std::fs::File>,
+    /// slirp4netns writes `1` here once the pod's interface is configured.
+    ready: Option<std::fs::File>,
+    /// slirp4netns exits when this closes (with us, whatever kills us).
+    _exit: Option<OwnedFd>,
+    /// Why there is no outbound traffic, with the fix; `None` when slirp4netns can start.
+    pub missing: Option<String>,
+}
+
+impl Outbound {
+    /// Fork the launcher. Call while the process has one thread, before the user namespace.
+    pub fn prepare() -> Outbound {
+        let missing = outbound_missing();
+        if missing.is_some() {
+            return Outbound {
+                go: None,
+                ready: None,
+                _exit: None,
+                missing,
+            };
+        }
+        let pipes = (|| -> nix::Result<_> {
+            let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+            Ok((
+                nix::unistd::pipe2(cloexec)?,
+                nix::unistd::pipe2(cloexec)?,
+                nix::unistd::pipe2(cloexec)?,
+            ))
+        })();
+        let Ok(((go_r, go_w), (ready_r, ready_w), (exit_r, exit_w))) = pipes else {
+            return Outbound::none("pipes for slirp4netns");
+        };
+        // SAFETY: the process has one thread (the caller's contract): the child may do anything.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => {
+                drop((go_w, ready_r, exit_w));
+                launcher(go_r, ready_w, exit_r)
+            }
+            Ok(nix::unistd::ForkResult::Parent { .. }) => Outbound {
+                go: Some(std::fs::File::from(go_w)),
+                ready: Some(std::fs::File::from(ready_r)),
+                _exit: Some(exit_w),
+                missing: None,
+            },
+            Err(_) => Outbound::none("fork"),
+        }
+    }
+
+    fn none(what: &str) -> Outbound {
+        Outbound {
+            go: None,
+            ready: None,
+            _exit: None,
+            missing: Some(format!("outbound traffic is off: {what} failed")),
+        }
+    }
+
+    /// Start slirp4netns on the pod whose namespace is `netns` (a /proc path), owned by the
+    /// user namespace at `userns`; wait until it has configured the interface.
+    pub fn start(&mut self, userns: &str, netns: &str) -> Result<(), String> {
+        use std::io::{Read, Write};
+        let (Some(mut go), Some(mut ready)) = (self.go.take(), self.ready.take()) else {
+            return Err(self.missing.clone().unwrap_or_default());
+        };
+        writeln!(go, "{userns}\n{netns}").map_err(|e| e.to_string())?;
+        drop(go);
+        let mut byte = [0u8; 1];
+        match ready.read(&mut byte) {
+            Ok(1) => Ok(()),
+            _ => Err("slirp4netns did not start (its output is in supervisor.log)".into()),
+        }
+    }
+}
+
+/// Why slirp4netns cannot give the pod a way out here, with the fix.
+fn outbound_missing() -> Option<String> {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("slirp4netns").is_file()));
+    if !found {
+        return Some(
+            "the env's private network has no way out (pip, apt and downloads inside fail): \
+             slirp4netns is not installed; install it (Debian/Ubuntu: apt install slirp4netns)"
+                .into(),
+        );
+    }
+    match fs_err::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+    {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "the env's private network has no way out (pip, apt and downloads inside fail): \
+             /dev/net/tun is not usable by this user ({e}); as root, `chmod 0666 /dev/net/tun` \
+             (what udev does on a normal install)"
+        )),
+    }
+}
+
+/// The forked launcher: wait for the pod's namespaces, then become slirp4netns.
+fn launcher(go: OwnedFd, ready: OwnedFd, exit: OwnedFd) -> ! {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let mut text = String::new();
+    let _ = std::fs::File::from(go).read_to_string(&mut text);
+    let mut lines = text.lines();
+    let (Some(userns), Some(netns)) = (lines.next(), lines.next()) else {
+        // SAFETY: _exit(2) in a forked child: no destructor of the parent's runs twice.
+        unsafe { libc::_exit(0) }
+    };
+    let (ready_fd, exit_fd) = (ready.as_raw_fd(), exit.as_raw_fd());
+    let mut cmd = std::process::Command::new("slirp4netns");
+    cmd.args([
+        "--configure",
+        "--mtu=65520",
+        "--disable-host-loopback",
+        &format!("--ready-fd={ready_fd}"),
+        &format!("--exit-fd={exit_fd}"),
+        "--netns-type=path",
+        &format!("--userns-path={userns}"),
+        netns,
+        "tap0",
+    ]);
+    // SAFETY: fcntl(2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in [ready_fd, exit_fd] {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    };
+    let err = cmd.exec();
+    eprintln_safe(&format!("starting slirp4netns: {err}"));
+    // SAFETY: as above.
+    unsafe { libc::_exit(127) }
+}
+
+fn eprintln_safe(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{msg}");
 }

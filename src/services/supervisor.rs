@@ -117,6 +117,8 @@ fn user_namespace() -> Result<(), String> {
 }
 
 fn run(plan: &Plan, listener: &UnixListener) -> Result<(), String> {
+    // Before the user namespace and before any thread (see `Outbound`).
+    let mut outbound = super::net::Outbound::prepare();
     user_namespace()?;
     let userns = OwnedFd::from(
         fs_err::File::open("/proc/self/ns/user")
@@ -137,7 +139,20 @@ fn run(plan: &Plan, listener: &UnixListener) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
 
     let pod = Arc::new(Pod::new().map_err(|e| format!("making the env's network: {e}"))?);
-    write_etc(plan).map_err(|e| format!("writing {}: {e}", plan.dir.join("etc").display()))?;
+    let mut notes = Vec::new();
+    let out = match &outbound.missing {
+        Some(why) => Err(why.clone()),
+        None => outbound.start(
+            &format!("/proc/{}/ns/user", std::process::id()),
+            &format!("/proc/{}/task/{}/ns/net", std::process::id(), pod.tid),
+        ),
+    };
+    if let Err(why) = &out {
+        log(why);
+        notes.push(why.clone());
+    }
+    write_etc(plan, out.is_ok())
+        .map_err(|e| format!("writing {}: {e}", plan.dir.join("etc").display()))?;
     for (owner, port) in &plan.ports {
         super::net::publish(pod.clone(), port.host, port.container).map_err(|e| {
             format!(
@@ -170,7 +185,7 @@ fn run(plan: &Plan, listener: &UnixListener) -> Result<(), String> {
         return Err(e);
     }
     log("ready");
-    serve(plan, listener, &sigfd, &table, &userns, &pod);
+    serve(plan, listener, &sigfd, &table, &userns, &pod, notes);
     let _ = fs_err::remove_file(plan.socket());
     stop(&table);
     log("stopped");
@@ -178,8 +193,9 @@ fn run(plan: &Plan, listener: &UnixListener) -> Result<(), String> {
 }
 
 /// `etc/hosts` (every service's name and the project's on the pod's loopback) and
-/// `etc/resolv.conf` (the host's: there is no way out yet, so names outside fail fast).
-fn write_etc(plan: &Plan) -> std::io::Result<()> {
+/// `etc/resolv.conf`: slirp4netns's resolver when the pod has a way out, else the host's
+/// (unreachable from the pod, so names outside fail at once).
+fn write_etc(plan: &Plan, outbound: bool) -> std::io::Result<()> {
     let etc = plan.dir.join("etc");
     fs_err::create_dir_all(&etc)?;
     let mut names = vec![
@@ -192,7 +208,11 @@ fn write_etc(plan: &Plan) -> std::io::Result<()> {
         names.join(" ")
     );
     fs_err::write(etc.join("hosts"), hosts)?;
-    let resolv = fs_err::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolv = if outbound {
+        "nameserver 10.0.2.3\n".to_string()
+    } else {
+        fs_err::read_to_string("/etc/resolv.conf").unwrap_or_default()
+    };
     fs_err::write(etc.join("resolv.conf"), resolv)?;
     Ok(())
 }
@@ -394,6 +414,7 @@ fn serve(
     table: &Table,
     userns: &OwnedFd,
     pod: &Pod,
+    mut start_notes: Vec<String>,
 ) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut sessions: Vec<UnixStream> = Vec::new();
@@ -443,6 +464,8 @@ fn serve(
                 notes: exited_notes(table),
                 ..Reply::default()
             };
+            // Said once: to the request that started us.
+            reply.notes.append(&mut start_notes);
             if req.op == Op::Attach && !req.hash.is_empty() && req.hash != plan.hash {
                 reply.notes.push(
                     "the env's services were started from another env.toml; `devenv down` \

@@ -1,0 +1,309 @@
+//! End-to-end tests of `[services]`, run as the unprivileged test user against real service
+//! images (PostgreSQL 15 and Redis 7 from Debian's packages, built by scripts/test with
+//! mmdebstrap): the env's private network, names, volumes, published ports, readiness,
+//! lifecycle (`up`, `down`, the last session, SIGKILL), and a real browser on JupyterLab.
+
+mod common;
+
+use std::time::Duration;
+
+use common::services::{postgres_image, redis_image};
+use common::{Outcome, TestHome, devenv, run};
+
+fn devenv_in(home: &TestHome, args: &[&str]) -> Outcome {
+    run(devenv(home).current_dir(home.project()).args(args))
+}
+
+/// The Redis service every test here can use: no persistence, loopback only.
+fn redis_service() -> String {
+    format!(
+        "[services.cache]\nimage = \"{}\"\ncommand = [\"redis-server\", \"--bind\", \"127.0.0.1\", \
+         \"--port\", \"6379\", \"--save\", \"\"]\nready = \"tcp:6379\"\n",
+        redis_image()
+    )
+}
+
+/// PostgreSQL with its data in a volume, initialised at its first start.
+fn postgres_service() -> String {
+    format!(
+        "[services.db]\nimage = \"{}\"\nuser = \"postgres\"\ncommand = [\"sh\", \"-c\", \"test -s \
+         /var/lib/postgresql/data/PG_VERSION || /usr/lib/postgresql/15/bin/initdb -D \
+         /var/lib/postgresql/data -A trust -U postgres >/dev/null; exec \
+         /usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/data -c \
+         listen_addresses=127.0.0.1 -k /tmp\"]\nvolumes = [\"pgdata:/var/lib/postgresql/data\"]\n\
+         ready = \"tcp:5432\"\n",
+        postgres_image()
+    )
+}
+
+/// The env's own image: the PostgreSQL image, which has psql, redis-cli and python3-redis.
+fn project(home: &TestHome, services: &str) {
+    home.write(
+        "project/env.toml",
+        format!("[image]\nbase = \"{}\"\n\n{services}", postgres_image()),
+    );
+}
+
+/// The env's supervisor (`devenv __services` started with this home's store) and every process
+/// below it: its services, their helpers and PID 1s.
+fn env_processes(home: &TestHome) -> Vec<u32> {
+    let store = format!("DEVENV_HOME={}", home.store().display());
+    let mut all: Vec<(u32, u32)> = Vec::new();
+    let mut roots = Vec::new();
+    for entry in fs_err::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = fs_err::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 2..].split(' ').nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        all.push((pid, ppid));
+        let cmdline = fs_err::read(entry.path().join("cmdline")).unwrap_or_default();
+        let environ = fs_err::read(entry.path().join("environ")).unwrap_or_default();
+        let has = |hay: &[u8], needle: &[u8]| hay.split(|b| *b == 0).any(|w| w == needle);
+        if has(&cmdline, b"__services") && has(&environ, store.as_bytes()) {
+            roots.push(pid);
+        }
+    }
+    let mut tree = roots;
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(all.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree
+}
+
+#[test]
+fn the_shell_reaches_redis_by_name_and_the_service_stops_with_the_session() {
+    let home = TestHome::new();
+    project(&home, &redis_service());
+    let out = devenv_in(&home, &["run", "--", "redis-cli", "-h", "cache", "ping"]).success();
+    assert_eq!(out.stdout.trim(), "PONG", "{out:?}");
+    let code = "import redis; r = redis.Redis(host='cache'); r.set('k', 'from python'); \
+                print(r.get('k').decode())";
+    let out = devenv_in(&home, &["run", "--", "python3", "-c", code]).success();
+    assert_eq!(out.stdout.trim(), "from python", "{out:?}");
+    // The last session is gone: so are the service and its supervisor.
+    common::env::wait_for(
+        "the env's processes to end",
+        Duration::from_secs(15),
+        || env_processes(&home).is_empty(),
+    );
+}
+
+/// A port nothing on this machine listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_row_in_postgres_survives_down_and_up_and_psql_reaches_it_by_name() {
+    let home = TestHome::new();
+    project(&home, &postgres_service());
+    devenv_in(&home, &["up"]).success();
+    let psql = |sql: &str| {
+        devenv_in(
+            &home,
+            &[
+                "run", "--", "psql", "-h", "db", "-U", "postgres", "-tAc", sql,
+            ],
+        )
+        .success()
+        .stdout
+        .trim()
+        .to_string()
+    };
+    assert_eq!(psql("select 1"), "1");
+    psql("create table notes (body text); insert into notes values ('kept')");
+    let status = devenv_in(&home, &["status"]).success();
+    assert!(
+        status.stdout.contains("db") && status.stdout.contains("ready"),
+        "{status:?}"
+    );
+    devenv_in(&home, &["down"]).success();
+    assert!(
+        env_processes(&home).is_empty(),
+        "down left processes running"
+    );
+    devenv_in(&home, &["up"]).success();
+    assert_eq!(psql("select body from notes"), "kept");
+    devenv_in(&home, &["down"]).success();
+}
+
+#[test]
+fn a_published_port_answers_on_the_host_and_the_host_loopback_stays_outside() {
+    let home = TestHome::new();
+    let port = free_port();
+    project(
+        &home,
+        &redis_service().replace("ready = ", &format!("ports = [\"{port}:6379\"]\nready = ")),
+    );
+    // A listener on the host's loopback, which the env must not reach.
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    devenv_in(&home, &["up"]).success();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the published port");
+    use std::io::{Read, Write};
+    conn.write_all(b"PING\r\n").unwrap();
+    let mut buf = [0u8; 7];
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"+PONG\r\n");
+    let code = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {host_port}), 2)\n    \
+         print('reached')\nexcept OSError as e:\n    print('refused', e.errno)"
+    );
+    let out = devenv_in(&home, &["run", "--", "python3", "-c", &code]).success();
+    assert!(out.stdout.starts_with("refused"), "{out:?}");
+    devenv_in(&home, &["down"]).success();
+    drop(host);
+}
+
+#[test]
+fn a_service_that_exits_or_is_never_ready_stops_the_start_with_its_log() {
+    let home = TestHome::new();
+    project(
+        &home,
+        &format!(
+            "[services.broken]\nimage = \"{}\"\ncommand = \"echo broken-marker-42 >&2; exit 3\"\n\
+             ready = \"tcp:7000\"\n",
+            redis_image()
+        ),
+    );
+    let out = devenv_in(&home, &["run", "--", "true"]).failure(&["broken", "exited", "status 3"]);
+    assert!(out.stderr.contains("broken-marker-42"), "{out:?}");
+    assert_eq!(out.errors(), 1, "{out:?}");
+
+    project(
+        &home,
+        &format!(
+            "[services.slow]\nimage = \"{}\"\ncommand = \"echo waiting-marker; exec sleep 600\"\n\
+             ready = \"tcp:7001\"\nready_timeout = 2\n",
+            redis_image()
+        ),
+    );
+    let out = devenv_in(&home, &["run", "--", "true"]).failure(&["slow", "not ready after 2 s"]);
+    assert!(out.stderr.contains("waiting-marker"), "{out:?}");
+    common::env::wait_for(
+        "the env's processes to end",
+        Duration::from_secs(15),
+        || env_processes(&home).is_empty(),
+    );
+}
+
+#[test]
+fn two_sessions_share_one_set_of_services_and_sigkill_leaves_nothing_running() {
+    let home = TestHome::new();
+    project(&home, &redis_service());
+    // Session A sets a key and stays; session B reads it from the same Redis.
+    let (a, a_what) = common::spawn(devenv(&home).current_dir(home.project()).args([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "redis-cli -h cache set shared yes >/dev/null; sleep 600",
+    ]));
+    let a_pid = a.id();
+    common::env::wait_for("session A's key", Duration::from_secs(60), || {
+        !env_processes(&home).is_empty()
+            && run(devenv(&home).current_dir(home.project()).args([
+                "run",
+                "--",
+                "redis-cli",
+                "-h",
+                "cache",
+                "get",
+                "shared",
+            ]))
+            .stdout
+            .trim()
+                == "yes"
+    });
+    let supervisors = env_processes(&home);
+    assert!(!supervisors.is_empty());
+    // SIGKILL of the session: nobody tells the supervisor; its end of the socket does.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = common::wait(a, a_what);
+    common::env::wait_for(
+        "the env's processes to end",
+        Duration::from_secs(20),
+        || env_processes(&home).is_empty(),
+    );
+
+    // SIGKILL of the supervisor itself (and of every devenv of the env): the services die
+    // with it (parent-death signals), none is left running.
+    devenv_in(&home, &["up"]).success();
+    let before = env_processes(&home);
+    assert!(before.len() > 1, "{before:?}");
+    for pid in &before {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    common::env::wait_for(
+        "every process of the env to end",
+        Duration::from_secs(20),
+        || {
+            before.iter().all(|p| {
+                !std::path::Path::new(&format!("/proc/{p}")).exists()
+                    || fs_err::read_to_string(format!("/proc/{p}/stat"))
+                        .is_ok_and(|s| s.contains(") Z "))
+            })
+        },
+    );
+}
+
+/// This machine's first non-loopback IPv4 address: what the env reaches through slirp4netns
+/// as it would reach any other host.
+fn outside_address() -> std::net::Ipv4Addr {
+    nix::ifaddrs::getifaddrs()
+        .unwrap()
+        .filter_map(|i| i.address?.as_sockaddr_in().map(|a| a.ip()))
+        .find(|ip| !ip.is_loopback())
+        .expect("this test needs a network interface with an IPv4 address besides lo")
+}
+
+#[test]
+fn the_private_network_reaches_out_through_slirp4netns_but_not_the_host_loopback() {
+    let home = TestHome::new();
+    project(&home, &redis_service());
+    let ip = outside_address();
+    let server = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in server.incoming().flatten() {
+            use std::io::Write;
+            let _ = (&c).write_all(b"hello from outside\n");
+        }
+    });
+    // slirp4netns's gateway stands for the host's loopback unless told not to.
+    let loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let lo_port = loopback.local_addr().unwrap().port();
+    let code = format!(
+        "import socket\ns = socket.create_connection(('{ip}', {port}), 5)\n\
+         print(s.recv(64).decode().strip())\ntry:\n    \
+         socket.create_connection(('10.0.2.2', {lo_port}), 3)\n    print('loopback reached')\n\
+         except OSError:\n    print('loopback closed')"
+    );
+    let out = devenv_in(&home, &["run", "--", "python3", "-c", &code]).success();
+    assert_eq!(
+        out.stdout.trim(),
+        "hello from outside\nloopback closed",
+        "{out:?}"
+    );
+    drop(loopback);
+    assert!(!out.stderr.contains("no way out"), "{out:?}");
+}
