@@ -307,3 +307,65 @@ fn the_private_network_reaches_out_through_slirp4netns_but_not_the_host_loopback
     drop(loopback);
     assert!(!out.stderr.contains("no way out"), "{out:?}");
 }
+
+/// The issue's browser check: JupyterLab in the env, on its private network, published on the
+/// host's 127.0.0.1, rendered by a real headless Chromium on the host. Writes the screenshot to
+/// `$DEVENV_TEST_SCREENSHOT` when set (docs/services.md shows one).
+#[test]
+fn jupyterlab_in_the_env_renders_in_chromium_through_the_published_port() {
+    let home = TestHome::new();
+    let port = free_port();
+    home.write(
+        "project/env.toml",
+        format!(
+            "[image]\nbase = \"{}\"\n\n[packages]\npip = [\"jupyterlab==4.2.5\"]\n\n\
+             [container]\nports = [\"{port}:8888\"]\n",
+            common::bookworm_image()
+        ),
+    );
+    devenv_in(&home, &["build"]).success();
+    let (lab, lab_what) = common::spawn(devenv(&home).current_dir(home.project()).args([
+        "run",
+        "--",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        "8888",
+        "--ServerApp.token=",
+        "--ServerApp.password=",
+    ]));
+    let url = format!("http://127.0.0.1:{port}/lab");
+    common::env::wait_for(
+        "JupyterLab on the published port",
+        Duration::from_secs(90),
+        || {
+            use std::io::{Read, Write};
+            let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                return false;
+            };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = c.write_all(b"GET /lab HTTP/1.0\r\n\r\n");
+            let mut head = [0u8; 12];
+            c.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+        },
+    );
+    let dom = common::services::chromium_dom(&url);
+    let png = std::env::var_os("DEVENV_TEST_SCREENSHOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| home.root().join("jupyterlab.png"));
+    common::services::chromium_screenshot(&url, &png);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(lab.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = common::wait(lab, lab_what);
+    assert!(
+        dom.contains(common::services::JUPYTERLAB_MARKER),
+        "JupyterLab's application shell is not in the rendered page:\n{}",
+        &dom[..dom.len().min(2000)]
+    );
+    assert!(fs_err::metadata(&png).unwrap().len() > 10_000, "screenshot");
+}
