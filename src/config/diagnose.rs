@@ -64,6 +64,16 @@ impl Source<'_> {
                 None,
             );
         }
+        if let Some(rest) = raw.strip_prefix("missing field ") {
+            let table = self.text.get(span.clone()).unwrap_or("").trim();
+            let table = table.lines().next().unwrap_or(table);
+            return self.error(
+                span,
+                DiagnosticKind::Value,
+                format!("{table} needs {rest}"),
+                Some(format!("add {} = … under {table}", rest.trim_matches('`'))),
+            );
+        }
         // A syntax error: toml's own words, plus the offending text when it is short.
         let snippet = self.text.get(span.clone()).unwrap_or("").trim();
         let message = if raw == "duplicate key" && !snippet.is_empty() && snippet.len() <= 40 {

@@ -177,7 +177,7 @@ fn unknown_key_at_the_top_level_and_unknown_section() {
     assert_eq!((kind, line, col), (DiagnosticKind::UnknownKey, 1, 1));
     assert_eq!(
         msg,
-        "unknown key `colour`, expected one of: version, image, tools, packages, setup, env, container, cache, cluster"
+        "unknown key `colour`, expected one of: version, image, tools, packages, setup, env, container, cache, cluster, services"
     );
     let (kind, line, col, msg, hint) = fail(&format!("{BASE}[package]\napt = []\n"));
     assert_eq!((kind, line, col), (DiagnosticKind::UnknownKey, 3, 2));
@@ -298,7 +298,7 @@ fn bad_network() {
     assert_eq!((kind, line, col), (DiagnosticKind::Network, 4, 11));
     assert_eq!(
         msg,
-        "invalid network `bridge` in [container], expected one of: host, none"
+        "invalid network `bridge` in [container], expected one of: host, none, private"
     );
 }
 
@@ -557,4 +557,150 @@ fn gpu_is_a_switch_all_or_a_list_of_indices() {
         assert!(msg.contains("list of GPU indices"), "{bad}: {msg}");
         assert!(hint.is_some(), "{bad}");
     }
+}
+
+const DB: &str = "[services.db]\nimage = \"postgres:16\"\n";
+
+#[test]
+fn services_load_with_every_key_and_make_the_network_private() {
+    let env = load_str(&format!(
+        "{BASE}[container]\nports = [\"8888\", \"18080:8080\"]\n\n{DB}command = \"postgres -c fsync=off\"\n\
+         user = \"postgres\"\nenv = {{ POSTGRES_PASSWORD = \"x\" }}\nports = [\"5432\"]\n\
+         volumes = [\"pgdata:/var/lib/postgresql/data\"]\nready = \"tcp:5432\"\nready_timeout = 90\n\n\
+         [services.cache]\nimage = \"redis:7\"\ncommand = [\"redis-server\", \"--save\", \"\"]\n\
+         ready = [\"redis-cli\", \"ping\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(env.container.network, Network::Private);
+    assert_eq!(
+        env.container.ports,
+        [
+            Port {
+                host: 8888,
+                container: 8888
+            },
+            Port {
+                host: 18080,
+                container: 8080
+            }
+        ]
+    );
+    let db = &env.services["db"];
+    assert_eq!(db.image.to_string(), "docker.io/library/postgres:16");
+    assert_eq!(
+        db.command.as_deref().unwrap(),
+        ["/bin/sh", "-c", "postgres -c fsync=off"]
+    );
+    assert_eq!(db.user.as_deref(), Some("postgres"));
+    assert_eq!(db.env["POSTGRES_PASSWORD"], "x");
+    assert_eq!(db.volumes[0].name, "pgdata");
+    assert_eq!(db.volumes[0].target, Path::new("/var/lib/postgresql/data"));
+    assert_eq!(db.ready, Some(Ready::Tcp(5432)));
+    assert_eq!(db.ready_timeout, 90);
+    let cache = &env.services["cache"];
+    assert_eq!(
+        cache.ready,
+        Some(Ready::Command(vec!["redis-cli".into(), "ping".into()]))
+    );
+    assert_eq!(cache.ready_timeout, READY_TIMEOUT);
+    // Ports alone make it private too; nothing keeps the host network.
+    let env = load_str(&format!("{BASE}[container]\nports = [\"8888\"]\n")).unwrap();
+    assert_eq!(env.container.network, Network::Private);
+    assert_eq!(load_str(BASE).unwrap().container.network, Network::Host);
+}
+
+#[test]
+fn two_containers_on_one_port_are_refused_where_the_second_says_so() {
+    let (kind, line, col, msg, hint) = fail(&format!(
+        "{BASE}{DB}ready = \"tcp:5432\"\n[services.replica]\nimage = \"postgres:16\"\nports = [\"15432:5432\"]\n"
+    ));
+    assert_eq!((kind, line, col), (DiagnosticKind::Value, 8, 10));
+    assert!(
+        msg.contains("[services.db] and [services.replica] both listen on port 5432"),
+        "{msg}"
+    );
+    assert!(hint.unwrap().contains("another port"));
+    // The shell and a service.
+    let (_, _, _, msg, _) = fail(&format!(
+        "{BASE}[container]\nports = [\"6379\"]\n[services.cache]\nimage = \"redis\"\nready = \"tcp:6379\"\n"
+    ));
+    assert!(
+        msg.contains("[container] and [services.cache] both listen on port 6379"),
+        "{msg}"
+    );
+    // One host port twice.
+    let (_, _, _, msg, _) = fail(&format!(
+        "{BASE}[container]\nports = [\"8888\"]\n[services.web]\nimage = \"nginx\"\nports = [\"8888:80\"]\n"
+    ));
+    assert_eq!(msg, "host port 8888 is published twice");
+    // The same service publishing one port twice on the host is not a conflict inside.
+    load_str(&format!(
+        "{BASE}{DB}ports = [\"5432\", \"15432:5432\"]\nready = \"tcp:5432\"\n"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn bad_services_and_ports_name_their_place() {
+    let cases: [(&str, (usize, usize), &str); 10] = [
+        (
+            "[services.DB]\nimage = \"x\"\n",
+            (3, 11),
+            "invalid service name `DB`",
+        ),
+        (
+            "[services.localhost]\nimage = \"x\"\n",
+            (3, 11),
+            "invalid service name `localhost`",
+        ),
+        ("[services.db]\n", (3, 1), "image"),
+        (
+            "[services.db]\nimage = \"x\"\nrestart = \"always\"\n",
+            (5, 1),
+            "unknown key `restart` in [services.db]",
+        ),
+        (
+            "[services.db]\nimage = \"UPPER CASE\"\n",
+            (4, 9),
+            "`image` in [services.db]",
+        ),
+        (
+            "[services.db]\nimage = \"x\"\nports = [\"0\"]\n",
+            (5, 10),
+            "invalid port in [services.db]",
+        ),
+        (
+            "[services.db]\nimage = \"x\"\nvolumes = [\"/abs:/data\"]\n",
+            (5, 12),
+            "invalid volume `/abs:/data`",
+        ),
+        (
+            "[services.db]\nimage = \"x\"\nvolumes = [\"data:rel\"]\n",
+            (5, 12),
+            "must be absolute",
+        ),
+        (
+            "[services.db]\nimage = \"x\"\nready = \"tcp:x\"\n",
+            (5, 9),
+            "not a port after `tcp:`",
+        ),
+        (
+            "[services.db]\nimage = \"x\"\nready_timeout = 0\n",
+            (5, 17),
+            "`ready_timeout` in [services.db]",
+        ),
+    ];
+    for (text, (line, col), needle) in cases {
+        let (_, l, c, msg, _) = fail(&format!("{BASE}{text}"));
+        assert!(msg.contains(needle), "{text:?}: {msg}");
+        assert_eq!((l, c), (line, col), "{text:?}: {msg}");
+    }
+    let (kind, line, col, msg, _) = fail(&format!("{BASE}[container]\nnetwork = \"host\"\n{DB}"));
+    assert_eq!((kind, line, col), (DiagnosticKind::Network, 4, 11));
+    assert_eq!(
+        msg,
+        "[services] need the env's own network, not network = \"host\""
+    );
+    let (_, _, _, msg, _) = fail(&format!("{BASE}[container]\nports = [\"99999\"]\n"));
+    assert!(msg.contains("`99999` is not a port"), "{msg}");
 }

@@ -52,6 +52,14 @@ fn sample() -> Lock {
             ],
         },
         layers: [(digest('d'), digest('e'))].into(),
+        services: [(
+            "db".to_string(),
+            ImageLock {
+                reference: "127.0.0.1:5000/postgres:15".into(),
+                platforms: [("linux/amd64".to_string(), digest('f'))].into(),
+            },
+        )]
+        .into(),
     }
 }
 
@@ -193,6 +201,17 @@ fn locked_for(w: &Wanted) -> Lock {
             })
             .unwrap_or_default(),
         layers: Default::default(),
+        services: w
+            .services
+            .iter()
+            .map(|(name, reference)| {
+                let image = ImageLock {
+                    reference: reference.clone(),
+                    platforms: [(w.platform.clone(), digest('f'))].into(),
+                };
+                (name.clone(), image)
+            })
+            .collect(),
     }
 }
 
@@ -395,4 +414,49 @@ fn resolver_failures_hint_at_their_cause() {
     assert!(resolve_hint(conflict).contains("contradict each other"));
     let down = "  error: Request failed after 3 retries in 9.5s\n    cause: Failed to fetch: https://pypi.org/simple/pandas/\n    cause: tcp connect error";
     assert!(resolve_hint(down).contains("unreachable"));
+}
+
+#[test]
+fn a_service_image_is_pinned_like_the_base_and_drifts_on_its_own() {
+    let text = render(&sample());
+    assert!(
+        text.contains("\n[services.\"db\"]\nreference = \"127.0.0.1:5000/postgres:15\"\nplatforms = { \"linux/amd64\" = \"sha256:ffff"),
+        "{text}"
+    );
+    let back = parse(Path::new("env.lock"), &text).unwrap();
+    assert_eq!(back.services, sample().services);
+    assert_eq!(render(&back), text);
+    assert_eq!(
+        sample().service_image("db", &amd64()).unwrap().to_string(),
+        format!("127.0.0.1:5000/postgres:15@{}", digest('f'))
+    );
+
+    let mut w = Wanted::new(IMAGE, &amd64(), &inputs(&[], &[]), None);
+    w.services
+        .insert("db".into(), "127.0.0.1:5000/postgres:15".into());
+    let lock = locked_for(&w);
+    assert!(drift(Some(&lock), &w).is_empty());
+    let mut moved = w.clone();
+    moved
+        .services
+        .insert("db".into(), "127.0.0.1:5000/postgres:16".into());
+    moved.services.insert("cache".into(), "redis:7".into());
+    let d: Vec<String> = drift(Some(&lock), &moved)
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(
+        d,
+        [
+            "[services.cache]: its image is not locked",
+            "[services.db]: env.toml names 127.0.0.1:5000/postgres:16, env.lock has 127.0.0.1:5000/postgres:15",
+        ]
+    );
+    let mut dropped = w.clone();
+    dropped.services.clear();
+    let d: Vec<String> = drift(Some(&lock), &dropped)
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(d, ["[services.db]: in env.lock, no longer in env.toml"]);
 }
