@@ -23,7 +23,8 @@ fn redis_service() -> String {
     )
 }
 
-/// PostgreSQL with its data in a volume, initialised at its first start.
+/// PostgreSQL with its data in a volume, initialised at its first start; ready when
+/// `pg_isready` (run in a container of its own) says so.
 fn postgres_service() -> String {
     format!(
         "[services.db]\nimage = \"{}\"\nuser = \"postgres\"\ncommand = [\"sh\", \"-c\", \"test -s \
@@ -31,7 +32,7 @@ fn postgres_service() -> String {
          /var/lib/postgresql/data -A trust -U postgres >/dev/null; exec \
          /usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/data -c \
          listen_addresses=127.0.0.1 -k /tmp\"]\nvolumes = [\"pgdata:/var/lib/postgresql/data\"]\n\
-         ready = \"tcp:5432\"\n",
+         ready = [\"/usr/lib/postgresql/15/bin/pg_isready\", \"-q\", \"-h\", \"127.0.0.1\"]\n",
         postgres_image()
     )
 }
@@ -129,13 +130,24 @@ fn a_row_in_postgres_survives_down_and_up_and_psql_reaches_it_by_name() {
         status.stdout.contains("db") && status.stdout.contains("ready"),
         "{status:?}"
     );
+    let logs = devenv_in(&home, &["logs", "db"]).success();
+    assert!(
+        logs.stdout
+            .contains("database system is ready to accept connections"),
+        "{logs:?}"
+    );
     devenv_in(&home, &["down"]).success();
     assert!(
         env_processes(&home).is_empty(),
         "down left processes running"
     );
-    devenv_in(&home, &["up"]).success();
+    let status = devenv_in(&home, &["status"]).success();
+    assert!(status.stdout.contains("service  db  stopped"), "{status:?}");
+    // gc keeps the service's image (the env's project is there): up needs no registry.
+    devenv_in(&home, &["gc"]).success();
+    devenv_in(&home, &["--offline", "up"]).success();
     assert_eq!(psql("select body from notes"), "kept");
+    devenv_in(&home, &["down"]).success();
     devenv_in(&home, &["down"]).success();
 }
 
@@ -264,6 +276,9 @@ fn two_sessions_share_one_set_of_services_and_sigkill_leaves_nothing_running() {
             })
         },
     );
+    // What they left (a socket nobody listens on) does not stop the next session.
+    let out = devenv_in(&home, &["run", "--", "redis-cli", "-h", "cache", "ping"]).success();
+    assert_eq!(out.stdout.trim(), "PONG", "{out:?}");
 }
 
 /// This machine's first non-loopback IPv4 address: what the env reaches through slirp4netns
