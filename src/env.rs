@@ -152,9 +152,11 @@ fn pull_services(
         out.push((name.clone(), pulled));
     }
     let path = state_dir.join(crate::store::gc::SERVICE_IMAGES);
+    if records.is_empty() && !path.exists() {
+        return Ok(out);
+    }
     let bytes = serde_json::to_vec_pretty(&records)?;
-    let same = fs_err::read(&path).is_ok_and(|b| b == bytes);
-    if !same && !(records.is_empty() && !path.exists()) {
+    if fs_err::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
         store.write_atomic(&path, &bytes)?;
     }
     Ok(out)

@@ -52,6 +52,9 @@ fn name_problem(name: &str) -> Option<&'static str> {
     }
 }
 
+/// A port as written, with where: conflicts are reported at the second.
+pub(super) type Placed = (Port, std::ops::Range<usize>);
+
 /// `"8888"` (the same port on both sides) or `"18888:8888"` (host:container).
 pub fn parse_port(text: &str) -> Result<Port, String> {
     let num = |s: &str| -> Result<u16, String> {
@@ -82,7 +85,7 @@ pub(super) fn ports(
     src: &Source<'_>,
     items: &[Spanned<String>],
     table: &str,
-) -> Result<Vec<(Port, std::ops::Range<usize>)>, ConfigError> {
+) -> Result<Vec<Placed>, ConfigError> {
     items
         .iter()
         .map(|p| {
@@ -132,7 +135,7 @@ impl RawService {
         self,
         src: &Source<'_>,
         name: &Spanned<String>,
-    ) -> Result<(Service, Vec<(Port, std::ops::Range<usize>)>), ConfigError> {
+    ) -> Result<(Service, Vec<Placed>), ConfigError> {
         let n = name.get_ref();
         if let Some(why) = name_problem(n) {
             return Err(src.error(
