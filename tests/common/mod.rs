@@ -18,6 +18,7 @@ pub mod fault;
 pub mod image;
 pub mod podman;
 pub mod registry;
+pub mod services;
 pub mod tree;
 
 use std::ffi::OsStr;
@@ -640,15 +641,19 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// The Debian bookworm root filesystem (python3, python3-venv, python3-pip, ca-certificates)
-/// that `scripts/test` builds with mmdebstrap into `$DEVENV_TEST_CACHE` (default
-/// `/var/cache/devenv-test`).
-pub fn bookworm_tar() -> PathBuf {
-    let dir = std::env::var_os("DEVENV_TEST_CACHE")
+/// `$DEVENV_TEST_CACHE` (default `/var/cache/devenv-test`): where `scripts/test` keeps the
+/// root filesystem tars it builds with mmdebstrap.
+pub fn test_cache() -> PathBuf {
+    std::env::var_os("DEVENV_TEST_CACHE")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/devenv-test"));
-    let tar = dir.join("bookworm-python.tar");
+        .unwrap_or_else(|| PathBuf::from("/var/cache/devenv-test"))
+}
+
+/// `name` in [`test_cache`], which must exist.
+#[track_caller]
+pub fn cached_tar(name: &str) -> PathBuf {
+    let tar = test_cache().join(name);
     assert!(
         tar.is_file(),
         "{} is missing: run scripts/test, which builds it with mmdebstrap",
@@ -657,19 +662,29 @@ pub fn bookworm_tar() -> PathBuf {
     tar
 }
 
+/// A root filesystem tar pushed to the shared registry as a one-layer image (gzip) with PATH
+/// and LANG set, as `unique(name):1`; its reference.
+pub fn push_rootfs_tar(tar: &Path, name: &str) -> String {
+    let bytes = fs_err::read(tar).expect("reading a cached root filesystem tar");
+    let image = image::ImageBuilder::new()
+        .layer(image::Layer::from_tar(bytes))
+        .env("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LANG=C.UTF-8")
+        .build();
+    registry::Client::shared().push(&unique(name), "1", &image)
+}
+
+/// The Debian bookworm root filesystem (python3, python3-venv, python3-pip, ca-certificates)
+/// that `scripts/test` builds with mmdebstrap into [`test_cache`].
+pub fn bookworm_tar() -> PathBuf {
+    cached_tar("bookworm-python.tar")
+}
+
 /// [`bookworm_tar`] pushed to the shared registry as a one-layer image (gzip), once per test
 /// process; its reference.
 pub fn bookworm_image() -> String {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE
-        .get_or_init(|| {
-            let tar = fs_err::read(bookworm_tar()).expect("reading the bookworm image");
-            let image = image::ImageBuilder::new()
-                .layer(image::Layer::from_tar(tar))
-                .env("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-                .env("LANG=C.UTF-8")
-                .build();
-            registry::Client::shared().push(&unique("bookworm-python"), "1", &image)
-        })
+        .get_or_init(|| push_rootfs_tar(&bookworm_tar(), "bookworm-python"))
         .clone()
 }
