@@ -384,3 +384,36 @@ fn jupyterlab_in_the_env_renders_in_chromium_through_the_published_port() {
     );
     assert!(fs_err::metadata(&png).unwrap().len() > 10_000, "screenshot");
 }
+
+#[test]
+fn without_slirp4netns_the_env_still_starts_and_says_once_there_is_no_way_out() {
+    let home = TestHome::new();
+    project(&home, &redis_service());
+    // A PATH without slirp4netns: the supervisor (which inherits it) finds none.
+    let empty = home.mkdir("empty-path");
+    let with_path = |args: &[&str]| {
+        run(devenv(&home)
+            .current_dir(home.project())
+            .env("PATH", &empty)
+            .args(args))
+    };
+    let up = with_path(&["up"]).success();
+    assert!(
+        up.stderr.contains("no way out") && up.stderr.contains("apt install slirp4netns"),
+        "{up:?}"
+    );
+    let out = with_path(&["run", "--", "redis-cli", "-h", "cache", "ping"]).success();
+    assert_eq!(out.stdout.trim(), "PONG", "{out:?}");
+    assert!(!out.stderr.contains("no way out"), "said twice: {out:?}");
+    // And env.toml changed under running services: the next session says so.
+    project(
+        &home,
+        &redis_service().replace("ready = ", "env = { CHANGED = \"1\" }\nready = "),
+    );
+    let out = with_path(&["run", "--", "true"]).success();
+    assert!(
+        out.stderr.contains("started from another env.toml"),
+        "{out:?}"
+    );
+    with_path(&["down"]).success();
+}

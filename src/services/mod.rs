@@ -364,10 +364,13 @@ fn spawn_supervisor(plan: &Plan) -> Result<(), ServiceError> {
     let sock = plan.socket();
     let _ = fs_err::remove_file(&sock);
     let listener = bind(&sock)?;
+    // Each supervisor's log starts empty (appended to, so a stopping one's last lines land at
+    // the end rather than over the new one's).
     let log = fs_err::OpenOptions::new()
         .create(true)
         .append(true)
         .open(plan.dir.join("supervisor.log"))?;
+    log.set_len(0)?;
     let json = serde_json::to_vec(plan).map_err(std::io::Error::other)?;
     let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.arg(SUPERVISOR_ARG)
