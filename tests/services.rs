@@ -417,3 +417,29 @@ fn without_slirp4netns_the_env_still_starts_and_says_once_there_is_no_way_out() 
     );
     with_path(&["down"]).success();
 }
+
+#[test]
+fn an_interactive_shell_on_a_terminal_reaches_the_services() {
+    let home = TestHome::new();
+    project(
+        &home,
+        &format!("[container]\nshell = \"/bin/sh\"\n\n{}", redis_service()),
+    );
+    let mut cmd = devenv(&home);
+    cmd.current_dir(home.project())
+        .env("TERM", "dumb")
+        .arg("shell");
+    let mut s = common::env::PtySession::spawn(cmd);
+    s.expect("devenv:project", Duration::from_secs(120));
+    s.type_str("[ -t 0 ] && echo term-$((1+1)); redis-cli -h cache ping\n");
+    s.expect("term-2", Duration::from_secs(20));
+    s.expect("PONG", Duration::from_secs(20));
+    s.type_str("exit 3\n");
+    let (status, output) = s.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(3), "terminal showed:\n{output}");
+    common::env::wait_for(
+        "the env's processes to end",
+        Duration::from_secs(15),
+        || env_processes(&home).is_empty(),
+    );
+}

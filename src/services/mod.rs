@@ -405,3 +405,40 @@ fn spawn_supervisor(plan: &Plan) -> Result<(), ServiceError> {
     drop(child);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_path_longer_than_sun_path_still_binds_and_connects() {
+        let t = tempfile::tempdir().unwrap();
+        let deep = t.path().join("d".repeat(60)).join("e".repeat(60));
+        fs_err::create_dir_all(&deep).unwrap();
+        let sock = deep.join("sock");
+        assert!(sock.as_os_str().len() > 108);
+        let listener = bind(&sock).unwrap();
+        assert!(sock.exists(), "bound at the real path");
+        let _client = connect(&sock).unwrap();
+        listener.accept().unwrap();
+    }
+
+    #[test]
+    fn a_plan_hash_covers_everything_but_itself() {
+        let plan = Plan {
+            dir: "/s".into(),
+            project: "p".into(),
+            hash: String::new(),
+            ports: vec![],
+            services: vec![],
+        };
+        let a = plan.clone().sealed();
+        assert_eq!(a.clone().sealed().hash, a.hash, "sealing twice is stable");
+        let b = Plan {
+            project: "q".into(),
+            ..plan
+        }
+        .sealed();
+        assert_ne!(a.hash, b.hash);
+    }
+}
