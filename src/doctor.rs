@@ -314,6 +314,19 @@ pub fn check_network_settings() -> Vec<Check> {
     out
 }
 
+/// Whether an env's private network (`[services]`, `ports`) gets a way out: slirp4netns and a
+/// usable /dev/net/tun. A warning, and only with such an env: without them it still starts.
+pub fn check_outbound(wanted: bool) -> Check {
+    match crate::services::net::outbound_missing() {
+        None => Check::ok(
+            "outbound",
+            "slirp4netns and /dev/net/tun: a private network has a way out",
+        ),
+        Some(why) if wanted => Check::warn("outbound", why, "see docs/services.md, \"Networking\""),
+        Some(why) => Check::ok("outbound", format!("(only for [services] and ports) {why}")),
+    }
+}
+
 /// NVIDIA driver presence, and what `[container].gpu = true` would bring in; only a warning,
 /// and only relevant with `[container].gpu = true`.
 pub fn check_gpu(wanted: bool) -> Check {

@@ -405,6 +405,26 @@ fn without_slirp4netns_the_env_still_starts_and_says_once_there_is_no_way_out() 
     let out = with_path(&["run", "--", "redis-cli", "-h", "cache", "ping"]).success();
     assert_eq!(out.stdout.trim(), "PONG", "{out:?}");
     assert!(!out.stderr.contains("no way out"), "said twice: {out:?}");
+    let doctor = run(devenv(&home)
+        .current_dir(home.project())
+        .env("PATH", &empty)
+        .args(["doctor", "--json"]));
+    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).expect("doctor --json");
+    let outbound = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "outbound")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(outbound["status"], "warn", "{doctor:?}");
+    assert!(
+        outbound["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("slirp4netns is not installed"),
+        "{doctor:?}"
+    );
     // And env.toml changed under running services: the next session says so.
     project(
         &home,

@@ -49,6 +49,9 @@ pub fn run(args: DoctorArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     {
         checks.push(super::pull::check_registry(&image));
     }
+    checks.push(doctor::check_outbound(env.as_ref().is_some_and(|l| {
+        l.env.container.network == crate::config::Network::Private
+    })));
     checks.push(doctor::check_gpu(
         env.as_ref().is_some_and(|l| l.env.container.gpu),
     ));

@@ -192,8 +192,9 @@ impl Outbound {
     }
 }
 
-/// Why slirp4netns cannot give the pod a way out here, with the fix.
-fn outbound_missing() -> Option<String> {
+/// Why slirp4netns cannot give the pod a way out here, with the fix (`devenv doctor` says it
+/// too).
+pub fn outbound_missing() -> Option<String> {
     let found = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("slirp4netns").is_file()));
     if !found {
