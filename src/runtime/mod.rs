@@ -605,7 +605,8 @@ impl Child<'_> {
 }
 
 /// One thread in this process (/proc/self/stat's num_threads): fork is safe.
-fn single_threaded() -> bool {
+/// Whether this process has one thread (a fork of it may then do anything).
+pub(crate) fn single_threaded() -> bool {
     let Ok(stat) = fs_err::read_to_string("/proc/self/stat") else {
         return false;
     };

@@ -121,7 +121,6 @@ pub struct ServiceState {
     pub name: String,
     /// `starting`, `ready`, `exited (status N)`, `stopping`.
     pub state: String,
-    pub ports: Vec<Port>,
 }
 
 /// A live session with the supervisor: the namespaces to join, and the connection that keeps

@@ -128,9 +128,13 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// Fork the launcher. Call while the process has one thread, before the user namespace.
+    /// Fork the launcher: before the user namespace, while the process has one thread (a
+    /// process with more gets no way out, and a note).
     pub fn prepare() -> Outbound {
-        let missing = outbound_missing();
+        let missing = outbound_missing().or_else(|| {
+            (!crate::runtime::single_threaded())
+                .then(|| "outbound traffic is off: the supervisor had threads".to_string())
+        });
         if missing.is_some() {
             return Outbound {
                 go: None,
@@ -150,7 +154,7 @@ impl Outbound {
         let Ok(((go_r, go_w), (ready_r, ready_w), (exit_r, exit_w))) = pipes else {
             return Outbound::none("pipes for slirp4netns");
         };
-        // SAFETY: the process has one thread (the caller's contract): the child may do anything.
+        // SAFETY: the process has one thread (checked above): the child may do anything.
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Child) => {
                 drop((go_w, ready_r, exit_w));
@@ -255,12 +259,13 @@ fn launcher(go: OwnedFd, ready: OwnedFd, exit: OwnedFd) -> ! {
         })
     };
     let err = cmd.exec();
-    eprintln_safe(&format!("starting slirp4netns: {err}"));
+    say(&format!("starting slirp4netns: {err}"));
     // SAFETY: as above.
     unsafe { libc::_exit(127) }
 }
 
-fn eprintln_safe(msg: &str) {
+/// A line in the supervisor's log (its stderr).
+fn say(msg: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{msg}");
 }

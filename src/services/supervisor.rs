@@ -61,7 +61,16 @@ pub fn main() -> ExitCode {
         log("`devenv __services` is internal to devenv; no plan on stdin");
         return ExitCode::from(2);
     };
-    // SAFETY: the session that started us passed the listening socket as LISTEN_FD.
+    // SAFETY: fstat(2) fills the zeroed plain-data struct; a closed descriptor fails (EBADF).
+    let is_socket = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(LISTEN_FD, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    };
+    if !is_socket {
+        log("`devenv __services` is internal to devenv; no socket on descriptor 3");
+        return ExitCode::from(2);
+    }
+    // SAFETY: descriptor 3 is a socket, the one the session that started us bound for us.
     let listener = unsafe { <UnixListener as std::os::fd::FromRawFd>::from_raw_fd(LISTEN_FD) };
     let _ = nix::fcntl::fcntl(
         &listener,
@@ -385,7 +394,6 @@ fn states(table: &Table) -> Vec<ServiceState> {
                 State::Exited(how) => format!("exited ({how})"),
                 State::Stopping => "stopping".into(),
             },
-            ports: Vec::new(),
         })
         .collect()
 }
