@@ -463,3 +463,37 @@ fn an_interactive_shell_on_a_terminal_reaches_the_services() {
         || env_processes(&home).is_empty(),
     );
 }
+
+/// The example of outbound traffic: pip inside a private network downloads from the
+/// index the image's pip is configured with (DNS through slirp4netns's resolver, TLS with the
+/// host's CA bundle). No services: `network = "private"` alone.
+#[test]
+fn pip_inside_a_private_network_downloads_through_slirp4netns() {
+    let home = TestHome::new();
+    home.write(
+        "project/env.toml",
+        format!(
+            "[image]\nbase = \"{}\"\n\n[container]\nnetwork = \"private\"\n",
+            common::bookworm_image()
+        ),
+    );
+    let out = devenv_in(
+        &home,
+        &[
+            "run",
+            "--",
+            "python3",
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "-d",
+            "/tmp/dl",
+            "six==1.16.0",
+        ],
+    )
+    .success();
+    assert!(out.stdout.contains("six-1.16.0"), "{out:?}");
+}

@@ -147,6 +147,9 @@ fn enter(
     let _attached = match env.services_plan(&loaded, &store)? {
         Some(plan) => {
             let attached = crate::services::attach(&plan, &store, &ctx.ui)?;
+            if let Some(note) = crate::services::loopback_proxy_note(&spec.env) {
+                ctx.ui.note(&note);
+            }
             spec.pod = Some(runtime::Pod {
                 join: Some(attached.join.clone()),
                 etc: Some(plan.dir.join("etc")),

@@ -157,6 +157,28 @@ impl crate::error::Hint for ServiceError {
     }
 }
 
+/// A proxy in `env` (the session's environment) on the host's loopback, which the env's
+/// private network cannot reach: what to tell the user.
+pub fn loopback_proxy_note(env: &[(String, String)]) -> Option<String> {
+    let (name, value) = env.iter().find(|(k, v)| {
+        matches!(
+            k.to_ascii_uppercase().as_str(),
+            "HTTPS_PROXY" | "HTTP_PROXY" | "ALL_PROXY"
+        ) && {
+            let rest = v.split_once("://").map_or(v.as_str(), |(_, r)| r);
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            ["127.", "localhost", "[::1]"]
+                .iter()
+                .any(|l| host.starts_with(l))
+        }
+    })?;
+    Some(format!(
+        "{name}={value} is on the host's loopback, which the env's private network does not \
+         reach: downloads inside through it fail; use the proxy's address on the network, or \
+         network = \"host\" without services"
+    ))
+}
+
 /// A path for connect/bind that fits `sun_path` (108 bytes): the path itself, or the same file
 /// through an `O_PATH` descriptor of its directory (kept open by the returned guard).
 fn short(path: &Path) -> std::io::Result<(PathBuf, Option<OwnedFd>)> {
@@ -420,6 +442,22 @@ mod tests {
         assert!(sock.exists(), "bound at the real path");
         let _client = connect(&sock).unwrap();
         listener.accept().unwrap();
+    }
+
+    #[test]
+    fn a_proxy_on_the_host_loopback_is_named() {
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        for v in [
+            "http://127.0.0.1:3128",
+            "http://user:pw@localhost:8080/",
+            "socks5://[::1]:1080",
+        ] {
+            let note = loopback_proxy_note(&env("HTTPS_PROXY", v)).expect(v);
+            assert!(note.starts_with(&format!("HTTPS_PROXY={v} is on the host's loopback")));
+        }
+        assert!(loopback_proxy_note(&env("https_proxy", "http://127.0.0.1:1")).is_some());
+        assert!(loopback_proxy_note(&env("HTTPS_PROXY", "http://proxy.example:3128")).is_none());
+        assert!(loopback_proxy_note(&env("NO_PROXY", "127.0.0.1")).is_none());
     }
 
     #[test]
