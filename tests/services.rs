@@ -176,6 +176,24 @@ fn a_published_port_answers_on_the_host_and_the_host_loopback_stays_outside() {
     let out = devenv_in(&home, &["run", "--", "python3", "-c", &code]).success();
     assert!(out.stdout.starts_with("refused"), "{out:?}");
     devenv_in(&home, &["down"]).success();
+    // A host port another program holds: the start fails naming it, and nothing is left.
+    project(
+        &home,
+        &redis_service().replace(
+            "ready = ",
+            &format!("ports = [\"{host_port}:6379\"]\nready = "),
+        ),
+    );
+    let out = devenv_in(&home, &["run", "--", "true"]).failure(&[
+        &format!("publishing port 6379 of [services.cache] on the host's 127.0.0.1:{host_port}"),
+        "another program listens there",
+    ]);
+    assert_eq!(out.errors(), 1, "{out:?}");
+    common::env::wait_for(
+        "the env's processes to end",
+        Duration::from_secs(15),
+        || env_processes(&home).is_empty(),
+    );
     drop(host);
 }
 
