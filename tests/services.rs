@@ -136,7 +136,19 @@ fn a_row_in_postgres_survives_down_and_up_and_psql_reaches_it_by_name() {
             .contains("database system is ready to accept connections"),
         "{logs:?}"
     );
+    // `logs -f` follows until the services stop, then ends by itself.
+    let (follow, follow_what) = common::spawn(
+        devenv(&home)
+            .current_dir(home.project())
+            .args(["logs", "-f", "db"]),
+    );
+    std::thread::sleep(Duration::from_millis(500));
     devenv_in(&home, &["down"]).success();
+    let followed = common::wait(follow, follow_what).success();
+    assert!(
+        followed.stdout.contains("database system is shut down"),
+        "{followed:?}"
+    );
     assert!(
         env_processes(&home).is_empty(),
         "down left processes running"
