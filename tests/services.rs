@@ -527,3 +527,30 @@ fn pip_inside_a_private_network_downloads_through_slirp4netns() {
     .success();
     assert!(out.stdout.contains("six-1.16.0"), "{out:?}");
 }
+
+#[test]
+fn sigterm_to_the_supervisor_stops_the_services_cleanly() {
+    let home = TestHome::new();
+    project(&home, &postgres_service());
+    devenv_in(&home, &["up"]).success();
+    let tree = env_processes(&home);
+    let supervisor = tree[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    common::env::wait_for(
+        "the env's processes to end",
+        Duration::from_secs(20),
+        || env_processes(&home).is_empty(),
+    );
+    // PostgreSQL got SIGTERM (a smart shutdown), not SIGKILL.
+    let logs = devenv_in(&home, &["logs", "db"]).success();
+    assert!(
+        logs.stdout.contains("database system is shut down"),
+        "{logs:?}"
+    );
+    let status = devenv_in(&home, &["status"]).success();
+    assert!(status.stdout.contains("service  db  stopped"), "{status:?}");
+}
