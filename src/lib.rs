@@ -101,42 +101,29 @@ pub fn main() -> ExitCode {
 /// Hints that core error types know for themselves, found anywhere along an error chain.
 pub(crate) fn known_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     use error::Hint;
-    if let Some(e) = cause.downcast_ref::<registry::RegistryError>() {
-        return e.hint();
+    // Each error type of ours that has hints: the first one the cause is.
+    macro_rules! hint_of {
+        ($($t:ty),+ $(,)?) => {
+            $(if let Some(e) = cause.downcast_ref::<$t>() {
+                return e.hint();
+            })+
+        };
     }
-    if let Some(e) = cause.downcast_ref::<config::ConfigError>() {
-        return e.hint();
-    }
-    if let Some(e) = cause.downcast_ref::<unpack::UnpackError>() {
-        return e.hint();
-    }
-    if let Some(e) = cause.downcast_ref::<runtime::RuntimeError>() {
-        return e.hint();
-    }
-    if let Some(e) = cause.downcast_ref::<pull::PullError>() {
-        return e.hint();
-    }
-    if let Some(e) = cause.downcast_ref::<lock::LockError>() {
-        return e.hint();
-    }
-    if let Some(e) = cause.downcast_ref::<build::BuildError>() {
-        return e.hint();
-    }
-    if let Some(e) = cause.downcast_ref::<tools::recipe::RecipeError>() {
-        return e.hint();
-    }
-    if let Some(e) = cause.downcast_ref::<export::ExportError>() {
-        return e.hint();
-    }
-    if let Some(e) = cause.downcast_ref::<push::PushError>() {
-        return e.hint();
-    }
-    if let Some(e) = cause.downcast_ref::<cache::CacheError>() {
-        return e.hint();
-    }
-    if let Some(e) = cause.downcast_ref::<import::ImportError>() {
-        return e.hint();
-    }
+    hint_of!(
+        registry::RegistryError,
+        config::ConfigError,
+        unpack::UnpackError,
+        runtime::RuntimeError,
+        pull::PullError,
+        lock::LockError,
+        build::BuildError,
+        tools::recipe::RecipeError,
+        export::ExportError,
+        push::PushError,
+        cache::CacheError,
+        import::ImportError,
+        services::ServiceError,
+    );
     if let Some(e) = cause.downcast_ref::<std::io::Error>() {
         // io::Error hides a wrapped error from source(): look inside for ours.
         if let Some(inner) = e

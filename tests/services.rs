@@ -79,6 +79,15 @@ fn env_processes(home: &TestHome) -> Vec<u32> {
     tree
 }
 
+/// Wait until the env's supervisor and everything below it have ended.
+fn assert_env_gone(home: &TestHome) {
+    common::env::wait_for(
+        "the env's processes to end",
+        Duration::from_secs(20),
+        || env_processes(home).is_empty(),
+    );
+}
+
 #[test]
 fn the_shell_reaches_redis_by_name_and_the_service_stops_with_the_session() {
     let home = TestHome::new();
@@ -89,12 +98,15 @@ fn the_shell_reaches_redis_by_name_and_the_service_stops_with_the_session() {
                 print(r.get('k').decode())";
     let out = devenv_in(&home, &["run", "--", "python3", "-c", code]).success();
     assert_eq!(out.stdout.trim(), "from python", "{out:?}");
-    // The last session is gone: so are the service and its supervisor.
-    common::env::wait_for(
-        "the env's processes to end",
-        Duration::from_secs(15),
-        || env_processes(&home).is_empty(),
-    );
+    // The last session is gone: so are the service and its supervisor, which stopped on its
+    // own (its log says so: the process search above found the real one).
+    assert_env_gone(&home);
+    let envs = fs_err::read_dir(home.store().join("envs")).unwrap();
+    let log: String = envs
+        .flatten()
+        .filter_map(|e| fs_err::read_to_string(e.path().join("services/supervisor.log")).ok())
+        .collect();
+    assert!(log.contains("ready") && log.contains("stopped"), "{log}");
 }
 
 /// A port nothing on this machine listens on now.
@@ -201,11 +213,7 @@ fn a_published_port_answers_on_the_host_and_the_host_loopback_stays_outside() {
         "another program listens there",
     ]);
     assert_eq!(out.errors(), 1, "{out:?}");
-    common::env::wait_for(
-        "the env's processes to end",
-        Duration::from_secs(15),
-        || env_processes(&home).is_empty(),
-    );
+    assert_env_gone(&home);
     drop(host);
 }
 
@@ -222,6 +230,11 @@ fn a_service_that_exits_or_is_never_ready_stops_the_start_with_its_log() {
     );
     let out = devenv_in(&home, &["run", "--", "true"]).failure(&["broken", "exited", "status 3"]);
     assert!(out.stderr.contains("broken-marker-42"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("hint: the whole log: `devenv logs NAME`"),
+        "{out:?}"
+    );
     assert_eq!(out.errors(), 1, "{out:?}");
 
     project(
@@ -234,11 +247,7 @@ fn a_service_that_exits_or_is_never_ready_stops_the_start_with_its_log() {
     );
     let out = devenv_in(&home, &["run", "--", "true"]).failure(&["slow", "not ready after 2 s"]);
     assert!(out.stderr.contains("waiting-marker"), "{out:?}");
-    common::env::wait_for(
-        "the env's processes to end",
-        Duration::from_secs(15),
-        || env_processes(&home).is_empty(),
-    );
+    assert_env_gone(&home);
 }
 
 #[test]
@@ -278,11 +287,7 @@ fn two_sessions_share_one_set_of_services_and_sigkill_leaves_nothing_running() {
     )
     .unwrap();
     let _ = common::wait(a, a_what);
-    common::env::wait_for(
-        "the env's processes to end",
-        Duration::from_secs(20),
-        || env_processes(&home).is_empty(),
-    );
+    assert_env_gone(&home);
 
     // SIGKILL of the supervisor itself (and of every devenv of the env): the services die
     // with it (parent-death signals), none is left running.
@@ -487,11 +492,7 @@ fn an_interactive_shell_on_a_terminal_reaches_the_services() {
     s.type_str("exit 3\n");
     let (status, output) = s.wait(Duration::from_secs(20));
     assert_eq!(status.code(), Some(3), "terminal showed:\n{output}");
-    common::env::wait_for(
-        "the env's processes to end",
-        Duration::from_secs(15),
-        || env_processes(&home).is_empty(),
-    );
+    assert_env_gone(&home);
 }
 
 /// The issue's example of outbound traffic: pip inside a private network downloads from the
@@ -540,11 +541,7 @@ fn sigterm_to_the_supervisor_stops_the_services_cleanly() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    common::env::wait_for(
-        "the env's processes to end",
-        Duration::from_secs(20),
-        || env_processes(&home).is_empty(),
-    );
+    assert_env_gone(&home);
     // PostgreSQL got SIGTERM (a smart shutdown), not SIGKILL.
     let logs = devenv_in(&home, &["logs", "db"]).success();
     assert!(

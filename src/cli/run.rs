@@ -146,7 +146,7 @@ fn enter(
     // services; the connection kept here is this session's share of them.
     let _attached = match env.services_plan(&loaded, &store)? {
         Some(plan) => {
-            let attached = crate::services::attach(&plan, &store, &ctx.ui)?;
+            let attached = crate::services::attach(&plan, &ctx.ui)?;
             if let Some(note) = crate::services::loopback_proxy_note(&spec.env) {
                 ctx.ui.note(&note);
             }

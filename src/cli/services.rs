@@ -40,7 +40,7 @@ pub fn up(_args: UpArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
             .note("this env has no [services] and no private network: nothing to start");
         return Ok(ExitCode::SUCCESS);
     };
-    let (reply, _) = crate::services::request(&plan, crate::services::Op::Up, &store, &ctx.ui)?;
+    let (reply, _) = crate::services::request(&plan, crate::services::Op::Up, &ctx.ui)?;
     for n in &reply.notes {
         ctx.ui.note(n);
     }
@@ -119,7 +119,7 @@ pub fn logs(args: LogsArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     if !args.follow {
         return Ok(ExitCode::SUCCESS);
     }
-    let sock = dir.join("sock");
+    let sock = crate::services::socket_path(&dir);
     let mut pos = file.stream_position()?;
     loop {
         std::thread::sleep(std::time::Duration::from_millis(200));

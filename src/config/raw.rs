@@ -373,18 +373,18 @@ impl RawFile {
                 None => return Err(ConfigError::NoBase(src.file.to_path_buf())),
             }
         }
+        // The shell's ports first: a conflict is reported at the second of the two.
+        let shell_ports = super::services::ports(src, &self.container.ports, "[container]")?;
+        let mut listeners: Vec<super::services::Listener> = shell_ports
+            .iter()
+            .map(|(port, span)| super::services::Listener::new("[container]", *port, span.clone()))
+            .collect();
         let mut services = BTreeMap::new();
-        let mut listeners = Vec::new();
         for (name, raw) in self.services {
             let (service, listens) = raw.validate(src, &name)?;
-            listeners.extend(
-                listens
-                    .into_iter()
-                    .map(|(port, span)| (service.name.clone(), port, span)),
-            );
+            listeners.extend(listens);
             services.insert(service.name.clone(), service);
         }
-        let shell_ports = super::services::ports(src, &self.container.ports, "[container]")?;
         let network_span = self.container.network.as_ref().map(|n| n.span());
         let mut container = self.container.validate(src, exp)?;
         container.ports = shell_ports.iter().map(|(p, _)| *p).collect();
@@ -411,29 +411,7 @@ impl RawFile {
             }
             _ => {}
         }
-        let mut all: Vec<super::services::Listener<'_>> = shell_ports
-            .iter()
-            .map(|(port, span)| super::services::Listener {
-                owner: "[container]",
-                port: *port,
-                span: span.clone(),
-            })
-            .collect();
-        let owners: Vec<String> = listeners
-            .iter()
-            .map(|(n, _, _)| format!("[services.{n}]"))
-            .collect();
-        all.extend(
-            listeners
-                .iter()
-                .zip(&owners)
-                .map(|((_, port, span), owner)| super::services::Listener {
-                    owner,
-                    port: *port,
-                    span: span.clone(),
-                }),
-        );
-        super::services::check_conflicts(src, &all)?;
+        super::services::check_conflicts(src, &listeners)?;
         Ok(EnvFile {
             image,
             tools: tools

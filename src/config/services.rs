@@ -135,7 +135,7 @@ impl RawService {
         self,
         src: &Source<'_>,
         name: &Spanned<String>,
-    ) -> Result<(Service, Vec<Placed>), ConfigError> {
+    ) -> Result<(Service, Vec<Listener>), ConfigError> {
         let n = name.get_ref();
         if let Some(why) = name_problem(n) {
             return Err(src.error(
@@ -250,15 +250,16 @@ impl RawService {
                 }
             },
         };
-        let mut listens = published.clone();
+        let mut listens: Vec<Listener> = published
+            .iter()
+            .map(|(port, span)| Listener::new(&table, *port, span.clone()))
+            .collect();
         if let (Some(Ready::Tcp(p)), Some(r)) = (&ready, &self.ready) {
-            listens.push((
-                Port {
-                    host: 0,
-                    container: *p,
-                },
-                r.span(),
-            ));
+            let checked = Port {
+                host: 0,
+                container: *p,
+            };
+            listens.push(Listener::new(&table, checked, r.span()));
         }
         let service = Service {
             name: n.clone(),
@@ -275,16 +276,27 @@ impl RawService {
     }
 }
 
-/// Who listens on a port inside the env's network: the shell (`[container]`) or a service.
-pub(super) struct Listener<'a> {
-    pub owner: &'a str,
+/// Who listens on a port inside the env's network: the shell (`[container]`) or a service
+/// (`[services.NAME]`); `port.host` is 0 for a port only a `tcp:` check names.
+pub(super) struct Listener {
+    pub owner: String,
     pub port: Port,
     pub span: std::ops::Range<usize>,
 }
 
+impl Listener {
+    pub fn new(owner: &str, port: Port, span: std::ops::Range<usize>) -> Listener {
+        Listener {
+            owner: owner.to_string(),
+            port,
+            span,
+        }
+    }
+}
+
 /// Refuse two containers listening on one port (they share the network namespace), and one
 /// host port published twice.
-pub(super) fn check_conflicts(src: &Source<'_>, all: &[Listener<'_>]) -> Result<(), ConfigError> {
+pub(super) fn check_conflicts(src: &Source<'_>, all: &[Listener]) -> Result<(), ConfigError> {
     for (i, l) in all.iter().enumerate() {
         for earlier in &all[..i] {
             if earlier.port.container == l.port.container && earlier.owner != l.owner {

@@ -60,9 +60,14 @@ pub struct ServicePlan {
     pub ready_timeout: u32,
 }
 
+/// The supervisor's socket in the services directory `dir`.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("sock")
+}
+
 impl Plan {
     pub fn socket(&self) -> PathBuf {
-        self.dir.join("sock")
+        socket_path(&self.dir)
     }
 
     /// Seal the plan: its hash over everything but the hash.
@@ -127,7 +132,6 @@ pub struct ServiceState {
 /// the services up while it is open.
 pub struct Attached {
     pub join: crate::runtime::Join,
-    pub notes: Vec<String>,
     _conn: UnixStream,
 }
 
@@ -272,7 +276,6 @@ pub(crate) fn send_fds(conn: RawFd, fds: &[RawFd]) -> std::io::Result<()> {
 pub fn request(
     plan: &Plan,
     op: Op,
-    store: &crate::store::Store,
     ui: &dyn crate::progress::Reporter,
 ) -> Result<(Reply, Option<Attached>), ServiceError> {
     fs_err::create_dir_all(plan.dir.join("logs"))?;
@@ -286,7 +289,11 @@ pub fn request(
         let mut conn = match connect(&plan.socket()) {
             Ok(c) => c,
             Err(_) => {
-                let _lock = store.lock(&format!("services-{}", lock_name(&plan.dir)))?;
+                // Concurrent first sessions start one supervisor.
+                let _lock = crate::store::lock_file(
+                    &plan.dir.join("spawn.lock"),
+                    crate::store::LockMode::Exclusive,
+                )?;
                 match connect(&plan.socket()) {
                     Ok(c) => c,
                     Err(_) => {
@@ -312,7 +319,6 @@ pub fn request(
                             user: Some(std::sync::Arc::new(user)),
                             net: std::sync::Arc::new(net),
                         },
-                        notes: reply.notes.clone(),
                         _conn: conn,
                     }),
                     (Op::Attach, _) => {
@@ -340,22 +346,17 @@ pub fn request(
 
 /// This session's share of the env's services (started and ready when this returns), and the
 /// namespaces it joins; notes from the supervisor are shown.
-pub fn attach(
-    plan: &Plan,
-    store: &crate::store::Store,
-    ui: &dyn crate::progress::Reporter,
-) -> Result<Attached, ServiceError> {
-    let (_, attached) = request(plan, Op::Attach, store, ui)?;
-    let attached = attached.ok_or_else(|| ServiceError::Failed("no namespaces".into()))?;
-    for n in &attached.notes {
+pub fn attach(plan: &Plan, ui: &dyn crate::progress::Reporter) -> Result<Attached, ServiceError> {
+    let (reply, attached) = request(plan, Op::Attach, ui)?;
+    for n in &reply.notes {
         ui.note(n);
     }
-    Ok(attached)
+    attached.ok_or_else(|| ServiceError::Failed("the env's supervisor sent no namespaces".into()))
 }
 
 /// Ask a running supervisor only (`down`, `status`): `NotRunning` when there is none.
 pub fn ask_running(dir: &Path, op: Op) -> Result<Reply, ServiceError> {
-    let Ok(mut conn) = connect(&dir.join("sock")) else {
+    let Ok(mut conn) = connect(&socket_path(dir)) else {
         return Err(ServiceError::NotRunning);
     };
     let req = Request {
@@ -370,12 +371,6 @@ pub fn ask_running(dir: &Path, op: Op) -> Result<Reply, ServiceError> {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Err(ServiceError::NotRunning),
         Err(e) => Err(e.into()),
     }
-}
-
-fn lock_name(dir: &Path) -> String {
-    dir.parent()
-        .and_then(Path::file_name)
-        .map_or_else(|| "env".into(), |n| n.to_string_lossy().into_owned())
 }
 
 /// Bind the socket (replacing a dead one's) and start `devenv __services` on it, detached: its
