@@ -311,7 +311,84 @@ pub fn check_network_settings() -> Vec<Check> {
             "point SSL_CERT_FILE at a PEM file or unset it",
         ),
     });
+    out.push(check_python_index(
+        crate::tools::index::Indexes::load().map_err(|e| {
+            let hint = crate::error::Hint::hint(&e).unwrap_or_default();
+            (e.to_string(), hint)
+        }),
+    ));
     out
+}
+
+/// The Python package index builds and the uv bootstrap use, and where it was set.
+fn check_python_index(indexes: Result<crate::tools::index::Indexes, (String, String)>) -> Check {
+    use crate::tools::index::{Origin, redacted};
+    let indexes = match indexes {
+        Ok(i) => i,
+        Err((why, fix)) => return Check::fail("python-index", why, fix),
+    };
+    let named: Vec<String> = indexes
+        .named
+        .iter()
+        .map(|(n, u)| format!("{n} = {}", redacted(u)))
+        .collect();
+    let named = if named.is_empty() {
+        String::new()
+    } else {
+        format!("; named: {}", named.join(", "))
+    };
+    match &indexes.default {
+        Some((url, origin)) => {
+            let from = match origin {
+                Origin::Variable(v) => (*v).to_string(),
+                Origin::UserConfig => "config.toml [python] index".into(),
+                Origin::BuiltIn => "this build's default".into(),
+            };
+            Check::ok("python-index", format!("{} ({from}){named}", redacted(url)))
+        }
+        None => Check::warn(
+            "python-index",
+            format!(
+                "no Python package index is configured: Python packages resolve from uv's own \
+                 default, and devenv cannot fetch its pinned uv{named}"
+            ),
+            "set PIP_INDEX_URL (or [python] index in config.toml) to your package index's \
+             simple URL",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod python_index_tests {
+    use super::*;
+    use crate::tools::index::{Indexes, Origin};
+
+    #[test]
+    fn the_index_in_effect_is_shown_with_where_it_was_set_and_without_credentials() {
+        let mut i = Indexes {
+            default: Some((
+                "https://me:secret@mirror.example/simple".into(),
+                Origin::Variable("PIP_INDEX_URL"),
+            )),
+            ..Indexes::default()
+        };
+        i.named
+            .insert("pytorch".into(), "https://torch.example/whl".into());
+        let c = check_python_index(Ok(i));
+        assert_eq!(c.status, Status::Ok);
+        assert_eq!(
+            c.detail,
+            "https://…@mirror.example/simple (PIP_INDEX_URL); named: pytorch = https://torch.example/whl"
+        );
+        let none = check_python_index(Ok(Indexes::default()));
+        assert_eq!(none.status, Status::Warn);
+        assert!(none.fix.unwrap().contains("PIP_INDEX_URL"));
+        let bad = check_python_index(Err(("bad".into(), "fix it".into())));
+        assert_eq!(
+            (bad.status, bad.fix.as_deref()),
+            (Status::Fail, Some("fix it"))
+        );
+    }
 }
 
 /// Whether an env's private network (`[services]`, `ports`) gets a way out: slirp4netns and a

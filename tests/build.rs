@@ -564,3 +564,76 @@ fn git_commits_carry_the_users_identity_and_the_agent_comes_in_when_granted() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// A company's package mirror and no other index: `[python] index` in the user's config.toml
+/// names it (Python's http.server on loopback over a PEP 503 tree holding the pinned uv and
+/// six), every other index is behind a closed proxy. devenv fetches its uv from the mirror,
+/// resolves and installs six from it, and env.lock's URL points at it. `PIP_INDEX_URL` does the
+/// same; the control, with the mirror named nowhere, fails to get uv at all.
+#[test]
+fn a_mirror_in_the_users_configuration_is_the_only_index_a_build_needs() {
+    use common::mirror::{Mirror, behind_closed_proxy, wheels};
+    let mirror = Mirror::serve(&wheels());
+    let env = format!(
+        "[image]\nbase = \"{}\"\n\n[packages]\npip = [\"six==1.16.0\"]\n",
+        bookworm_image()
+    );
+    let home = TestHome::new();
+    home.write("project/env.toml", &env);
+    home.write(
+        "config/devenv/config.toml",
+        format!("[python]\nindex = \"{}\"\n", mirror.url),
+    );
+    let mut cmd = devenv(&home);
+    behind_closed_proxy(&mut cmd).args([
+        "run",
+        "--",
+        "python",
+        "-c",
+        "import six; print(six.__version__)",
+    ]);
+    let out = run(&mut cmd).success();
+    assert_eq!(out.stdout.trim(), "1.16.0", "{out:?}");
+    let asked = mirror.requests();
+    for path in [
+        "GET /simple/uv/",
+        "GET /files/uv-0.13.9-",
+        "GET /simple/six/",
+        "GET /files/six-1.16.0-py2.py3-none-any.whl",
+    ] {
+        assert!(
+            asked.iter().any(|a| a.starts_with(path)),
+            "{path} not asked of the mirror: {asked:?}"
+        );
+    }
+    let lock = String::from_utf8(home.read("project/env.lock")).unwrap();
+    assert!(
+        lock.contains(&format!(
+            "url = \"{}",
+            mirror.url.trim_end_matches("/simple")
+        )),
+        "env.lock's six comes from the mirror: {lock}"
+    );
+
+    let by_variable = TestHome::new();
+    by_variable.write("project/env.toml", &env);
+    let before = mirror.requests().len();
+    let mut cmd = devenv(&by_variable);
+    behind_closed_proxy(&mut cmd)
+        .env("PIP_INDEX_URL", &mirror.url)
+        .arg("lock");
+    run(&mut cmd).success();
+    assert!(
+        mirror.requests()[before..]
+            .iter()
+            .any(|a| a.starts_with("GET /simple/six/")),
+        "PIP_INDEX_URL names the mirror: {:?}",
+        mirror.requests()
+    );
+
+    let control = TestHome::new();
+    control.write("project/env.toml", &env);
+    let mut cmd = devenv(&control);
+    behind_closed_proxy(&mut cmd).arg("lock");
+    run(&mut cmd).failure(&["downloading uv 0.13.9 from", "hint:"]);
+}

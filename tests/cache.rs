@@ -24,23 +24,8 @@ fn devenv_in(home: &TestHome, args: &[&str]) -> Outcome {
 /// `devenv` with every package index out of reach: proxies to a closed port for everything
 /// but loopback (where the registries are).
 fn offline_from_pypi(home: &TestHome, args: &[&str]) -> Outcome {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let proxy = format!("http://127.0.0.1:{closed}");
     let mut cmd = devenv(home);
-    for v in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-    ] {
-        cmd.env(v, &proxy);
-    }
-    cmd.env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost");
+    common::mirror::behind_closed_proxy(&mut cmd);
     run(cmd.current_dir(home.project()).args(args))
 }
 

@@ -388,6 +388,7 @@ fn doctor_passes_here_and_its_json_has_the_documented_shape() {
         "disk",
         "proxy",
         "ca",
+        "python-index",
         "registry",
         "gpu",
     ] {

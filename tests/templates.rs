@@ -82,17 +82,24 @@ fn the_tensorflow_template_locks_for_the_images_python() {
 }
 
 #[test]
-fn the_pytorch_template_locks_from_pypi() {
-    // Its default variant takes PyTorch's CPU wheel index, which these machines cannot reach;
-    // the pypi variant is the same template on PyPI's own wheels.
-    let home = init("pytorch", |t| {
-        t.replace(
-            "torch = \"2.5.1\"",
-            "torch = { version = \"2.5.1\", variant = \"pypi\" }",
-        )
-    });
+fn the_pytorch_template_locks_from_the_default_index() {
+    let home = init("pytorch", |t| t);
     dv(&home, &["lock"]).success();
     let lock = fs_err::read_to_string(home.project().join("env.lock")).unwrap();
     assert!(lock.contains("name = \"torch\""), "{lock}");
     assert!(lock.contains("version = \"2.5.1\""), "{lock}");
+
+    // PyTorch's own CPU wheels come from an index the user's configuration names; this one
+    // names none, and the lock says what to add before it resolves anything.
+    let cpu = init("pytorch", |t| {
+        t.replace(
+            "torch = \"2.5.1\"\n",
+            "torch = { version = \"2.5.1\", variant = \"cpu\" }\n",
+        )
+    });
+    dv(&cpu, &["lock"]).failure(&[
+        "torch's variant `cpu` installs from the index `pytorch`, which your configuration does not name",
+        "hint: add it to",
+        "[python.indexes] pytorch = ",
+    ]);
 }

@@ -202,7 +202,7 @@ mod tests {
         write(&up, "usr/bin/jq", "elf");
         write(&up, "var/lib/dpkg/status", "Package: jq");
         write(&up, "var/cache/apt/pkgcache.bin", "c");
-        write(&up, "var/lib/apt/lists/deb.debian.org_Release", "r");
+        write(&up, "var/lib/apt/lists/index.example_Release", "r");
         write(&up, "var/log/dpkg.log", "2026-11-28 install jq");
         write(&up, "var/log/apt/history.log", "h");
         write(&up, "var/cache/ldconfig/aux-cache", "inodes");

@@ -309,6 +309,8 @@ pub enum LockError {
     #[error(transparent)]
     Uv(#[from] crate::tools::uv::UvError),
     #[error(transparent)]
+    Index(#[from] crate::tools::index::IndexError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -413,6 +415,7 @@ impl Hint for LockError {
             LockError::Pull(e) => e.hint(),
             LockError::Runtime(e) => e.hint(),
             LockError::Uv(e) => e.hint(),
+            LockError::Index(e) => e.hint(),
             LockError::Parse { .. } => {
                 Some("fix the file, or delete it and run `devenv lock` to write a new one".into())
             }
@@ -512,11 +515,9 @@ impl Wanted {
             if let Some(v) = &inputs.python {
                 text.push_str(&format!("python {v}\n"));
             }
-            if let Some(u) = &inputs.index_url {
-                text.push_str(&format!("index-url {u}\n"));
-            }
-            for u in &inputs.extra_index_urls {
-                text.push_str(&format!("extra-index-url {u}\n"));
+            // The index by its name, not its URL: the same lock behind any mirror.
+            if let Some(i) = &inputs.index {
+                text.push_str(&format!("index {}\n", i.reference));
             }
             for p in &inputs.pip {
                 text.push_str(&format!("pip {p}\n"));
@@ -861,11 +862,16 @@ pub fn ensure(
                     "Resolving",
                     &format!("Python packages for {}", wanted.platform),
                 );
+                let indexes = crate::tools::index::Indexes::load()?;
+                let recipe_index = match &inputs.index {
+                    Some(i) => Some(indexes.resolve(&i.reference, &i.wanted_by)?),
+                    None => None,
+                };
                 let request = resolve::PythonRequest {
                     pip: &inputs.pip,
                     requirements: requirements.as_deref(),
-                    index_url: inputs.index_url.as_deref(),
-                    extra_index_urls: &inputs.extra_index_urls,
+                    default_index: indexes.default.as_ref().map(|(u, _)| u.as_str()),
+                    index: recipe_index.as_deref(),
                     constraints: &constraints,
                 };
                 let uv = crate::tools::uv::ensure(store, opts.offline, ui)?;

@@ -116,8 +116,10 @@ pub(super) struct PythonRequest<'a> {
     pub pip: &'a [String],
     /// The content of `[packages].requirements`.
     pub requirements: Option<&'a str>,
-    pub index_url: Option<&'a str>,
-    pub extra_index_urls: &'a [String],
+    /// The user's index (`None`: uv's own default).
+    pub default_index: Option<&'a str>,
+    /// A recipe variant's index, resolved: searched beside the default one.
+    pub index: Option<&'a str>,
     /// `name==version` lines pip must keep (`--update NAME` moves only NAME).
     pub constraints: &'a [String],
 }
@@ -131,10 +133,12 @@ pub(super) struct PythonResolved {
 /// The requirements file the resolver reads: options first, then env.toml's requirements.
 fn python_request_file(req: &PythonRequest<'_>) -> String {
     let mut text = String::new();
-    if let Some(u) = req.index_url {
+    // Both indexes are searched alike (`--index-strategy unsafe-best-match`): torch's `+cpu`
+    // build outranks PyPI's plain one for `torch==2.5.1`, and the dependencies come from either.
+    if let Some(u) = req.default_index {
         text.push_str(&format!("--index-url {u}\n"));
     }
-    for u in req.extra_index_urls {
+    if let Some(u) = req.index {
         text.push_str(&format!("--extra-index-url {u}\n"));
     }
     if !req.constraints.is_empty() {
@@ -667,22 +671,27 @@ sdist = {{ url = "https://f/only_sdist-0.1.tar.gz", hashes = {{ sha256 = "{H2}" 
     #[test]
     fn request_file_puts_options_first() {
         let pip = ["torch==2.5.1".to_string()];
-        let extra = ["https://pypi.org/simple".to_string()];
         let c = ["numpy==1.26.4".to_string()];
-        let text = python_request_file(&PythonRequest {
+        let mut req = PythonRequest {
             pip: &pip,
             requirements: Some("six\n"),
-            index_url: Some("https://download.pytorch.org/whl/cpu"),
-            extra_index_urls: &extra,
+            default_index: Some("https://mirror.example/simple"),
+            index: Some("https://torch.example/whl/cpu"),
             constraints: &c,
-        });
+        };
         assert_eq!(
-            text,
-            "--index-url https://download.pytorch.org/whl/cpu\n\
-             --extra-index-url https://pypi.org/simple\n\
+            python_request_file(&req),
+            "--index-url https://mirror.example/simple\n\
+             --extra-index-url https://torch.example/whl/cpu\n\
              -c /devenv-out/constraints.txt\n\
              -r /devenv-out/user-requirements.txt\n\
              torch==2.5.1\n"
+        );
+        // Without the user's index, uv's own default stays and the recipe's is added to it.
+        req.default_index = None;
+        assert!(
+            python_request_file(&req)
+                .starts_with("--extra-index-url https://torch.example/whl/cpu\n-c ")
         );
     }
 }

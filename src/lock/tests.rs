@@ -23,15 +23,14 @@ fn sample() -> Lock {
                 PythonPackage {
                     name: "six".into(),
                     version: "1.16.0".into(),
-                    url: "https://files.pythonhosted.org/six-1.16.0-py2.py3-none-any.whl".into(),
+                    url: "https://index.example/six-1.16.0-py2.py3-none-any.whl".into(),
                     sha256: "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254"
                         .into(),
                 },
                 PythonPackage {
                     name: "numpy".into(),
                     version: "1.26.4".into(),
-                    url: "https://files.pythonhosted.org/numpy-1.26.4-cp311-cp311-manylinux.whl"
-                        .into(),
+                    url: "https://index.example/numpy-1.26.4-cp311-cp311-manylinux.whl".into(),
                     sha256: "666dbfb6ec68962c033a450943ded891bed2d54e6755e35e5835d63f4f6931d5"
                         .into(),
                 },
@@ -145,9 +144,9 @@ fn build_gets_hash_pinned_requirements_and_apt_pins() {
     let lock = sample();
     assert_eq!(
         lock.python_requirements(),
-        "numpy @ https://files.pythonhosted.org/numpy-1.26.4-cp311-cp311-manylinux.whl \
+        "numpy @ https://index.example/numpy-1.26.4-cp311-cp311-manylinux.whl \
          --hash=sha256:666dbfb6ec68962c033a450943ded891bed2d54e6755e35e5835d63f4f6931d5\n\
-         six @ https://files.pythonhosted.org/six-1.16.0-py2.py3-none-any.whl \
+         six @ https://index.example/six-1.16.0-py2.py3-none-any.whl \
          --hash=sha256:8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254\n"
     );
     assert_eq!(lock.apt_pins(), ["jq=1.6-2.1", "libjq1=1.6-2.1"]);
@@ -306,11 +305,15 @@ fn drift_is_per_part() {
 }
 
 #[test]
-fn index_url_changes_the_python_inputs() {
+fn a_recipe_index_changes_the_python_inputs_by_its_name() {
+    let index = |reference: &str| crate::tools::recipe::RecipeIndex {
+        reference: reference.into(),
+        wanted_by: "torch's variant".into(),
+    };
     let mut a = inputs(&["torch==2.5.1"], &[]);
-    a.index_url = Some("https://download.pytorch.org/whl/cpu".into());
+    a.index = Some(index("pytorch/cpu"));
     let mut b = a.clone();
-    b.index_url = Some("https://download.pytorch.org/whl/cu124".into());
+    b.index = Some(index("pytorch/cu124"));
     let wa = Wanted::new(IMAGE, &amd64(), &a, None);
     let wb = Wanted::new(IMAGE, &amd64(), &b, None);
     assert_ne!(wa.python, wb.python);
@@ -412,7 +415,7 @@ fn resolver_failures_hint_at_their_cause() {
     assert!(resolve_hint(version).contains("a version must exist"));
     let conflict = "    cause: Because scikit-learn==1.5.2 depends on numpy>=1.19.5 and you require scikit-learn==1.5.2, we can conclude that you require numpy>=1.19.5.\n           And because you require numpy==1.18.0, we can conclude that your requirements are unsatisfiable.";
     assert!(resolve_hint(conflict).contains("contradict each other"));
-    let down = "  error: Request failed after 3 retries in 9.5s\n    cause: Failed to fetch: https://pypi.org/simple/pandas/\n    cause: tcp connect error";
+    let down = "  error: Request failed after 3 retries in 9.5s\n    cause: Failed to fetch: https://index.example/simple/pandas/\n    cause: tcp connect error";
     assert!(resolve_hint(down).contains("unreachable"));
 }
 

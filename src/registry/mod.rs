@@ -15,7 +15,7 @@ pub mod manifest;
 pub mod settings;
 #[cfg(test)]
 mod tests;
-mod transport;
+pub(crate) mod transport;
 pub mod upload;
 
 use std::collections::HashMap;

@@ -133,9 +133,28 @@ pub struct Agents {
 }
 
 impl Agents {
+    /// For the registry client, which follows redirects itself, hop by hop, so it can choose
+    /// the proxy and drop credentials per host.
     pub fn new(
         proxies: ProxyConfig,
         tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Agents, RegistryError> {
+        Agents::build(proxies, tls, 0)
+    }
+
+    /// For plain downloads (package files, an index's pages): redirects followed by ureq, up to
+    /// five, through the agent the first URL chose.
+    pub fn following_redirects(
+        proxies: ProxyConfig,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Agents, RegistryError> {
+        Agents::build(proxies, tls, 5)
+    }
+
+    fn build(
+        proxies: ProxyConfig,
+        tls: Arc<rustls::ClientConfig>,
+        redirects: u32,
     ) -> Result<Agents, RegistryError> {
         let builder = || {
             ureq::AgentBuilder::new()
@@ -143,9 +162,7 @@ impl Agents {
                 .timeout_connect(CONNECT_TIMEOUT)
                 .timeout_read(READ_TIMEOUT)
                 .timeout_write(READ_TIMEOUT)
-                // Redirects are followed by the client, hop by hop, so it can choose the proxy
-                // and drop credentials per host.
-                .redirects(0)
+                .redirects(redirects)
                 .user_agent(concat!("devenv/", env!("CARGO_PKG_VERSION")))
         };
         let with_proxy =

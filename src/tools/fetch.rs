@@ -9,7 +9,6 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
@@ -17,6 +16,7 @@ use std::time::SystemTime;
 use sha2::{Digest as _, Sha256};
 
 use crate::progress::Reporter;
+use crate::registry::transport::Agents;
 use crate::store::{Store, StoreError};
 
 /// One file to have: what it is called in messages, where it is, its sha256 (hex).
@@ -111,7 +111,7 @@ pub fn fetch(
         out.push(Cached { path, file_name });
     }
     if !missing.is_empty() {
-        let agent = make_agent()?;
+        let agents = agents()?;
         let next = AtomicUsize::new(0);
         let failed: Mutex<Option<FetchError>> = Mutex::new(None);
         let work = || {
@@ -123,7 +123,7 @@ pub fn fetch(
                 if failed.lock().map(|f| f.is_some()).unwrap_or(true) {
                     return;
                 }
-                let result = fetch_one(store, &agent, p, sha, path, file_name, ui);
+                let result = fetch_one(store, &agents, p, sha, path, file_name, ui);
                 if let Err(e) = result
                     && let Ok(mut slot) = failed.lock()
                 {
@@ -146,7 +146,7 @@ pub fn fetch(
 /// One missing file, under the store's lock for its hash (another process may be fetching it).
 fn fetch_one(
     store: &Store,
-    agent: &ureq::Agent,
+    agents: &Agents,
     p: &Wanted<'_>,
     sha: &str,
     path: &Path,
@@ -157,7 +157,7 @@ fn fetch_one(
     if path.exists() {
         return Ok(());
     }
-    match download_verified(store, agent, p.url, sha, path, file_name, ui)? {
+    match download_verified(store, agents, p.url, sha, path, file_name, ui)? {
         Verified::Stored => Ok(()),
         Verified::Mismatch { actual } => Err(FetchError::HashMismatch {
             name: p.name.to_string(),
@@ -185,7 +185,7 @@ pub enum Verified {
 /// [`FetchError::Download`].
 pub fn download_verified(
     store: &Store,
-    agent: &ureq::Agent,
+    agents: &Agents,
     url: &str,
     sha: &str,
     dest: &Path,
@@ -196,7 +196,11 @@ pub fn download_verified(
         url: url.to_string(),
         message,
     };
-    let resp = agent.get(url).call().map_err(|e| failed(e.to_string()))?;
+    let resp = agents
+        .for_url(url)
+        .get(url)
+        .call()
+        .map_err(|e| failed(http_message(url, &e)))?;
     let total = resp
         .header("content-length")
         .and_then(|v| v.parse::<u64>().ok());
@@ -231,6 +235,15 @@ pub fn download_verified(
     Ok(Verified::Stored)
 }
 
+/// A ureq error without the URL it starts with (the message names the URL already).
+pub fn http_message(url: &str, e: &ureq::Error) -> String {
+    let text = e.to_string();
+    match text.strip_prefix(url).and_then(|t| t.strip_prefix(": ")) {
+        Some(rest) => rest.to_string(),
+        None => text,
+    }
+}
+
 /// The URL's last path segment, percent-decoded (`torch-2.1.0%2Bcpu-…whl`), when it is a
 /// plain file name.
 pub fn file_name(url: &str) -> Option<String> {
@@ -258,39 +271,17 @@ pub fn file_name(url: &str) -> Option<String> {
     plain.then_some(name)
 }
 
-/// An HTTPS client trusting the system's CA bundle (where a company proxy's CA lives), through
-/// `https_proxy` when set.
-pub fn make_agent() -> Result<ureq::Agent, FetchError> {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Ok(certs) = rustls_native_certs::load_native_certs() {
-        roots.add_parsable_certificates(certs);
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| FetchError::Download {
+/// The HTTP clients downloads go through: the registry client's transport (the system's CA
+/// bundle plus `SSL_CERT_FILE`; `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` by scheme, `NO_PROXY`
+/// and loopback direct), following redirects.
+pub fn agents() -> Result<Agents, FetchError> {
+    use crate::registry::transport::{ProxyConfig, tls_config};
+    let failed = |e: crate::registry::RegistryError| FetchError::Download {
         url: String::new(),
-        message: format!("setting up TLS: {e}"),
-    })?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut builder = ureq::AgentBuilder::new()
-        .tls_config(Arc::new(tls))
-        .timeout_connect(std::time::Duration::from_secs(30))
-        .timeout_read(std::time::Duration::from_secs(60))
-        .user_agent(concat!("devenv/", env!("CARGO_PKG_VERSION")));
-    let proxy = ["https_proxy", "HTTPS_PROXY"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
-    if let Some(url) = proxy {
-        let p = ureq::Proxy::new(&url).map_err(|e| FetchError::Download {
-            url: url.clone(),
-            message: format!("https_proxy: {e}"),
-        })?;
-        builder = builder.proxy(p);
-    }
-    Ok(builder.build())
+        message: e.to_string(),
+    };
+    Agents::following_redirects(ProxyConfig::from_env(), tls_config().map_err(failed)?)
+        .map_err(failed)
 }
 
 #[cfg(test)]
@@ -304,8 +295,10 @@ mod tests {
             Some("six-1.16.0-py2.py3-none-any.whl")
         );
         assert_eq!(
-            file_name("https://download.pytorch.org/whl/cpu/torch-2.1.0%2Bcpu-cp311-cp311-linux_x86_64.whl")
-                .as_deref(),
+            file_name(
+                "https://index.example/whl/cpu/torch-2.1.0%2Bcpu-cp311-cp311-linux_x86_64.whl"
+            )
+            .as_deref(),
             Some("torch-2.1.0+cpu-cp311-cp311-linux_x86_64.whl")
         );
         assert_eq!(file_name("https://h/dir/"), None);

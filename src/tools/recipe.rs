@@ -3,7 +3,9 @@
 //!
 //! A recipe lists pip requirements and apt packages with `{version}` (and `{variant}`) holes,
 //! and may offer variants (torch's CPU and CUDA wheel indexes) chosen by
-//! `name = { version = "…", variant = "…" }`. [`expand`] joins the recipes' output with
+//! `name = { version = "…", variant = "…" }`. A variant names its index by a name the user's
+//! `[python.indexes]` maps to a URL (`pytorch/cu124`, see [`super::index`]): no recipe names a
+//! host. [`expand`] joins the recipes' output with
 //! `[packages]` and `[setup]` into [`Inputs`], in build order. Invariants: expansion is pure (it
 //! reads no file, runs nothing), deterministic (tools in name order, apt sorted), and an unknown
 //! tool or variant is an error naming the known ones — never silently ignored.
@@ -56,13 +58,13 @@ pub enum RecipeError {
     #[error("version `{version}` of `{tool}` in [tools] is not a plain version (like \"2.16.1\")")]
     BadVersion { tool: String, version: String },
     #[error(
-        "tools `{first}` and `{second}` need different package indexes ({first_url} and {second_url})"
+        "tools `{first}` and `{second}` need different package indexes ({first_index} and {second_index})"
     )]
     IndexConflict {
         first: String,
-        first_url: String,
+        first_index: String,
         second: String,
-        second_url: String,
+        second_index: String,
     },
     /// A recipe file does not parse: a defect of devenv itself, caught by the tests.
     #[error("recipe `{name}` is broken: {message}")]
@@ -107,11 +109,20 @@ pub struct Inputs {
     pub pip: Vec<String>,
     /// `[packages].requirements`, resolved against the project directory.
     pub requirements: Option<PathBuf>,
-    /// `--index-url` / `--extra-index-url` a recipe variant needs (torch CPU/CUDA wheels).
-    pub index_url: Option<String>,
-    pub extra_index_urls: Vec<String>,
+    /// The index a recipe variant needs besides the default one (torch's CPU/CUDA wheels).
+    pub index: Option<RecipeIndex>,
     /// `[setup].run` commands, one build step each.
     pub run: Vec<crate::config::SetupStep>,
+}
+
+/// An index a recipe variant names: `pytorch/cu124`, resolved against the user's
+/// `[python.indexes]` only when a resolution needs the URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecipeIndex {
+    /// `NAME/PATH` as the recipe writes it; what env.lock's inputs record.
+    pub reference: String,
+    /// `torch's variant `cu124``, for messages.
+    pub wanted_by: String,
 }
 
 impl Inputs {
@@ -142,9 +153,8 @@ struct Recipe {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Variant {
-    index_url: Option<String>,
-    #[serde(default)]
-    extra_index_urls: Vec<String>,
+    /// `NAME` or `NAME/PATH`: a `[python.indexes]` name of the user's configuration.
+    index: Option<String>,
 }
 
 /// The names of every tool with a recipe, sorted.
@@ -222,28 +232,26 @@ pub fn expand(env: &EnvFile, project_dir: &Path) -> Result<Inputs, RecipeError> 
         };
         pip.extend(recipe.pip.iter().map(|s| fill(s)));
         apt.extend(recipe.apt.iter().map(|s| fill(s)));
-        if let Some(url) = variant.and_then(|v| v.index_url.as_ref()) {
-            match (&inputs.index_url, &index_from) {
-                (Some(existing), Some(first)) if existing != url => {
+        if let Some(reference) = variant.and_then(|v| v.index.as_ref()) {
+            match (&inputs.index, &index_from) {
+                (Some(existing), Some(first)) if &existing.reference != reference => {
                     return Err(RecipeError::IndexConflict {
                         first: first.clone(),
-                        first_url: existing.clone(),
+                        first_index: existing.reference.clone(),
                         second: name.clone(),
-                        second_url: url.clone(),
+                        second_index: reference.clone(),
                     });
                 }
                 _ => {
-                    inputs.index_url = Some(url.clone());
+                    inputs.index = Some(RecipeIndex {
+                        reference: reference.clone(),
+                        wanted_by: format!(
+                            "{name}'s variant `{}`",
+                            variant_name.as_deref().unwrap_or_default()
+                        ),
+                    });
                     index_from = Some(name.clone());
                 }
-            }
-        }
-        for url in variant
-            .map(|v| v.extra_index_urls.as_slice())
-            .unwrap_or(&[])
-        {
-            if !inputs.extra_index_urls.contains(url) {
-                inputs.extra_index_urls.push(url.clone());
             }
         }
     }
@@ -297,7 +305,7 @@ mod tests {
         assert_eq!(i.apt, ["git", "jq"]);
         assert_eq!(i.requirements, Some(PathBuf::from("/p/req.txt")));
         assert_eq!(i.run, [crate::config::SetupStep::cmd("echo hi")]);
-        assert_eq!(i.index_url, None);
+        assert_eq!(i.index, None);
         assert!(i.has_python());
     }
 
@@ -309,27 +317,34 @@ mod tests {
     }
 
     #[test]
-    fn torch_defaults_to_cpu_wheels() {
+    fn torch_defaults_to_the_default_index_like_pip_install_torch() {
         let e = env("[image]\nbase = \"debian:12\"\n[tools]\ntorch = \"2.5.1\"\n");
         let i = expand(&e, Path::new("/p")).expect("expands");
         assert_eq!(i.pip, ["torch==2.5.1"]);
-        assert_eq!(
-            i.index_url.as_deref(),
-            Some("https://download.pytorch.org/whl/cpu")
-        );
-        assert_eq!(i.extra_index_urls, ["https://pypi.org/simple"]);
+        assert_eq!(i.index, None);
     }
 
     #[test]
-    fn torch_cuda_variant_picks_its_index() {
-        let e = env(
-            "[image]\nbase = \"debian:12\"\n[tools]\ntorch = { version = \"2.5.1\", variant = \"cu124\" }\n",
-        );
-        let i = expand(&e, Path::new("/p")).expect("expands");
-        assert_eq!(
-            i.index_url.as_deref(),
-            Some("https://download.pytorch.org/whl/cu124")
-        );
+    fn torch_cpu_and_cuda_variants_name_pytorchs_index_by_name() {
+        for (variant, reference) in [("cpu", "pytorch/cpu"), ("cu124", "pytorch/cu124")] {
+            let e = env(&format!(
+                "[image]\nbase = \"debian:12\"\n[tools]\ntorch = {{ version = \"2.5.1\", variant = \"{variant}\" }}\n"
+            ));
+            let i = expand(&e, Path::new("/p")).expect("expands");
+            let index = i.index.expect("an index");
+            assert_eq!(index.reference, reference);
+            assert_eq!(index.wanted_by, format!("torch's variant `{variant}`"));
+        }
+    }
+
+    #[test]
+    fn no_recipe_names_an_index_host() {
+        for (name, text) in RECIPES {
+            assert!(
+                !text.contains("://"),
+                "{name} names a URL: recipes name indexes by name"
+            );
+        }
     }
 
     #[test]

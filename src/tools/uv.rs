@@ -1,11 +1,13 @@
 //! uv, the Python installer and resolver devenv runs inside build and resolve containers,
-//! pinned: the wheel PyPI publishes for this host's architecture, at the version and sha256
-//! written below (the musllinux wheel: a static binary that runs in any image, glibc or musl).
-//! [`ensure`] downloads it once, verifies it, extracts the `uv` binary and commits it to
-//! `tools/uv-<version>-<arch>/uv` in the store by rename; [`Uv::mount`] binds that directory
-//! read-only at [`DIR`] in a container.
+//! pinned: the wheel the uv project publishes for this host's architecture, by file name and
+//! sha256 (the musllinux wheel: a static binary that runs in any image, glibc or musl).
+//! [`ensure`] finds that file on the user's package index (its simple API, see
+//! [`super::index`]), downloads it once, verifies it, extracts the `uv` binary and commits it
+//! to `tools/uv-<version>-<arch>/uv` in the store by rename; [`Uv::mount`] binds that
+//! directory read-only at [`DIR`] in a container.
 //!
-//! Invariants: a binary enters the store only from a wheel whose sha256 matched the pin, and
+//! Invariants: the index only says where the file is: a binary enters the store only from a
+//! wheel whose sha256 matched the pin (whatever index or mirror served it), and
 //! only complete (staged in `tmp/`, renamed); nothing here runs the binary on the host. `gc`
 //! never removes `tools/` (it collects layers, blobs, manifests and `tmp/` only), so a pinned
 //! uv is downloaded once per store. Moving the pin is a source change: a new version gets a new
@@ -31,21 +33,22 @@ pub const BIN: &str = "/tmp/devenv-uv/uv";
 struct Pin {
     /// `std::env::consts::ARCH`.
     arch: &'static str,
-    url: &'static str,
+    /// The wheel's file name on the index's `uv` project page.
+    file: &'static str,
     sha256: &'static str,
 }
 
-/// From <https://pypi.org/simple/uv/>: the musllinux wheels of [`VERSION`] (aarch64's is
-/// tagged manylinux and musllinux at once; it is the same static binary).
+/// The musllinux wheels of [`VERSION`], as the uv project published them (aarch64's is tagged
+/// manylinux and musllinux at once; it is the same static binary).
 const PINS: &[Pin] = &[
     Pin {
         arch: "x86_64",
-        url: "https://files.pythonhosted.org/packages/fe/fe/794884de0efd3ac77a427cab21aa72c0483e100c55a42cd5cbb02c141b84/uv-0.13.9-py3-none-musllinux_1_1_x86_64.whl",
+        file: "uv-0.13.9-py3-none-musllinux_1_1_x86_64.whl",
         sha256: "2c45530751517d6c3bbc69a19473f6effe47cce047bede01ffd8af7ea7b36b25",
     },
     Pin {
         arch: "aarch64",
-        url: "https://files.pythonhosted.org/packages/57/15/94b6cd62ac3ff6550288328e8035288875197cbc183f51554b266a69877b/uv-0.13.9-py3-none-manylinux_2_17_aarch64.manylinux2014_aarch64.musllinux_1_1_aarch64.whl",
+        file: "uv-0.13.9-py3-none-manylinux_2_17_aarch64.manylinux2014_aarch64.musllinux_1_1_aarch64.whl",
         sha256: "5435c5ce14a56431208ca0996416d310f1598e8c2c8ba707688985a16bb82dbe",
     },
 ];
@@ -57,6 +60,14 @@ pub enum UvError {
     UnsupportedArch { arch: String },
     #[error("uv {version} is not in the store and --offline forbids downloading it")]
     Offline { version: &'static str },
+    #[error(transparent)]
+    Index(#[from] super::index::IndexError),
+    #[error("uv {version}: the index {index} lists no {file}")]
+    NotListed {
+        version: &'static str,
+        index: String,
+        file: &'static str,
+    },
     #[error("downloading uv {version} from {url}: {message}")]
     Download {
         version: &'static str,
@@ -91,17 +102,23 @@ impl crate::error::Hint for UvError {
             ),
             UvError::Offline { .. } => Some(
                 "run one `devenv build` (or `devenv lock`) with the network: devenv fetches its \
-                 pinned uv from PyPI once per store"
+                 pinned uv from your package index once per store"
+                    .into(),
+            ),
+            UvError::Index(e) => crate::error::Hint::hint(e),
+            UvError::NotListed { .. } => Some(
+                "the index (or mirror) does not carry the uv release devenv pins: mirror that \
+                 file, or point PIP_INDEX_URL at an index that has it"
                     .into(),
             ),
             UvError::Download { .. } => Some(
-                "devenv fetches its pinned uv from files.pythonhosted.org once per store: check \
+                "devenv fetches its pinned uv from your package index once per store: check \
                  the network (and https_proxy)"
                     .into(),
             ),
             UvError::HashMismatch { .. } => Some(
-                "PyPI (or a proxy) served other bytes than devenv pins; nothing was stored. \
-                 Check the proxy, or report it"
+                "the index (or a proxy) served other bytes than devenv pins; nothing was \
+                 stored. Check the proxy, or report it"
                     .into(),
             ),
             UvError::Wheel { .. } => Some(
@@ -170,24 +187,9 @@ pub fn ensure(store: &Store, offline: bool, ui: &dyn Reporter) -> Result<Uv, UvE
     fs_err::create_dir_all(store.root().join("tools"))?;
     let staging = store.staging_dir("uv")?;
     let wheel = staging.path().join("uv.whl");
-    let agent = fetch::make_agent().map_err(|e| download_error(pin, e.to_string()))?;
-    let label = format!("uv {VERSION}");
-    match fetch::download_verified(store, &agent, pin.url, pin.sha256, &wheel, &label, ui) {
-        Ok(Verified::Stored) => {}
-        Ok(Verified::Mismatch { actual }) => {
-            return Err(UvError::HashMismatch {
-                version: VERSION,
-                url: pin.url.into(),
-                expected: pin.sha256,
-                actual,
-            });
-        }
-        Err(fetch::FetchError::Download { message, .. }) => {
-            return Err(download_error(pin, message));
-        }
-        Err(fetch::FetchError::Io(e)) => return Err(e.into()),
-        Err(e) => return Err(download_error(pin, e.to_string())),
-    }
+    let indexes = super::index::Indexes::load()?;
+    let index = indexes.require_default("devenv fetches its pinned uv from it")?;
+    download(store, index, pin.file, pin.sha256, &wheel, ui)?;
     let bin_dir = staging.path().join("tool");
     fs_err::create_dir(&bin_dir)?;
     extract_binary(&wheel, &bin_dir.join("uv"))?;
@@ -204,11 +206,54 @@ pub fn ensure(store: &Store, offline: bool, ui: &dyn Reporter) -> Result<Uv, UvE
     Ok(Uv { dir })
 }
 
-fn download_error(pin: &Pin, message: String) -> UvError {
-    UvError::Download {
+/// Find `file` on `index`'s `uv` project page and download it to `dest`, verified against
+/// `sha256`.
+fn download(
+    store: &Store,
+    index: &str,
+    file: &'static str,
+    sha256: &'static str,
+    dest: &Path,
+    ui: &dyn Reporter,
+) -> Result<(), UvError> {
+    use super::index::{self, redacted};
+    let failed = |url: &str, message: String| UvError::Download {
         version: VERSION,
-        url: pin.url.into(),
+        url: redacted(url),
         message,
+    };
+    let page = index::project_url(index, "uv");
+    let agents = fetch::agents().map_err(|e| failed(&page, e.to_string()))?;
+    let body = agents
+        .for_url(&page)
+        .get(&page)
+        .set("Accept", index::ACCEPT)
+        .call()
+        .map_err(|e| failed(&page, fetch::http_message(&page, &e)))?
+        .into_string()
+        .map_err(|e| failed(&page, e.to_string()))?;
+    let listed = index::parse_project_page(&body, &page);
+    let url = listed
+        .iter()
+        .find(|l| l.filename == file)
+        .map(|l| l.url.clone())
+        .ok_or_else(|| UvError::NotListed {
+            version: VERSION,
+            index: redacted(index),
+            file,
+        })?;
+    let label = format!("uv {VERSION}");
+    match fetch::download_verified(store, &agents, &url, sha256, dest, &label, ui) {
+        Ok(Verified::Stored) => Ok(()),
+        Ok(Verified::Mismatch { actual }) => Err(UvError::HashMismatch {
+            version: VERSION,
+            url: redacted(&url),
+            expected: sha256,
+            actual,
+        }),
+        Err(fetch::FetchError::Download { message, .. }) => Err(failed(&url, message)),
+        Err(fetch::FetchError::Io(e)) => Err(e.into()),
+        Err(e) => Err(failed(&url, e.to_string())),
     }
 }
 
@@ -256,7 +301,7 @@ mod tests {
     #[test]
     fn pins_name_their_version_and_a_static_wheel() {
         for pin in PINS {
-            let name = fetch::file_name(pin.url).expect("a file name");
+            let name = pin.file;
             assert!(name.starts_with(&format!("uv-{VERSION}-")), "{name}");
             assert!(name.contains("musllinux"), "the static build: {name}");
             assert!(name.ends_with(&format!("_{}.whl", pin.arch)), "{name}");
@@ -324,6 +369,80 @@ mod tests {
         assert!(dir.join("uv").is_file(), "a dry run removes nothing");
         collect(&store, false, Caches::All).unwrap();
         assert!(!dir.exists() && !cache.exists());
+    }
+
+    /// A package index on loopback, as a mirror would serve it: `/simple/uv/` (HTML, with a
+    /// path-relative link) and the file it links.
+    fn serve_index(wheel: Vec<u8>) -> String {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut line = String::new();
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                reader.read_line(&mut line).unwrap();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                let (status, body): (&str, Vec<u8>) = match path.as_str() {
+                    "/simple/uv/" => (
+                        "200 OK",
+                        format!(
+                            "<html><body><a href=\"../../files/{}#sha256=00\">{}</a></body></html>",
+                            PINS[0].file, PINS[0].file
+                        )
+                        .into_bytes(),
+                    ),
+                    p if p == format!("/files/{}", PINS[0].file) => ("200 OK", wheel.clone()),
+                    _ => ("404 Not Found", b"no".to_vec()),
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(&body);
+            }
+        });
+        format!("http://{addr}/simple")
+    }
+
+    #[test]
+    fn the_wheel_is_found_on_the_index_page_and_stored_only_when_it_matches_the_pin() {
+        use sha2::Digest as _;
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("store")).unwrap();
+        let wheel = b"pretend wheel".to_vec();
+        let sha: &'static str = hex::encode(sha2::Sha256::digest(&wheel)).leak();
+        let index = serve_index(wheel);
+        let dest = t.path().join("uv.whl");
+        let ui = crate::progress::Silent;
+        download(&store, &index, PINS[0].file, sha, &dest, &ui).unwrap();
+        assert_eq!(fs_err::read(&dest).unwrap(), b"pretend wheel");
+
+        let other = t.path().join("other.whl");
+        let err = download(&store, &index, PINS[0].file, PINS[0].sha256, &other, &ui).unwrap_err();
+        assert!(matches!(err, UvError::HashMismatch { .. }), "{err}");
+        assert!(!other.exists(), "nothing stored on a mismatch");
+
+        let err = download(&store, &index, "uv-0-py3-none-any.whl", sha, &other, &ui).unwrap_err();
+        assert!(matches!(err, UvError::NotListed { .. }), "{err}");
+        let err = download(
+            &store,
+            &format!("{index}/../nothing"),
+            PINS[0].file,
+            sha,
+            &other,
+            &ui,
+        )
+        .unwrap_err();
+        assert!(matches!(err, UvError::Download { .. }), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod env;
 pub mod fault;
 pub mod image;
+pub mod mirror;
 pub mod podman;
 pub mod registry;
 pub mod services;
