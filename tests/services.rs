@@ -148,6 +148,18 @@ fn a_row_in_postgres_survives_down_and_up_and_psql_reaches_it_by_name() {
             .contains("database system is ready to accept connections"),
         "{logs:?}"
     );
+    // Without a name, every service's lines, each after its name, as `docker compose logs`.
+    let all = devenv_in(&home, &["logs"]).success();
+    assert!(
+        all.stdout
+            .lines()
+            .any(|l| l.starts_with("db | ") && l.contains("ready to accept connections")),
+        "{all:?}"
+    );
+    assert!(
+        all.stdout.lines().all(|l| l.starts_with("db | ")),
+        "{all:?}"
+    );
     // `logs -f` follows until the services stop, then ends by itself.
     let (follow, follow_what) = common::spawn(
         devenv(&home)

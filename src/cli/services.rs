@@ -22,10 +22,13 @@ network, even while sessions use them; volumes are kept."
 pub struct DownArgs {}
 
 #[derive(clap::Args, Debug)]
-#[command(long_about = "Print a service's output (its log from its last start).")]
+#[command(
+    long_about = "Print a service's output (its log from its last start). Without NAME, every \
+service's, each line after its service's name (`db    | …`), as `docker compose logs` does."
+)]
 pub struct LogsArgs {
-    /// The service, as named in [services.NAME]
-    pub name: String,
+    /// The service, as named in [services.NAME]; every service when left out
+    pub name: Option<String>,
     /// Keep printing what it writes until its services stop
     #[arg(short, long)]
     pub follow: bool,
@@ -91,52 +94,160 @@ pub fn down(_args: DownArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
 pub fn logs(args: LogsArgs, ctx: &super::Context) -> anyhow::Result<ExitCode> {
     use crate::error::HintExt as _;
     let (loaded, dir) = services_dir(ctx)?;
-    if !loaded.env.services.contains_key(&args.name) {
-        let names: Vec<&str> = loaded.env.services.keys().map(String::as_str).collect();
-        return Err(anyhow::anyhow!("env.toml has no [services.{}]", args.name)).hint(
-            if names.is_empty() {
-                "this env has no services".to_string()
-            } else {
-                format!("its services: {}", names.join(", "))
-            },
-        );
-    }
-    let path = crate::services::log_path(&dir, &args.name);
-    let mut file = match fs_err::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            ctx.ui
-                .note(&format!("service `{}` has not run yet", args.name));
-            return Ok(ExitCode::SUCCESS);
+    let known: Vec<&str> = loaded.env.services.keys().map(String::as_str).collect();
+    let names: Vec<&str> = match &args.name {
+        Some(name) if !known.contains(&name.as_str()) => {
+            return Err(anyhow::anyhow!("env.toml has no [services.{name}]")).hint(
+                if known.is_empty() {
+                    "this env has no services".to_string()
+                } else {
+                    format!("its services: {}", known.join(", "))
+                },
+            );
         }
-        Err(e) => return Err(e.into()),
+        Some(name) => vec![name.as_str()],
+        None if known.is_empty() => {
+            return Err(anyhow::anyhow!("this env has no [services]"))
+                .hint("a service is a [services.NAME] table in env.toml (docs/services.md)");
+        }
+        None => known,
     };
+    // One service: its bytes as written. Several: whole lines, each after its service's name.
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(0);
+    let mut tails: Vec<Tail> = names
+        .iter()
+        .map(|n| Tail {
+            path: crate::services::log_path(&dir, n),
+            prefix: if args.name.is_some() {
+                Vec::new()
+            } else {
+                format!("{n:width$} | ").into_bytes()
+            },
+            file: None,
+            pos: 0,
+            pending: Vec::new(),
+        })
+        .collect();
     let mut out = std::io::stdout().lock();
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf)?;
-    out.write_all(&buf)?;
-    out.flush()?;
+    let mut any = false;
+    for t in &mut tails {
+        any |= t.read_new(&mut out, !args.follow)?;
+    }
+    if !any && tails.iter().all(|t| t.file.is_none()) {
+        ctx.ui.note(&match &args.name {
+            Some(n) => format!("service `{n}` has not run yet"),
+            None => "no service of this env has run yet".into(),
+        });
+        return Ok(ExitCode::SUCCESS);
+    }
     if !args.follow {
         return Ok(ExitCode::SUCCESS);
     }
     let sock = crate::services::socket_path(&dir);
-    let mut pos = file.stream_position()?;
     loop {
         std::thread::sleep(std::time::Duration::from_millis(200));
-        let len = fs_err::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if len < pos {
-            // Truncated: the service started again.
-            pos = 0;
+        let mut any = false;
+        for t in &mut tails {
+            any |= t.read_new(&mut out, false)?;
         }
-        if len > pos {
-            file.seek(std::io::SeekFrom::Start(pos))?;
-            buf.clear();
-            file.read_to_end(&mut buf)?;
-            pos += buf.len() as u64;
-            out.write_all(&buf)?;
-            out.flush()?;
-        } else if crate::services::connect(&sock).is_err() {
+        if !any && crate::services::connect(&sock).is_err() {
+            for t in &mut tails {
+                t.read_new(&mut out, true)?;
+            }
             return Ok(ExitCode::SUCCESS);
         }
+    }
+}
+
+/// One service's log as `devenv logs` follows it.
+struct Tail {
+    path: std::path::PathBuf,
+    /// `name | ` before each line; empty: the bytes as they are.
+    prefix: Vec<u8>,
+    file: Option<fs_err::File>,
+    pos: u64,
+    /// A line not ended yet (with a prefix only).
+    pending: Vec<u8>,
+}
+
+impl Tail {
+    /// Print what the log gained since the last call; `last`: end an unfinished line too.
+    /// Whether anything was new.
+    fn read_new(&mut self, out: &mut impl Write, last: bool) -> anyhow::Result<bool> {
+        if self.file.is_none() {
+            match fs_err::File::open(&self.path) {
+                Ok(f) => self.file = Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Ok(false);
+        };
+        let len = file.metadata()?.len();
+        if len < self.pos {
+            // Truncated: the service started again.
+            self.pos = 0;
+        }
+        let mut buf = Vec::new();
+        if len > self.pos {
+            file.seek(std::io::SeekFrom::Start(self.pos))?;
+            file.read_to_end(&mut buf)?;
+            self.pos += buf.len() as u64;
+        }
+        let new = !buf.is_empty();
+        if self.prefix.is_empty() {
+            out.write_all(&buf)?;
+        } else {
+            out.write_all(&prefixed(&self.prefix, &mut self.pending, &buf, last))?;
+        }
+        out.flush()?;
+        Ok(new)
+    }
+}
+
+/// The complete lines of `pending` + `new`, each after `prefix`; what is left of an unfinished
+/// line stays in `pending`, unless `last` ends it.
+fn prefixed(prefix: &[u8], pending: &mut Vec<u8>, new: &[u8], last: bool) -> Vec<u8> {
+    pending.extend_from_slice(new);
+    let mut out = Vec::new();
+    let mut rest: &[u8] = pending;
+    while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(&rest[..=i]);
+        rest = &rest[i + 1..];
+    }
+    if last && !rest.is_empty() {
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(rest);
+        out.push(b'\n');
+        rest = &[];
+    }
+    *pending = rest.to_vec();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefixed;
+
+    #[test]
+    fn every_line_gets_its_service_and_an_unfinished_one_waits() {
+        let mut pending = Vec::new();
+        assert_eq!(
+            prefixed(b"db    | ", &mut pending, b"one\ntw", false),
+            b"db    | one\n"
+        );
+        assert_eq!(pending, b"tw");
+        assert_eq!(
+            prefixed(b"db    | ", &mut pending, b"o\n\nthree", false),
+            b"db    | two\ndb    | \n"
+        );
+        assert_eq!(
+            prefixed(b"db    | ", &mut pending, b"", true),
+            b"db    | three\n"
+        );
+        assert!(pending.is_empty());
+        assert!(prefixed(b"x | ", &mut pending, b"", true).is_empty());
     }
 }
