@@ -27,6 +27,25 @@ const HOST_ALLOW: &[&str] = &[
     "ALL_PROXY",
     // The GPUs a scheduler (Slurm's gres) or the user gave this process.
     "CUDA_VISIBLE_DEVICES",
+    // The user's package indexes, for pip and uv in a shell (not in root steps: below).
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "UV_DEFAULT_INDEX",
+    "UV_INDEX",
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+];
+
+/// Of [`HOST_ALLOW`], what root steps leave out: a lock resolves from the indexes devenv
+/// decided and passes explicitly (`tools::index`); an extra index of the host's would change
+/// what it resolves to without env.lock saying so.
+const NOT_IN_ROOT_STEPS: &[&str] = &[
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "UV_DEFAULT_INDEX",
+    "UV_INDEX",
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
 ];
 
 /// Host variables passed by prefix: the locale, and what a cluster job step and MPI launchers
@@ -218,10 +237,19 @@ pub fn root_step_env(image_env: &[String], extra: &[(&str, String)]) -> Vec<(Str
     container_env(
         image_env,
         &BTreeMap::new(),
-        &|k| std::env::var(k).ok(),
+        &|k| root_step_host(k, |k| std::env::var(k).ok()),
         &host_names,
         &ours,
     )
+}
+
+/// The host's `k` as a root step sees it.
+fn root_step_host(k: &str, host: impl Fn(&str) -> Option<String>) -> Option<String> {
+    if NOT_IN_ROOT_STEPS.contains(&k) {
+        None
+    } else {
+        host(k)
+    }
 }
 
 /// The container's environment: the image's `Env`, then env.toml's `[env]`, then the host's
@@ -340,6 +368,28 @@ mod tests {
             assert_eq!(get(k), Some(*v), "{k}");
         }
         assert_eq!(get("SLURMISH"), None);
+    }
+
+    #[test]
+    fn the_users_index_reaches_a_shell_but_not_a_root_step() {
+        let host = |k: &str| (k == "PIP_INDEX_URL").then(|| "https://mirror.example/simple".into());
+        let shell = container_env(&[], &BTreeMap::new(), &host, &[], &[]);
+        assert!(
+            shell
+                .iter()
+                .any(|(k, v)| k == "PIP_INDEX_URL" && v == "https://mirror.example/simple")
+        );
+        let step = container_env(
+            &[],
+            &BTreeMap::new(),
+            &|k| root_step_host(k, host),
+            &[],
+            &[],
+        );
+        assert!(!step.iter().any(|(k, _)| k == "PIP_INDEX_URL"), "{step:?}");
+        for k in NOT_IN_ROOT_STEPS {
+            assert!(HOST_ALLOW.contains(k), "{k}");
+        }
     }
 
     #[test]

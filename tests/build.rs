@@ -569,7 +569,8 @@ fn git_commits_carry_the_users_identity_and_the_agent_comes_in_when_granted() {
 /// names it (Python's http.server on loopback over a PEP 503 tree holding the pinned uv and
 /// six), every other index is behind a closed proxy. devenv fetches its uv from the mirror,
 /// resolves and installs six from it, and env.lock's URL points at it. `PIP_INDEX_URL` does the
-/// same; the control, with the mirror named nowhere, fails to get uv at all.
+/// same, and pip inside the env uses it too; the control, with the mirror named nowhere, fails
+/// to get uv at all.
 #[test]
 fn a_mirror_in_the_users_configuration_is_the_only_index_a_build_needs() {
     use common::mirror::{Mirror, behind_closed_proxy, wheels};
@@ -630,6 +631,24 @@ fn a_mirror_in_the_users_configuration_is_the_only_index_a_build_needs() {
         "PIP_INDEX_URL names the mirror: {:?}",
         mirror.requests()
     );
+    // The variable reaches the shell too: the image's own pip downloads from the mirror.
+    let mut cmd = devenv(&by_variable);
+    behind_closed_proxy(&mut cmd)
+        .env("PIP_INDEX_URL", &mirror.url)
+        .args([
+            "run",
+            "--",
+            "/usr/bin/python3",
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--dest",
+            "/tmp/dl",
+            "six==1.16.0",
+        ]);
+    let out = run(&mut cmd).success();
+    assert!(out.stdout.contains("Saved /tmp/dl/six-1.16.0"), "{out:?}");
 
     let control = TestHome::new();
     control.write("project/env.toml", &env);
