@@ -98,21 +98,10 @@ pub fn namespace_flags(plan: &Plan) -> CloneFlags {
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS;
-    if own_network(plan) {
+    if plan.spec.network == crate::config::Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     flags
-}
-
-/// Whether PID 1 gets a network namespace of its own (loopback only): for `none`, and for a
-/// `private` network with no pod to join — failing closed, never onto the host's network.
-fn own_network(plan: &Plan) -> bool {
-    use crate::config::Network;
-    match plan.spec.network {
-        Network::None => true,
-        Network::Private => plan.spec.pod.as_ref().is_none_or(|p| p.join.is_none()),
-        Network::Host => false,
-    }
 }
 
 /// PID 1's first step in its new user namespace: map the user's ids (it may write its own maps:
@@ -129,7 +118,7 @@ pub fn map_ids<S: Syscalls>(sys: &mut S, plan: &Plan) -> Result<(), RuntimeError
         sys.write_proc(Path::new(path), &text)
             .map_err(|errno| RuntimeError::sys(format!("writing {path}"), errno))?;
     }
-    if own_network(plan) {
+    if plan.spec.network == crate::config::Network::None {
         sys.loopback_up()
             .map_err(|errno| RuntimeError::sys("bringing up the loopback interface", errno))?;
     }
@@ -974,7 +963,7 @@ mod tests {
     }
 
     #[test]
-    fn every_namespace_at_once_and_a_network_one_for_none_or_a_private_one_alone() {
+    fn every_namespace_at_once_and_a_network_one_only_for_none() {
         let flags = namespace_flags(&plan());
         assert_eq!(
             format!("{flags:?}"),
@@ -982,9 +971,6 @@ mod tests {
         );
         let none = with(plan(), |s| s.network = crate::config::Network::None);
         assert!(namespace_flags(&none).contains(CloneFlags::CLONE_NEWNET));
-        // A private network without its pod to join fails closed: a network of its own.
-        let lone = with(plan(), |s| s.network = crate::config::Network::Private);
-        assert!(namespace_flags(&lone).contains(CloneFlags::CLONE_NEWNET));
     }
 
     #[test]
