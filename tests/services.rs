@@ -485,6 +485,53 @@ fn without_slirp4netns_the_env_still_starts_and_says_once_there_is_no_way_out() 
     with_path(&["down"]).success();
 }
 
+/// Where `/dev/net/tun` is as the kernel leaves it without udev (root's, 0600), the env starts
+/// without a way out and says so once, with the fix; the services work all the same, a later
+/// session says nothing more, and doctor warns the same.
+#[test]
+fn a_tun_device_the_user_cannot_open_is_said_once_with_the_fix() {
+    use common::services::with_tun_root_only;
+    let home = TestHome::new();
+    project(&home, &redis_service());
+    let dev = home.mkdir("dev");
+    let mut up = devenv(&home);
+    up.current_dir(home.project()).arg("up");
+    let up = run(&mut with_tun_root_only(&up, &dev)).success();
+    for said in [
+        "no way out",
+        "/dev/net/tun is not usable by this user",
+        "chmod 0666 /dev/net/tun",
+    ] {
+        assert!(up.stderr.contains(said), "{said}: {up:?}");
+    }
+    let out = devenv_in(&home, &["run", "--", "redis-cli", "-h", "cache", "ping"]).success();
+    assert_eq!(out.stdout.trim(), "PONG", "{out:?}");
+    assert!(!out.stderr.contains("no way out"), "said twice: {out:?}");
+    let mut doctor = devenv(&home);
+    doctor
+        .current_dir(home.project())
+        .args(["doctor", "--json"]);
+    let doctor = run(&mut with_tun_root_only(&doctor, &dev));
+    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).expect("doctor --json");
+    let outbound = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "outbound")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(outbound["status"], "warn", "{doctor:?}");
+    assert!(
+        outbound["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/dev/net/tun is not usable by this user"),
+        "{doctor:?}"
+    );
+    devenv_in(&home, &["down"]).success();
+    assert_env_gone(&home);
+}
+
 #[test]
 fn an_interactive_shell_on_a_terminal_reaches_the_services() {
     let home = TestHome::new();

@@ -144,7 +144,7 @@ fn remove_stale_dirs() {
     }
 }
 
-fn tool(name: &str) -> PathBuf {
+pub fn tool(name: &str) -> PathBuf {
     for dir in SYSTEM_PATH.split(':') {
         let p = Path::new(dir).join(name);
         if p.exists() {

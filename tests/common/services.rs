@@ -117,3 +117,44 @@ pub fn chromium_screenshot(url: &str, png: &Path) {
         png.display()
     );
 }
+
+/// `cmd` run in a mount namespace of its own where `/dev/net/tun` is a tun device node as the
+/// kernel leaves it without udev: root's, mode 0600 (a node made in `dir`, bound over the real
+/// one; nothing outside that namespace changes). The wrapper runs as root, so the test must:
+/// it then drops to the test user as `cmd` does.
+#[track_caller]
+pub fn with_tun_root_only(cmd: &Command, dir: &Path) -> Command {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        super::is_root(),
+        "this test binds a root-only /dev/net/tun in a mount namespace: run it as root (scripts/test does)"
+    );
+    let node = dir.join("tun");
+    let _ = fs_err::remove_file(&node);
+    nix::sys::stat::mknod(
+        &node,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(10, 200),
+    )
+    .expect("mknod of a tun device node");
+    fs_err::set_permissions(&node, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut wrapped = Command::new(super::tool("unshare"));
+    wrapped
+        .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+        .arg("mount --bind \"$1\" /dev/net/tun && shift && exec \"$@\"")
+        .arg("sh")
+        .arg(&node)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            wrapped.env(k, v);
+        }
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        wrapped.current_dir(d);
+    }
+    wrapped
+}
