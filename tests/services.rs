@@ -432,6 +432,27 @@ fn jupyterlab_in_the_env_renders_in_chromium_through_the_published_port() {
     assert!(fs_err::metadata(&png).unwrap().len() > 10_000, "screenshot");
 }
 
+/// `devenv doctor --json`'s `outbound` check warns, saying `why`.
+#[track_caller]
+fn assert_outbound_warns(doctor: &Outcome, why: &str) {
+    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).expect("doctor --json");
+    let outbound = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "outbound")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(outbound["status"], "warn", "{doctor:?}");
+    assert!(
+        outbound["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(why),
+        "{doctor:?}"
+    );
+}
+
 #[test]
 fn without_slirp4netns_the_env_still_starts_and_says_once_there_is_no_way_out() {
     let home = TestHome::new();
@@ -456,22 +477,7 @@ fn without_slirp4netns_the_env_still_starts_and_says_once_there_is_no_way_out() 
         .current_dir(home.project())
         .env("PATH", &empty)
         .args(["doctor", "--json"]));
-    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).expect("doctor --json");
-    let outbound = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "outbound")
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(outbound["status"], "warn", "{doctor:?}");
-    assert!(
-        outbound["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("slirp4netns is not installed"),
-        "{doctor:?}"
-    );
+    assert_outbound_warns(&doctor, "slirp4netns is not installed");
     // And env.toml changed under running services: the next session says so.
     project(
         &home,
@@ -512,22 +518,7 @@ fn a_tun_device_the_user_cannot_open_is_said_once_with_the_fix() {
         .current_dir(home.project())
         .args(["doctor", "--json"]);
     let doctor = run(&mut with_tun_root_only(&doctor, &dev));
-    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).expect("doctor --json");
-    let outbound = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "outbound")
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(outbound["status"], "warn", "{doctor:?}");
-    assert!(
-        outbound["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("/dev/net/tun is not usable by this user"),
-        "{doctor:?}"
-    );
+    assert_outbound_warns(&doctor, "/dev/net/tun is not usable by this user");
     devenv_in(&home, &["down"]).success();
     assert_env_gone(&home);
 }
