@@ -101,15 +101,18 @@ pub fn configured(env_toml: Option<&ImageRef>) -> Result<Option<(ImageRef, Origi
             })?;
         return Ok(Some((repo, Origin::Variable)));
     }
-    if let Some(path) = crate::registry::settings::Settings::path() {
-        match fs_err::read_to_string(&path) {
-            Ok(text) => match user_setting(&text, &path)? {
-                UserSetting::Unset => {}
-                UserSetting::Off => return Ok(None),
-                UserSetting::Repo(repo) => return Ok(Some((repo, Origin::UserConfig))),
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+    match crate::user_config::read() {
+        Ok(Some(f)) => match user_setting(&f.text, &f.path)? {
+            UserSetting::Unset => {}
+            UserSetting::Off => return Ok(None),
+            UserSetting::Repo(repo) => return Ok(Some((repo, Origin::UserConfig))),
+        },
+        Ok(None) => {}
+        Err(e) => {
+            return Err(CacheError::UserConfig {
+                path: e.path.clone(),
+                message: e.message.clone(),
+            });
         }
     }
     Ok(env_toml.map(|r| (r.clone(), Origin::EnvToml)))

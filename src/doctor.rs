@@ -311,6 +311,7 @@ pub fn check_network_settings() -> Vec<Check> {
             "point SSL_CERT_FILE at a PEM file or unset it",
         ),
     });
+    out.push(check_user_config(crate::user_config::read()));
     out.push(check_python_index(
         crate::tools::index::Indexes::load().map_err(|e| {
             let hint = crate::error::Hint::hint(&e).unwrap_or_default();
@@ -318,6 +319,38 @@ pub fn check_network_settings() -> Vec<Check> {
         }),
     ));
     out
+}
+
+/// The user's config.toml: readable, TOML, and every top-level key one devenv reads.
+fn check_user_config(
+    file: Result<Option<&crate::user_config::File>, &crate::user_config::Unreadable>,
+) -> Check {
+    use crate::user_config::{KNOWN_KEYS, unknown_keys};
+    match file {
+        Ok(None) => Check::ok("config", "no config.toml (defaults)"),
+        Err(e) => Check::fail(
+            "config",
+            format!("{}: {}", e.path.display(), e.message),
+            "make it readable by you, or remove it",
+        ),
+        Ok(Some(f)) => match unknown_keys(&f.text) {
+            Err(why) => Check::fail(
+                "config",
+                format!("{}: {why}", f.path.display()),
+                "fix the TOML syntax at the line named",
+            ),
+            Ok(unknown) if unknown.is_empty() => Check::ok("config", f.path.display().to_string()),
+            Ok(unknown) => Check::warn(
+                "config",
+                format!(
+                    "{}: devenv reads no `{}`",
+                    f.path.display(),
+                    unknown.join("`, `")
+                ),
+                format!("the keys devenv reads: {}", KNOWN_KEYS.join(", ")),
+            ),
+        },
+    }
 }
 
 /// The Python package index builds and the uv bootstrap use, and where it was set.
@@ -388,6 +421,24 @@ mod python_index_tests {
             (bad.status, bad.fix.as_deref()),
             (Status::Fail, Some("fix it"))
         );
+    }
+
+    #[test]
+    fn config_toml_is_checked_for_syntax_and_misspelt_tables() {
+        use crate::user_config::File;
+        let file = |text: &str| File {
+            path: "/c/config.toml".into(),
+            text: text.into(),
+        };
+        assert_eq!(check_user_config(Ok(None)).status, Status::Ok);
+        let good = file("[python]\nindex = \"https://m.example/simple\"\n");
+        assert_eq!(check_user_config(Ok(Some(&good))).status, Status::Ok);
+        let typo = file("[pyhton]\n");
+        let c = check_user_config(Ok(Some(&typo)));
+        assert_eq!(c.status, Status::Warn);
+        assert_eq!(c.detail, "/c/config.toml: devenv reads no `pyhton`");
+        let broken = file("[python\n");
+        assert_eq!(check_user_config(Ok(Some(&broken))).status, Status::Fail);
     }
 }
 

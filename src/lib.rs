@@ -29,6 +29,7 @@ pub mod tools;
 pub mod trust;
 pub mod ui;
 pub mod unpack;
+pub mod user_config;
 
 /// devenv's exit status. std's `ExitCode` cannot be read back as a number, which `main.rs`
 /// hands to the C runtime itself (see there); this one can, and has the same constructors.

@@ -283,21 +283,18 @@ impl Grants {
 
 /// The grants file: `$XDG_CONFIG_HOME/devenv/trusted.toml`, else `~/.config/devenv/…`.
 pub fn grants_path() -> Option<PathBuf> {
-    crate::registry::settings::Settings::path().map(|p| p.with_file_name("trusted.toml"))
+    crate::user_config::path().map(|p| p.with_file_name("trusted.toml"))
 }
 
 /// The user's `[trust]` policy from config.toml; none when there is no file.
 pub fn load_policy() -> Result<Policy, TrustError> {
-    let Some(path) = crate::registry::settings::Settings::path() else {
-        return Ok(Policy::default());
-    };
     let home = std::env::var_os("HOME").map(PathBuf::from);
-    match fs_err::read_to_string(&path) {
-        Ok(text) => Policy::parse(&text, &path, home.as_deref()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Policy::default()),
+    match crate::user_config::read() {
+        Ok(Some(f)) => Policy::parse(&f.text, &f.path, home.as_deref()),
+        Ok(None) => Ok(Policy::default()),
         Err(e) => Err(TrustError::File {
-            path,
-            message: e.to_string(),
+            path: e.path.clone(),
+            message: e.message.clone(),
         }),
     }
 }

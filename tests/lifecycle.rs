@@ -388,6 +388,7 @@ fn doctor_passes_here_and_its_json_has_the_documented_shape() {
         "disk",
         "proxy",
         "ca",
+        "config",
         "python-index",
         "registry",
         "gpu",
@@ -404,6 +405,35 @@ fn doctor_passes_here_and_its_json_has_the_documented_shape() {
         let (_, status, _) = checks.iter().find(|(n, _, _)| n == must_pass).unwrap();
         assert_eq!(status, "ok", "check {must_pass}: {doc}");
     }
+
+    // A misspelt table in the user's config.toml, which every part of devenv would ignore,
+    // is a warning naming it; the user's index is shown with where it was set.
+    home.write(
+        "config/devenv/config.toml",
+        "[pyhton]\nindex = \"https://mirror.example/simple\"\n",
+    );
+    let out = run(devenv(&home)
+        .env("PIP_INDEX_URL", "https://mirror.example/simple")
+        .args(["doctor", "--json"]));
+    let doc = json(&out);
+    assert_doctor_shape(&doc);
+    let find = |name: &str| {
+        let c = doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {doc}"));
+        (c["status"].as_str().unwrap(), c["detail"].as_str().unwrap())
+    };
+    let (status, detail) = find("config");
+    assert_eq!(status, "warn", "{doc}");
+    assert!(detail.ends_with("devenv reads no `pyhton`"), "{doc}");
+    assert_eq!(
+        find("python-index"),
+        ("ok", "https://mirror.example/simple (PIP_INDEX_URL)"),
+        "{doc}"
+    );
 }
 
 #[test]

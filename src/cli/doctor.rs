@@ -9,8 +9,8 @@ use crate::doctor::{self, Check, Status};
 #[command(
     long_about = "Check what devenv needs: unprivileged user namespaces (the sysctls and a real \
 probe), overlay with userxattr on the store's filesystem, user xattrs, free disk, a writable store, \
-the env's registry with the configured credentials, proxy and CA settings, the Python package \
-index in effect, a private network's way out, and the GPU driver. Each \
+the env's registry with the configured credentials, proxy and CA settings, config.toml, the \
+Python package index in effect, a private network's way out, and the GPU driver. Each \
 check prints ok, warn or fail, and each failure its fix. Exits 1 when something fails."
 )]
 pub struct DoctorArgs {

@@ -146,11 +146,7 @@ fn list_or_none(v: &[String]) -> String {
 
 impl crate::error::Hint for RegistryError {
     fn hint(&self) -> Option<String> {
-        let settings = || {
-            settings::Settings::path().map_or("$XDG_CONFIG_HOME/devenv/config.toml".into(), |p| {
-                p.display().to_string()
-            })
-        };
+        let settings = crate::user_config::path_text;
         use RegistryError::*;
         Some(match self {
             NotFound { .. } | BlobNotFound { .. } => "check the image name and tag; a name without a registry means docker.io, and one without a `/` means docker.io/library/…".into(),

@@ -1,4 +1,4 @@
-//! User settings for registries, from `$XDG_CONFIG_HOME/devenv/config.toml`:
+//! User settings for registries, from the user's config.toml ([`crate::user_config`]):
 //!
 //! ```toml
 //! insecure-registries = ["registry.lan:5000"]   # plain HTTP
@@ -10,7 +10,7 @@
 //! module does not know are left for other parts of devenv (logged, not refused).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
@@ -46,33 +46,13 @@ struct File {
 }
 
 impl Settings {
-    /// The settings file's path: `$XDG_CONFIG_HOME/devenv/config.toml`, else
-    /// `~/.config/devenv/config.toml`.
-    pub fn path() -> Option<PathBuf> {
-        let var = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        var("XDG_CONFIG_HOME")
-            .or_else(|| var("HOME").map(|h| h.join(".config")))
-            .map(|d| d.join("devenv/config.toml"))
-    }
-
     pub fn load() -> Result<Settings, RegistryError> {
-        match Settings::path() {
-            Some(p) => Settings::from_file(&p),
-            None => Ok(Settings::default()),
-        }
-    }
-
-    pub fn from_file(path: &Path) -> Result<Settings, RegistryError> {
-        match fs_err::read_to_string(path) {
-            Ok(text) => Settings::parse(&text, path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
+        match crate::user_config::read() {
+            Ok(Some(f)) => Settings::parse(&f.text, &f.path),
+            Ok(None) => Ok(Settings::default()),
             Err(e) => Err(RegistryError::Settings {
-                path: path.to_path_buf(),
-                message: e.to_string(),
+                path: e.path.clone(),
+                message: e.message.clone(),
             }),
         }
     }
@@ -183,21 +163,19 @@ mod tests {
     }
 
     #[test]
-    fn missing_file_is_defaults_and_bad_file_names_itself() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.toml");
-        assert_eq!(Settings::from_file(&path).unwrap(), Settings::default());
-        fs_err::write(&path, "insecure-registries = \"reg:5000\"\n").unwrap();
-        let e = Settings::from_file(&path).unwrap_err();
+    fn an_empty_file_is_defaults_and_a_bad_one_names_itself() {
+        let path = Path::new("/c/config.toml");
+        assert_eq!(Settings::parse("", path).unwrap(), Settings::default());
+        let e = Settings::parse("insecure-registries = \"reg:5000\"\n", path).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("/c/config.toml"), "{msg}");
         assert!(msg.contains("line 1"), "{msg}");
-        fs_err::write(
-            &path,
+        let msg = Settings::parse(
             "[mirrors]\n\"docker.io\" = [\"https://m.example/v2/path\"]\n",
+            path,
         )
-        .unwrap();
-        let msg = Settings::from_file(&path).unwrap_err().to_string();
+        .unwrap_err()
+        .to_string();
         assert!(msg.contains("no path"), "{msg}");
     }
 }

@@ -45,21 +45,14 @@ impl crate::error::Hint for IndexError {
                 "add it to {}: [python.indexes] {name} = \"https://…\" (for `pytorch`, the \
                  base of PyTorch's wheel indexes: the --index-url of its install page without \
                  the last /cpu or /cuXXX), or choose the variant `pypi`",
-                config_path_text()
+                crate::user_config::path_text()
             )),
             IndexError::NoDefault { .. } => Some(format!(
                 "set PIP_INDEX_URL (or [python] index in {}) to your package index's simple URL",
-                config_path_text()
+                crate::user_config::path_text()
             )),
         }
     }
-}
-
-fn config_path_text() -> String {
-    crate::registry::settings::Settings::path().map_or_else(
-        || "$XDG_CONFIG_HOME/devenv/config.toml".into(),
-        |p| p.display().to_string(),
-    )
 }
 
 /// Where the default index was set, for messages.
@@ -82,22 +75,13 @@ pub struct Indexes {
 impl Indexes {
     /// From the process's environment and the user's config.toml.
     pub fn load() -> Result<Indexes, IndexError> {
-        let config = match crate::registry::settings::Settings::path() {
-            Some(path) => match fs_err::read_to_string(&path) {
-                Ok(text) => Some((text, path)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => {
-                    return Err(IndexError::File {
-                        path,
-                        message: e.to_string(),
-                    });
-                }
-            },
-            None => None,
-        };
+        let config = crate::user_config::read().map_err(|e| IndexError::File {
+            path: e.path.clone(),
+            message: e.message.clone(),
+        })?;
         Indexes::from_parts(
             |k| std::env::var(k).ok(),
-            config.as_ref().map(|(t, p)| (t.as_str(), p.as_path())),
+            config.map(|f| (f.text.as_str(), f.path.as_path())),
             BUILT_IN,
         )
     }
