@@ -11,7 +11,7 @@ use crate::progress::Reporter;
 #[command(
     long_about = "Resolve env.toml into env.lock: the image's manifest digest for this platform, \
 every Python distribution (dependencies included) with the sha256 of the exact file the image's \
-interpreter installs, resolved in the image by devenv's pinned uv (fetched from PyPI once per \
+interpreter installs, resolved in the image by devenv's pinned uv (fetched from your package index once per \
 store), and every apt package with its version. Only the parts whose inputs changed \
 are resolved again; a current env.lock is left byte-identical. With --locked, fail listing what \
 differs instead of writing."
