@@ -32,7 +32,10 @@ Environment:
   REGISTRY_AUTH_FILE   podman-style auth.json
   SSL_CERT_FILE        extra CA certificates for registries, and the bundle containers trust
   HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY
-                       proxies for registry traffic (either case; passed into containers)
+                       proxies for registries and downloads (either case; passed into containers)
+  UV_DEFAULT_INDEX, UV_INDEX_URL, PIP_INDEX_URL
+                       the Python package index (else [python] index in config.toml, else
+                       the build's default); also passed into shell and run
   NO_COLOR             no colour
   DEVENV_FLATTEN=1     a flattened copy of the image instead of overlay
   DEVENV_TRUST=1       as --trust: grant env.toml's reach beyond the project for this run
