@@ -27,19 +27,13 @@ const HOST_ALLOW: &[&str] = &[
     "ALL_PROXY",
     // The GPUs a scheduler (Slurm's gres) or the user gave this process.
     "CUDA_VISIBLE_DEVICES",
-    // The user's package indexes, for pip and uv in a shell (not in root steps: below).
-    "PIP_INDEX_URL",
-    "PIP_EXTRA_INDEX_URL",
-    "UV_DEFAULT_INDEX",
-    "UV_INDEX",
-    "UV_INDEX_URL",
-    "UV_EXTRA_INDEX_URL",
 ];
 
-/// Of [`HOST_ALLOW`], what root steps leave out: a lock resolves from the indexes devenv
-/// decided and passes explicitly (`tools::index`); an extra index of the host's would change
-/// what it resolves to without env.lock saying so.
-const NOT_IN_ROOT_STEPS: &[&str] = &[
+/// The user's package indexes, passed through like [`HOST_ALLOW`] for pip and uv in a shell, but
+/// not into root steps: a lock resolves from the indexes devenv decided and passes explicitly
+/// (`tools::index`); an extra index of the host's would change what it resolves to without
+/// env.lock saying so.
+const INDEX_VARS: &[&str] = &[
     "PIP_INDEX_URL",
     "PIP_EXTRA_INDEX_URL",
     "UV_DEFAULT_INDEX",
@@ -245,7 +239,7 @@ pub fn root_step_env(image_env: &[String], extra: &[(&str, String)]) -> Vec<(Str
 
 /// The host's `k` as a root step sees it.
 fn root_step_host(k: &str, host: impl Fn(&str) -> Option<String>) -> Option<String> {
-    if NOT_IN_ROOT_STEPS.contains(&k) {
+    if INDEX_VARS.contains(&k) {
         None
     } else {
         host(k)
@@ -272,9 +266,10 @@ pub fn container_env(
         env.insert(k.clone(), v.clone());
     }
     let by_prefix = |k: &str| HOST_PREFIXES.iter().any(|p| k.starts_with(p));
-    let allowed = |k: &str| HOST_ALLOW.contains(&k) || by_prefix(k);
+    let allowed = |k: &str| HOST_ALLOW.contains(&k) || INDEX_VARS.contains(&k) || by_prefix(k);
     for k in HOST_ALLOW
         .iter()
+        .chain(INDEX_VARS)
         .map(|s| s.to_string())
         .chain(host_names.iter().filter(|k| by_prefix(k)).cloned())
     {
@@ -387,9 +382,6 @@ mod tests {
             &[],
         );
         assert!(!step.iter().any(|(k, _)| k == "PIP_INDEX_URL"), "{step:?}");
-        for k in NOT_IN_ROOT_STEPS {
-            assert!(HOST_ALLOW.contains(k), "{k}");
-        }
     }
 
     #[test]
