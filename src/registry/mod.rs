@@ -14,7 +14,7 @@ mod blob;
 pub mod manifest;
 pub mod settings;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub(crate) mod transport;
 pub mod upload;
 

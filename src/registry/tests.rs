@@ -12,9 +12,9 @@ use super::*;
 use crate::error::Hint;
 
 #[derive(Clone, Debug)]
-struct Req {
+pub(crate) struct Req {
     method: String,
-    path: String,
+    pub(crate) path: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     /// The server's own address, for URLs pointing back at it.
@@ -30,7 +30,7 @@ impl Req {
     }
 }
 
-struct Reply {
+pub(crate) struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
@@ -38,7 +38,7 @@ struct Reply {
     cut_at: Option<usize>,
 }
 
-fn reply(status: u16, headers: &[(&str, &str)], body: impl Into<Vec<u8>>) -> Reply {
+pub(crate) fn reply(status: u16, headers: &[(&str, &str)], body: impl Into<Vec<u8>>) -> Reply {
     Reply {
         status,
         headers: headers
@@ -50,8 +50,8 @@ fn reply(status: u16, headers: &[(&str, &str)], body: impl Into<Vec<u8>>) -> Rep
     }
 }
 
-struct Server {
-    addr: SocketAddr,
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
     log: Arc<Mutex<Vec<Req>>>,
 }
 
@@ -69,7 +69,7 @@ impl Server {
 
 /// Serve `handler` on a fresh loopback port, one connection at a time, each closed after its
 /// answer. The thread lives until the test process ends.
-fn serve(handler: impl Fn(&Req) -> Reply + Send + 'static) -> Server {
+pub(crate) fn serve(handler: impl Fn(&Req) -> Reply + Send + 'static) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));

@@ -372,45 +372,23 @@ mod tests {
     }
 
     /// A package index on loopback, as a mirror would serve it: `/simple/uv/` (HTML, with a
-    /// path-relative link) and the file it links.
+    /// path-relative link) and the file it links (the registry tests' in-process server).
     fn serve_index(wheel: Vec<u8>) -> String {
-        use std::io::{BufRead, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                let mut line = String::new();
-                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
-                reader.read_line(&mut line).unwrap();
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
-                        break;
-                    }
-                }
-                let path = line.split(' ').nth(1).unwrap_or("").to_string();
-                let (status, body): (&str, Vec<u8>) = match path.as_str() {
-                    "/simple/uv/" => (
-                        "200 OK",
-                        format!(
-                            "<html><body><a href=\"../../files/{}#sha256=00\">{}</a></body></html>",
-                            PINS[0].file, PINS[0].file
-                        )
-                        .into_bytes(),
-                    ),
-                    p if p == format!("/files/{}", PINS[0].file) => ("200 OK", wheel.clone()),
-                    _ => ("404 Not Found", b"no".to_vec()),
-                };
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = conn.write_all(&body);
-            }
+        use crate::registry::tests::{reply, serve};
+        let file = format!("/files/{}", PINS[0].file);
+        let server = serve(move |req| match req.path.as_str() {
+            "/simple/uv/" => reply(
+                200,
+                &[],
+                format!(
+                    "<html><body><a href=\"../../files/{0}#sha256=00\">{0}</a></body></html>",
+                    PINS[0].file
+                ),
+            ),
+            p if p == file => reply(200, &[], wheel.clone()),
+            _ => reply(404, &[], "no"),
         });
-        format!("http://{addr}/simple")
+        format!("http://{}/simple", server.addr)
     }
 
     #[test]
